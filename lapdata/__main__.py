@@ -1,0 +1,3 @@
+from lapdata.cli import main
+
+main()

@@ -1,0 +1,34 @@
+"""User-facing errors: one clear line naming the file and the fault, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+
+class LapError(Exception):
+    """A fault that makes the whole run meaningless (bad path, wrong file, bad config).
+
+    The CLI prints ``error: <message>`` on one line and exits with status 2.
+    Per-sample faults are *not* LapErrors: they are recorded as data (status/error columns).
+    """
+
+
+def cli_guard(fn: F) -> F:
+    """Decorator for typer commands: turn LapError (and a few obvious user faults) into one line + exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LapError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted: rerun the same command to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper  # type: ignore[return-value]
