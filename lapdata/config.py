@@ -65,6 +65,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise LapError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise LapError(f"{where}: expected a number, got {value!r}")
         return float(value)
