@@ -1,0 +1,131 @@
+"""Parser throughput (images/s) and the face-fraction distribution behind --min-face-fraction's default.
+
+    python benchmarks/bench_parsing.py                       # CPU: bisenet (random weights) + landmarks
+    python benchmarks/bench_parsing.py --device cuda --batch-sizes 1 8 32
+    python benchmarks/bench_parsing.py --weights 79999_iter.pth   # real weights (same speed, real labels)
+    python benchmarks/bench_parsing.py --face-fractions docs/parse-masks-face-fraction.png
+
+BiSeNet runs at 512 px (as trained) on 128 px inputs, batched; the landmark parser runs per image (dlib HOG +
+68 landmarks, 128 px images upscaled to 256 for detection). Prints a table; no assertion on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+SHARED = Path(os.environ.get("LAP_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def _images(n: int, size: int) -> list[np.ndarray]:
+    files = sorted(glob.glob(str(SHARED / "faces" / "lap-demo" / "*.png")))
+    if files:
+        ims = [np.array(Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)) for f in files]
+    else:  # no shared data: noise (BiSeNet speed does not depend on content; dlib finds no faces)
+        rng = np.random.default_rng(0)
+        ims = [rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for _ in range(8)]
+    return [ims[i % len(ims)] for i in range(n)]
+
+
+def bench_bisenet(device: str, batch_sizes: list[int], n: int, size: int, weights: str | None, input_size: int):
+    from lapdata.parsing.bisenet import BiSeNet, BiSeNetParser
+
+    model = weights if weights else BiSeNet()
+    rows = []
+    imgs = _images(n, size)
+    for bs in batch_sizes:
+        p = BiSeNetParser(model, device=device, batch_size=bs, input_size=input_size)
+        p(imgs[:bs])  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        p(imgs)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        rows.append((f"bisenet {input_size}px", device, bs, n, n / dt))
+    return rows
+
+
+def bench_landmarks(n: int, size: int):
+    from lapdata.parsing.landmarks import LandmarkParser
+
+    p = LandmarkParser()
+    imgs = _images(n, size)
+    p(imgs[:1])
+    t = time.perf_counter()
+    res = p(imgs)
+    dt = time.perf_counter() - t
+    ok = sum(r.ok for r in res)
+    return [(f"landmarks ({ok}/{n} found)", "cpu", 1, n, n / dt)]
+
+
+def face_fractions(out_png: str) -> None:
+    """Landmark-parse face fractions on the shared real photos (as stored by ingest: 128 px lap framing)."""
+    from lapdata.faces import crop_prealigned
+    from lapdata.parsing.landmarks import LandmarkParser
+    from lapdata.parsing.masks import face_fraction
+    from lapdata.parsing.parse import DEFAULT_MIN_FACE_FRACTION, face_fraction_figure
+
+    p = LandmarkParser()
+    sets = {"celebrity-sets": sorted(glob.glob(str(SHARED / "faces" / "celebrity-sets" / "*" / "*.jpg"))),
+            "lap-demo": sorted(glob.glob(str(SHARED / "faces" / "lap-demo" / "*.png")))}
+    allf = []
+    for name, files in sets.items():
+        ff, miss = [], 0
+        for f in files:
+            img = np.array(Image.open(f).convert("RGB"))
+            crop, _ = crop_prealigned(img, 128)
+            r = p.parse_one(crop)
+            if r.ok:
+                ff.append(face_fraction(r.seg))
+            else:
+                miss += 1
+        f = np.array(ff)
+        allf += ff
+        q = np.percentile(f, [0, 1, 5, 25, 50, 75, 95, 100])
+        print(f"{name}: {len(files)} photos, {miss} no face; face fraction percentiles 0/1/5/25/50/75/95/100: "
+              + " ".join(f"{x:.3f}" for x in q))
+        for th in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4):
+            print(f"  < {th:.2f}: {(f < th).sum()} ({100 * (f < th).mean():.2f} %)")
+        hist, edges = np.histogram(f, bins=np.linspace(0, 1, 21))
+        print("  histogram (0.05 bins): " + " ".join(str(h) for h in hist))
+    face_fraction_figure(allf, DEFAULT_MIN_FACE_FRACTION, out_png,
+                         f"landmark parser, shared real photos at 128 px lap framing ({len(allf)} faces)")
+    print(f"figure: {out_png}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("-n", type=int, default=16, help="images per measurement")
+    ap.add_argument("--size", type=int, default=128, help="input image side (stored faces)")
+    ap.add_argument("--input-size", type=int, default=512, help="BiSeNet input side")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--skip-landmarks", action="store_true")
+    ap.add_argument("--face-fractions", metavar="PNG", default=None)
+    a = ap.parse_args(argv)
+    if a.face_fractions:
+        face_fractions(a.face_fractions)
+        return
+    rows = bench_bisenet(a.device, a.batch_sizes, a.n, a.size, a.weights, a.input_size)
+    if not a.skip_landmarks:
+        rows += bench_landmarks(a.n, a.size)
+    dev = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {dev}; torch {torch.__version__}; input images {a.size} px")
+    print(f"{'parser':<28} {'device':<8} {'batch':>5} {'images':>6} {'images/s':>9}")
+    for name, d, bs, n, ips in rows:
+        print(f"{name:<28} {d:<8} {bs:>5} {n:>6} {ips:>9.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

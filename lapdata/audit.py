@@ -1,0 +1,342 @@
+"""`lapdata audit DIR`: check that a dataset's shards and manifests agree (any lapdata step's output).
+
+Checks (each failure is one fault line naming the file/shard/photo):
+
+* manifests: photos/identities/shards parquet and stats.json exist and have the schemas of lapdata.schema (extra
+  columns are allowed); photo_id unique;
+* shards: every shards.parquet row's tar (and its .json/.parquet) exists, its bytes and sha256 match; no finished
+  shard on disk is missing from shards.parquet;
+* contents (unless ``contents=False``): every sample's key is unique and dot-free, its json's identity/split match
+  the photo rows, each view's image exists (and matches the ``image_sha256`` recorded by the writer), each extra field
+  listed in the view's ``fields`` (depth, cdepth, normal, mask, seg) exists, a depth field has its range, a seg map
+  has the image's size; each view's ``photo_id`` row points at this shard/key/view index; per-shard sample and image
+  counts match shards.parquet; every photo row that names a shard was found there; every ok row is in a shard;
+  parse-masks columns consistent (a row with ``parser`` has a seg view, class_counts has 19 entries);
+* counts: stats.json photos and status counts, identities.parquet vs the photo rows;
+* leakage: no identity and no identical image (same source sha256) in two splits;
+* min-images: no written identity has fewer ok photos than the run's ``min_images`` (from stats.json config).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from .errors import LapError
+from .sample import EXTRA_FIELDS
+from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, STATUSES, check_schema
+from .writer import SHARD_DIR, iter_tar_samples
+
+NUM_CLASSES = 19
+
+
+@dataclass
+class AuditReport:
+    root: str
+    faults: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.faults
+
+    def to_json(self) -> dict:
+        return {"dataset": self.root, "ok": self.ok, "num_faults": len(self.faults), "faults": self.faults,
+                "summary": self.summary}
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:
+        return None
+
+
+def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 1000) -> AuditReport:
+    root = Path(root)
+    if not root.is_dir():
+        raise LapError(f"{root}: dataset folder does not exist")
+    rep = AuditReport(str(root))
+    faults = rep.faults
+
+    def fault(msg: str) -> None:
+        if len(faults) < max_faults:
+            faults.append(msg)
+        elif len(faults) == max_faults:
+            faults.append(f"... more faults not listed (limit {max_faults})")
+
+    # ------------------------------------------------------------------ manifests
+    tables = {}
+    for name, schema in (("photos", PHOTOS), ("identities", IDENTITIES), ("shards", SHARDS)):
+        p = root / f"{name}.parquet"
+        if not p.exists():
+            fault(f"{p}: missing")
+            continue
+        try:
+            t = pq.read_table(p)
+        except Exception as e:
+            fault(f"{p}: unreadable parquet ({e})")
+            continue
+        for f in check_schema(t, schema, p.name):
+            fault(f)
+        tables[name] = t
+    stats = None
+    if (root / "stats.json").exists():
+        try:
+            stats = json.loads((root / "stats.json").read_text())
+        except ValueError as e:
+            fault(f"{root / 'stats.json'}: not valid JSON ({e})")
+    else:
+        fault(f"{root / 'stats.json'}: missing")
+    if "photos" not in tables or "shards" not in tables:
+        rep.summary = {"photos": None}
+        return rep
+    photos = tables["photos"].to_pydict()
+    cols = set(photos)
+    n = len(photos["photo_id"])
+
+    def col(c):
+        return photos[c] if c in cols else [None] * n
+
+    pid, ident, split, status, shard, key, vidx = (col(c) for c in ("photo_id", "identity", "split", "status",
+                                                                     "shard", "key", "view_index"))
+    sha, parser, ccounts, reason = col("sha256"), col("parser"), col("class_counts"), col("reason")
+    by_pid: dict[str, int] = {}
+    for i, p in enumerate(pid):
+        if p in by_pid:
+            fault(f"photos.parquet: photo_id {p} appears twice (rows {by_pid[p]} and {i})")
+        else:
+            by_pid[p] = i
+    for i, s in enumerate(status):
+        if s not in STATUSES:
+            fault(f"photos.parquet: photo {pid[i]} has status {s!r}")
+        if s != STATUS_OK and shard[i] is not None:
+            fault(f"photos.parquet: photo {pid[i]} has status {s} but is in shard {shard[i]}")
+        if s == STATUS_OK and shard[i] is None:
+            fault(f"photos.parquet: photo {pid[i]} ({ident[i]}) is ok but in no shard")
+
+    # ------------------------------------------------------------------ shards
+    srows = tables["shards"].to_pylist()
+    listed = {r["shard"] for r in srows}
+    on_disk = {p.stem for p in (root / SHARD_DIR).glob("*.json")} if (root / SHARD_DIR).is_dir() else set()
+    for s in sorted(on_disk - listed):
+        fault(f"{SHARD_DIR}/{s}: finished on disk but not in shards.parquet (rerun the command to finalize)")
+    found: set[int] = set()  # photo rows found in a tar
+    keys_seen: dict[str, str] = {}
+    n_images = n_samples = 0
+    for r in srows:
+        name = r["shard"]
+        tar = root / (r["path"] or f"{SHARD_DIR}/{name}.tar")
+        if not tar.exists():
+            fault(f"{tar}: shard in shards.parquet is missing")
+            continue
+        for ext in (".json", ".parquet"):
+            if not tar.with_suffix(ext).exists():
+                fault(f"{tar.with_suffix(ext)}: missing")
+        size = tar.stat().st_size
+        if r["bytes"] is not None and size != r["bytes"]:
+            fault(f"{tar}: {size} bytes, shards.parquet says {r['bytes']}")
+        digest = _sha256_file(tar)
+        if r["sha256"] is not None and digest != r["sha256"]:
+            fault(f"{tar}: sha256 does not match shards.parquet (tampered or rewritten)")
+        if not contents:
+            continue
+        ns = ni = 0
+        try:
+            for d in iter_tar_samples(tar):
+                ns += 1
+                k = d["__key__"]
+                where = f"{name}/{k}"
+                if "." in k:
+                    fault(f"{where}: key contains a dot")
+                if k in keys_seen:
+                    fault(f"{where}: sample key also in shard {keys_seen[k]}")
+                keys_seen[k] = name
+                if "json" not in d:
+                    fault(f"{where}: no json")
+                    continue
+                try:
+                    doc = json.loads(d["json"])
+                    views = doc["views"]
+                except (ValueError, KeyError) as e:
+                    fault(f"{where}: bad json ({e})")
+                    continue
+                if doc.get("split") != r["split"]:
+                    fault(f"{where}: split {doc.get('split')!r} in a {r['split']} shard")
+                expected = {"json"}
+                for i, vm in enumerate(views):
+                    ni += 1
+                    ext = vm.get("image_ext", "jpg")
+                    img_field = f"{i:03d}.{ext}"
+                    expected.add(img_field)
+                    data = d.get(img_field)
+                    if data is None:
+                        fault(f"{where}: view {i} image {img_field} missing")
+                        continue
+                    if vm.get("image_sha256") and hashlib.sha256(data).hexdigest() != vm["image_sha256"]:
+                        fault(f"{where}: view {i} image bytes do not match its image_sha256")
+                    for fname in vm.get("fields", []):
+                        if fname not in EXTRA_FIELDS:
+                            fault(f"{where}: view {i} lists unknown field {fname!r}")
+                            continue
+                        fk = f"{i:03d}.{fname}.png"
+                        expected.add(fk)
+                        if fk not in d:
+                            fault(f"{where}: view {i} field {fname} listed but {fk} missing")
+                        elif fname in ("depth", "cdepth") and f"{fname}_range" not in vm:
+                            fault(f"{where}: view {i} has {fname} but no {fname}_range")
+                        elif fname == "seg":
+                            ssz, isz = _png_size(d[fk]), _png_size(data)
+                            if ssz is None or ssz != isz:
+                                fault(f"{where}: view {i} seg size {ssz} differs from image size {isz}")
+                    p = vm.get("photo_id")
+                    if p is None:
+                        fault(f"{where}: view {i} has no photo_id")
+                        continue
+                    row = by_pid.get(str(p))
+                    if row is None:
+                        fault(f"{where}: view {i} photo {p} has no row in photos.parquet")
+                        continue
+                    found.add(row)
+                    if (shard[row], key[row], vidx[row]) != (name, k, i):
+                        fault(f"{where}: view {i} photo {p}: manifest says shard={shard[row]} key={key[row]} "
+                              f"view_index={vidx[row]}")
+                    if ident[row] != doc.get("identity"):
+                        fault(f"{where}: photo {p} identity {ident[row]!r} but the sample is {doc.get('identity')!r}")
+                    if split[row] != r["split"]:
+                        fault(f"{where}: photo {p} split {split[row]!r} in a {r['split']} shard")
+                    if parser[row] is not None and "seg" not in vm.get("fields", []):
+                        fault(f"{where}: photo {p} was parsed ({parser[row]}) but its view has no seg")
+                extra = sorted(set(f for f in d if not f.startswith("__")) - expected)
+                if extra:
+                    fault(f"{where}: fields not described by its json: {extra}")
+        except Exception as e:  # unreadable tar
+            fault(f"{tar}: unreadable ({type(e).__name__}: {e})")
+            continue
+        if r["num_samples"] is not None and ns != r["num_samples"]:
+            fault(f"{tar}: {ns} samples, shards.parquet says {r['num_samples']}")
+        if r["num_images"] is not None and ni != r["num_images"]:
+            fault(f"{tar}: {ni} images, shards.parquet says {r['num_images']}")
+        n_images += ni
+        n_samples += ns
+    if contents:
+        for i in range(n):
+            if shard[i] is not None and i not in found and shard[i] in listed and (root / SHARD_DIR / f"{shard[i]}.tar").exists():
+                fault(f"photos.parquet: photo {pid[i]} says {shard[i]}/{key[i]} view {vidx[i]} but it is not there")
+            if shard[i] is not None and shard[i] not in listed:
+                fault(f"photos.parquet: photo {pid[i]} is in shard {shard[i]}, which shards.parquet does not list")
+            cc = ccounts[i]
+            if cc is not None and len(cc) != NUM_CLASSES:
+                fault(f"photos.parquet: photo {pid[i]} class_counts has {len(cc)} entries, expected {NUM_CLASSES}")
+
+    # ------------------------------------------------------------------ leakage
+    id_splits: dict[str, set] = defaultdict(set)
+    sha_splits: dict[str, set] = defaultdict(set)
+    for i in range(n):
+        if split[i] is not None:
+            id_splits[ident[i]].add(split[i])
+        if status[i] == STATUS_OK and sha[i] and split[i] is not None:
+            sha_splits[sha[i]].add(split[i])
+    leaked = sorted(k for k, v in id_splits.items() if len(v) > 1)
+    for k in leaked[:50]:
+        fault(f"split leakage: identity {k!r} is in {sorted(id_splits[k])}")
+    if len(leaked) > 50:
+        fault(f"split leakage: {len(leaked) - 50} more identities in several splits")
+    dup_imgs = sorted(k for k, v in sha_splits.items() if len(v) > 1)
+    for k in dup_imgs[:50]:
+        fault(f"split leakage: image sha256 {k[:16]}... is in {sorted(sha_splits[k])}")
+
+    # ------------------------------------------------------------------ counts
+    sc = Counter(status)
+    ok_by_id = Counter(ident[i] for i in range(n) if status[i] == STATUS_OK)
+    if stats is not None:
+        if stats.get("photos") is not None and stats["photos"] != n:
+            fault(f"stats.json: photos {stats['photos']} but photos.parquet has {n} rows")
+        if stats.get("status_counts") is not None and stats["status_counts"] != dict(sorted(sc.items())):
+            fault(f"stats.json: status_counts {stats['status_counts']} but photos.parquet has {dict(sc)}")
+        mi = (stats.get("config") or {}).get("min_images")
+        if isinstance(mi, int):
+            for k, v in sorted(ok_by_id.items()):
+                if v < mi:
+                    fault(f"identity {k!r} has {v} ok photos, under min_images {mi}")
+    if "identities" in tables:
+        id_rows = {r["identity"]: r for r in tables["identities"].to_pylist()}
+        all_ids = set(ident)
+        for k in sorted(all_ids - set(id_rows))[:50]:
+            fault(f"identities.parquet: identity {k!r} of photos.parquet missing")
+        for k in sorted(set(id_rows) - all_ids)[:50]:
+            fault(f"identities.parquet: identity {k!r} has no photo rows")
+        n_by_id = Counter(ident)
+        for k, r in id_rows.items():
+            if k not in all_ids:
+                continue
+            if r["num_photos"] is not None and r["num_photos"] != n_by_id[k]:
+                fault(f"identities.parquet: {k!r} num_photos {r['num_photos']}, photos.parquet has {n_by_id[k]}")
+            if r["num_ok"] is not None and r["num_ok"] != ok_by_id.get(k, 0):
+                fault(f"identities.parquet: {k!r} num_ok {r['num_ok']}, photos.parquet has {ok_by_id.get(k, 0)}")
+            if r["split"] is not None and r["split"] not in id_splits.get(k, {r['split']}):
+                fault(f"identities.parquet: {k!r} split {r['split']} differs from its photos' {sorted(id_splits[k])}")
+
+    rep.summary = {
+        "photos": n,
+        "status_counts": dict(sorted(sc.items())),
+        "reason_counts": dict(sorted(Counter(x for x in reason if x).items())),
+        "identities": len(set(ident)),
+        "identities_with_ok": len(ok_by_id),
+        "identities_by_split": {s: len({k for k, v in id_splits.items() if s in v and ok_by_id.get(k)})
+                                for s in sorted({x for v in id_splits.values() for x in v})},
+        "shards": len(srows),
+        "shards_by_split": dict(sorted(Counter(r["split"] for r in srows).items())),
+        "samples": n_samples if contents else sum(r["num_samples"] or 0 for r in srows),
+        "images": n_images if contents else sum(r["num_images"] or 0 for r in srows),
+        "bytes": sum(r["bytes"] or 0 for r in srows),
+        "contents_checked": contents,
+    }
+    return rep
+
+
+def print_report(rep: AuditReport, max_lines: int = 40) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    s = rep.summary
+    t = Table(title=f"lapdata audit {rep.root}", show_header=True)
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    for k in ("photos", "status_counts", "reason_counts", "identities", "identities_with_ok", "identities_by_split",
+              "shards", "shards_by_split", "samples", "images", "bytes"):
+        if k in s:
+            v = s[k]
+            if isinstance(v, dict):
+                v = ", ".join(f"{a} {b}" for a, b in v.items()) or "-"
+            elif k == "bytes":
+                v = f"{v / 2**20:.1f} MiB"
+            t.add_row(k.replace("_", " "), str(v))
+    con.print(t)
+    if rep.ok:
+        con.print("[green]OK[/green]: shards and manifests agree")
+    else:
+        con.print(f"[red]{len(rep.faults)} fault(s)[/red]:")
+        for f in rep.faults[:max_lines]:
+            con.print(f"  - {f}", markup=False, highlight=False)
+        if len(rep.faults) > max_lines:
+            con.print(f"  ... and {len(rep.faults) - max_lines} more (use --json for all)")

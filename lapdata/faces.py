@@ -1,0 +1,525 @@
+"""Face detection, landmarks, alignment and crop rules.
+
+Everything here works on RGB ``uint8`` numpy images ``(H, W, 3)`` and pixel coordinates with the origin at the
+centre of the top-left pixel (x right, y down), so a landmark at ``(x, y)`` lies on pixel column ``x``, row ``y``.
+
+Detectors (``__call__(image) -> list[Face]``, all faces, sorted by box area, largest first):
+
+* :class:`DlibDetector` -- offline default. dlib's HOG frontal detector (or the CNN mmod detector with
+  ``cnn=True``) plus the 68-point landmark predictor, read from the ``face_recognition_models`` data folder
+  (found with ``importlib.util.find_spec``; that package is never imported).
+* :class:`InsightFaceDetector` -- an insightface SCRFD detection ONNX file (``det_10g.onnx``, ``det_2.5g.onnx``,
+  ...) run with onnxruntime; 5 landmarks. The SCRFD decode is implemented here (no insightface import needed).
+
+Alignment: :func:`align_face` estimates the least-squares similarity transform (Umeyama) from 5 points -- eye
+centres, nose tip, mouth corners, in image order left-to-right -- to a fixed template and warps with bilinear
+sampling. The default ``lap`` template frames the whole face with a margin, close to the CelebA/Unsup3D framing
+LAP trains on: inter-ocular distance ``iod`` = 0.28 of the crop side, eye midpoint at ``(0.5, eye_y=0.37)`` of the
+crop; the five points keep the proportions of the ArcFace mean face. The rule string recorded in the manifest is
+e.g. ``"sim5:template=lap,iod=0.28,eye_y=0.37,size=128,border=replicate"``.
+
+Pre-aligned sources (:func:`crop_prealigned`) use the same template: each known layout has fixed source
+points (its own mean 5 points), so the framing matches :func:`align_face`:
+
+* ``arcface112`` -- insightface/ArcFace 112x112 crops (celebrity sets, CASIA/Glint .rec). The lap framing reaches
+  beyond the ArcFace crop (below the chin, ~8 % each side), filled by edge replication.
+* ``celeba-align`` -- CelebA ``img_align_celeba`` 178x218: the lap framing is the fixed box of side 138 px at
+  (x=19, y=60) (inside the image), resized.
+* ``resize`` -- already framed the lap way (e.g. LAP/Unsup3D demo faces): centre square crop, resize.
+* ``auto`` -- picks ``arcface112`` for 112x112 images, ``celeba-align`` for 178x218, else ``resize``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lapdata.errors import LapError
+
+# ArcFace (insightface) 112x112 template: left eye, right eye, nose tip, left mouth corner, right mouth corner
+# (image left/right). Source: insightface.utils.face_align.arcface_dst.
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+# Mean 5 points of CelebA img_align_celeba (178x218), from list_landmarks_align_celeba.txt averages.
+CELEBA_ALIGN_5 = np.array(
+    [[69.0, 111.5], [107.5, 111.5], [88.0, 134.8], [71.6, 152.2], [105.8, 152.0]], dtype=np.float64
+)
+
+DEFAULT_IOD = 0.28
+DEFAULT_EYE_Y = 0.37
+DEFAULT_BORDER = "replicate"
+
+
+@dataclass
+class Face:
+    """One detected face.
+
+    box: (4,) float x0, y0, x1, y1 in pixels; landmarks: (K, 2) float (K = 68 dlib order, or 5 insightface order:
+    left eye, right eye, nose, left mouth, right mouth, image left/right); score: detector confidence.
+    """
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = (float(v) for v in self.box)
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def points5(self) -> np.ndarray:
+        return five_points(self.landmarks)
+
+
+def largest_face(faces: Sequence[Face]) -> Face | None:
+    """The face with the largest box area, or None for an empty list."""
+    if not faces:
+        return None
+    return max(faces, key=lambda f: f.area)
+
+
+def five_points(landmarks: np.ndarray) -> np.ndarray:
+    """(68, 2) dlib/iBUG landmarks or (5, 2) insightface points -> (5, 2) eye centres, nose tip, mouth corners."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape == (5, 2):
+        return lm.copy()
+    if lm.shape == (68, 2):
+        return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+    raise ValueError(f"landmarks must be (5, 2) or (68, 2), got {lm.shape}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# templates and similarity transforms
+
+
+def lap_template(size: int, iod: float = DEFAULT_IOD, eye_y: float = DEFAULT_EYE_Y) -> np.ndarray:
+    """(5, 2) target points of the ``lap`` template for a ``size`` x ``size`` crop.
+
+    The ArcFace mean face scaled so that the inter-ocular distance is ``iod * size`` and moved so that the eye
+    midpoint is at ``(0.5, eye_y) * size`` (pixel-centre coordinates: the crop spans [-0.5, size - 0.5])."""
+    arc = ARCFACE_112 / 112.0
+    arc_iod = float(np.linalg.norm(arc[1] - arc[0]))
+    mid = (arc[0] + arc[1]) / 2
+    unit = (arc - mid) * (iod / arc_iod) + np.array([0.5, eye_y])
+    return unit * size - 0.5
+
+
+def arcface_template(size: int = 112) -> np.ndarray:
+    """(5, 2) ArcFace template scaled to ``size`` (insightface convention: points in pixel units of 112)."""
+    return ARCFACE_112 * (size / 112.0)
+
+
+def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation; no reflection), Umeyama 1991.
+
+    src, dst: (N, 2), N >= 2 -> (2, 3) matrix M with dst ~= M[:, :2] @ src + M[:, 2]."""
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need matching (N>=2, 2) point sets, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    var_s = (s0**2).sum() / len(src)
+    if var_s <= 1e-12:
+        raise ValueError("degenerate source points (all equal)")
+    cov = d0.T @ s0 / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rot = u @ np.diag(d) @ vt
+    scale = (sig * d).sum() / var_s
+    m = np.zeros((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - m[:, :2] @ mu_s
+    return m
+
+
+def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a (2, 3) affine matrix to (N, 2) points."""
+    pts = np.asarray(pts, np.float64)
+    return pts @ m[:, :2].T + m[:, 2]
+
+
+_BORDERS = ("replicate", "reflect", "constant")
+
+
+def warp_affine(image: np.ndarray, m: np.ndarray, size: int | tuple[int, int], border: str = DEFAULT_BORDER) -> np.ndarray:
+    """Bilinear warp: output pixel q takes image at M^-1 q. image (H, W, C) or (H, W) -> (h, w[, C]) same dtype.
+
+    size: int (square) or (width, height)."""
+    import cv2
+
+    if border not in _BORDERS:
+        raise ValueError(f"border must be one of {_BORDERS}, got {border!r}")
+    w, h = (size, size) if isinstance(size, int) else size
+    mode = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}[border]
+    img = np.ascontiguousarray(image)
+    return cv2.warpAffine(img, np.asarray(m, np.float64), (int(w), int(h)), flags=cv2.INTER_LINEAR, borderMode=mode, borderValue=0)
+
+
+def _outside_fraction(m: np.ndarray, size: int, shape: tuple[int, ...]) -> float:
+    """Fraction of the output crop whose source pixel lies outside the image (sampled on a coarse grid)."""
+    n = 16
+    g = (np.arange(n) + 0.5) * size / n - 0.5
+    xs, ys = np.meshgrid(g, g)
+    q = np.stack([xs.ravel(), ys.ravel()], 1)
+    a = m[:, :2]
+    src = (q - m[:, 2]) @ np.linalg.inv(a).T
+    h, w = shape[:2]
+    out = (src[:, 0] < -0.5) | (src[:, 0] > w - 0.5) | (src[:, 1] < -0.5) | (src[:, 1] > h - 0.5)
+    return float(out.mean())
+
+
+def lap_rule(size: int, iod: float = DEFAULT_IOD, eye_y: float = DEFAULT_EYE_Y, border: str = DEFAULT_BORDER) -> str:
+    return f"sim5:template=lap,iod={iod:g},eye_y={eye_y:g},size={size},border={border}"
+
+
+def align_points(
+    image: np.ndarray,
+    points5: np.ndarray,
+    size: int,
+    *,
+    iod: float = DEFAULT_IOD,
+    eye_y: float = DEFAULT_EYE_Y,
+    border: str = DEFAULT_BORDER,
+    template: np.ndarray | None = None,
+    rule: str | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Align from explicit 5 points (see :func:`align_face`). ``template`` (5, 2) overrides the lap template."""
+    pts = five_points(points5)
+    dst = lap_template(size, iod, eye_y) if template is None else np.asarray(template, np.float64)
+    m = estimate_similarity(pts, dst)
+    crop = warp_affine(image, m, size, border)
+    info = {
+        "rule": rule or lap_rule(size, iod, eye_y, border),
+        "matrix": m.tolist(),
+        "points5": pts.tolist(),
+        "scale": float(math.hypot(m[0, 0], m[1, 0])),
+        "outside_fraction": _outside_fraction(m, size, image.shape),
+    }
+    return crop, info
+
+
+def align_face(
+    image: np.ndarray,
+    face: Face,
+    size: int = 128,
+    *,
+    iod: float = DEFAULT_IOD,
+    eye_y: float = DEFAULT_EYE_Y,
+    border: str = DEFAULT_BORDER,
+) -> tuple[np.ndarray, dict]:
+    """Similarity-align ``face`` to the ``lap`` template.
+
+    image (H, W, 3) uint8 -> crop (size, size, 3) uint8 and info: ``rule`` (the manifest crop-rule string),
+    ``matrix`` (2x3 image->crop), ``points5`` (source points), ``scale`` (crop px per image px),
+    ``outside_fraction`` (part of the crop that lies beyond the image, filled per ``border``)."""
+    return align_points(image, face.points5(), size, iod=iod, eye_y=eye_y, border=border)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pre-aligned sources
+
+PREALIGNED_RULES = ("auto", "arcface112", "celeba-align", "resize")
+
+
+def crop_prealigned(
+    image: np.ndarray,
+    size: int = 128,
+    rule: str = "auto",
+    *,
+    iod: float = DEFAULT_IOD,
+    eye_y: float = DEFAULT_EYE_Y,
+    border: str = DEFAULT_BORDER,
+) -> tuple[np.ndarray, str]:
+    """Crop a pre-aligned face with a fixed rule giving the ``lap`` framing of :func:`align_face`.
+
+    image (H, W, 3) uint8 -> (size, size, 3) uint8 and the full rule string for the manifest, e.g.
+    ``"prealigned:arcface112;sim5:template=lap,iod=0.28,eye_y=0.37,size=128,border=replicate"``.
+    Rules: ``arcface112`` (ArcFace 112x112 crops; any square size, scaled), ``celeba-align`` (178x218
+    img_align_celeba), ``resize`` (centre square crop + resize), ``auto`` (by image size, see module doc)."""
+    if rule not in PREALIGNED_RULES:
+        raise LapError(f"unknown pre-aligned crop rule {rule!r} (known: {', '.join(PREALIGNED_RULES)})")
+    h, w = image.shape[:2]
+    if rule == "auto":
+        rule = "arcface112" if (h, w) == (112, 112) else "celeba-align" if (h, w) == (218, 178) else "resize"
+    if rule == "resize":
+        s = min(h, w)
+        y0, x0 = (h - s) // 2, (w - s) // 2
+        sq = image[y0 : y0 + s, x0 : x0 + s]
+        sc = size / s
+        if s == size:
+            out = np.ascontiguousarray(sq)
+        else:
+            from PIL import Image
+
+            out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR if sc > 1 else Image.BOX))
+        return out, f"prealigned:resize;center-square,size={size}"
+    if rule == "arcface112":
+        if h != w:
+            raise LapError(f"arcface112 rule needs a square image, got {w}x{h}")
+        src = arcface_template(w)
+    else:  # celeba-align
+        src = CELEBA_ALIGN_5 * np.array([w / 178.0, h / 218.0])
+    dst = lap_template(size, iod, eye_y)
+    m = estimate_similarity(src, dst)
+    out = warp_affine(image, m, size, border)
+    return out, f"prealigned:{rule};{lap_rule(size, iod, eye_y, border)}"
+
+
+def prealigned_box(rule: str, width: int, height: int, iod: float = DEFAULT_IOD, eye_y: float = DEFAULT_EYE_Y) -> tuple[float, float, float]:
+    """(x0, y0, side) in source pixels of the square that the lap framing covers for a pre-aligned layout."""
+    if rule == "arcface112":
+        src = arcface_template(width)
+    elif rule == "celeba-align":
+        src = CELEBA_ALIGN_5 * np.array([width / 178.0, height / 218.0])
+    else:
+        raise ValueError(rule)
+    m = estimate_similarity(lap_template(1000, iod, eye_y), src)
+    corner = transform_points(m, np.array([[-0.5, -0.5], [999.5, 999.5]]))
+    return float(corner[0, 0]), float(corner[0, 1]), float(corner[1, 0] - corner[0, 0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dlib detector
+
+
+def dlib_model_dir() -> Path:
+    """The ``models/`` folder of the installed face_recognition_models package (found, never imported)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise LapError("dlib model files not found: install face-recognition-models (pip install face-recognition-models)")
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def dlib_model_path(name: str, model_dir: str | Path | None = None) -> Path:
+    p = Path(model_dir or dlib_model_dir()) / name
+    if not p.is_file():
+        raise LapError(f"dlib model file missing: {p}")
+    return p
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {img.shape}")
+    if img.shape[2] == 4:
+        img = img[..., :3]
+    if img.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {img.dtype}")
+    return np.ascontiguousarray(img)
+
+
+class DlibDetector:
+    """dlib face detector + 68-point landmarks. ``__call__(image (H,W,3) uint8 RGB) -> list[Face]`` by area.
+
+    upsample: how many times dlib upsamples the (possibly downscaled) image before detecting (1 finds faces down
+    to ~40 px). max_side: images larger than this are downscaled for detection only (landmarks run at full
+    resolution). cnn: use the mmod CNN detector (slower on CPU, better on profiles). min_score: HOG score
+    threshold (dlib's adjust_threshold, 0 = default) or CNN confidence threshold."""
+
+    def __init__(
+        self,
+        upsample: int = 1,
+        *,
+        cnn: bool = False,
+        max_side: int = 1024,
+        min_score: float = 0.0,
+        model_dir: str | Path | None = None,
+    ):
+        import dlib
+
+        self.upsample = int(upsample)
+        self.cnn = bool(cnn)
+        self.max_side = int(max_side)
+        self.min_score = float(min_score)
+        self.predictor = dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat", model_dir)))
+        if self.cnn:
+            self.detector = dlib.cnn_face_detection_model_v1(str(dlib_model_path("mmod_human_face_detector.dat", model_dir)))
+        else:
+            self.detector = dlib.get_frontal_face_detector()
+        self.name = "dlib-cnn" if self.cnn else "dlib-hog"
+
+    def __getstate__(self):  # dlib objects do not pickle: rebuild in the worker
+        return {"upsample": self.upsample, "cnn": self.cnn, "max_side": self.max_side, "min_score": self.min_score}
+
+    def __setstate__(self, st):
+        self.__init__(st["upsample"], cnn=st["cnn"], max_side=st["max_side"], min_score=st["min_score"])
+
+    def detect_boxes(self, image: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        """(box (4,), score) pairs in full-image pixels, unsorted."""
+        img = _as_rgb_uint8(image)
+        h, w = img.shape[:2]
+        scale = 1.0
+        small = img
+        if max(h, w) > self.max_side:
+            import cv2
+
+            scale = self.max_side / max(h, w)
+            small = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        out = []
+        if self.cnn:
+            for d in self.detector(small, self.upsample):
+                if d.confidence >= self.min_score:
+                    r = d.rect
+                    out.append((np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], float) / scale, float(d.confidence)))
+        else:
+            rects, scores, _ = self.detector.run(small, self.upsample, self.min_score)
+            for r, s in zip(rects, scores):
+                out.append((np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], float) / scale, float(s)))
+        return out
+
+    def landmarks(self, image: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """(68, 2) landmarks for a box (x0, y0, x1, y1) on the full image."""
+        import dlib
+
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        shape = self.predictor(image, dlib.rectangle(x0, y0, x1 - 1, y1 - 1))
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        img = _as_rgb_uint8(image)
+        faces = [Face(box=b, landmarks=self.landmarks(img, b), score=s) for b, s in self.detect_boxes(img)]
+        faces.sort(key=lambda f: -f.area)
+        return faces
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# insightface SCRFD detector (ONNX)
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> list[int]:
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = scores.argsort()[::-1]
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(int(i))
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        inter = np.maximum(0.0, xx2 - xx1 + 1) * np.maximum(0.0, yy2 - yy1 + 1)
+        ovr = inter / (areas[i] + areas[order[1:]] - inter)
+        order = order[1:][ovr <= thresh]
+    return keep
+
+
+def load_onnx_session(path: str | Path, what: str):
+    """onnxruntime InferenceSession on CPU (CUDA first when available), or a one-line LapError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise LapError(f"{what} ONNX file not found: {p}")
+    try:
+        import onnxruntime as ort
+
+        avail = ort.get_available_providers()
+        providers = [x for x in ("CUDAExecutionProvider", "CPUExecutionProvider") if x in avail] or avail
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        return ort.InferenceSession(str(p), sess_options=so, providers=providers)
+    except Exception as e:  # noqa: BLE001 - any load failure is a user error about this file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LapError(f"cannot load {what} ONNX file {p}: {msg[:200]}") from None
+
+
+class InsightFaceDetector:
+    """insightface SCRFD detector from an ONNX file (e.g. ``det_10g.onnx`` of buffalo_l). 5 landmarks.
+
+    ``__call__(image (H,W,3) uint8 RGB) -> list[Face]`` sorted by area. The image is resized (aspect kept) into
+    ``det_size`` x ``det_size`` (padded right/bottom), normalised (x - 127.5) / 128 as RGB NCHW; the 6/9/10/15
+    outputs (scores, box distances, keypoint offsets per stride) are decoded on anchor centres, then NMS."""
+
+    def __init__(self, model_path: str | Path, det_size: int = 640, score_threshold: float = 0.5, nms_threshold: float = 0.4):
+        self.model_path = str(model_path)
+        self.session = load_onnx_session(model_path, "insightface detection")
+        self.det_size = int(det_size)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shp = inp.shape
+        if len(shp) != 4:
+            raise LapError(f"{model_path}: not a detection model (input shape {shp})")
+        if isinstance(shp[2], int) and isinstance(shp[3], int):
+            self.input_hw = (shp[2], shp[3])
+        else:
+            self.input_hw = (self.det_size, self.det_size)
+        outs = self.session.get_outputs()
+        self.output_names = [o.name for o in outs]
+        n = len(outs)
+        cfg = {6: (3, [8, 16, 32], 2, False), 9: (3, [8, 16, 32], 2, True), 10: (5, [8, 16, 32, 64, 128], 1, False), 15: (5, [8, 16, 32, 64, 128], 1, True)}
+        if n not in cfg:
+            raise LapError(f"{model_path}: not an SCRFD detection model ({n} outputs, expected 6, 9, 10 or 15)")
+        self.fmc, self.strides, self.num_anchors, self.use_kps = cfg[n]
+        if not self.use_kps:
+            raise LapError(f"{model_path}: SCRFD model without keypoints; alignment needs the 5-landmark variant")
+        self.batched = len(outs[0].shape) == 3
+        self.name = "insightface-scrfd"
+        self._centers: dict = {}
+
+    def __getstate__(self):
+        return {"model_path": self.model_path, "det_size": self.det_size, "score_threshold": self.score_threshold, "nms_threshold": self.nms_threshold}
+
+    def __setstate__(self, st):
+        self.__init__(st["model_path"], st["det_size"], st["score_threshold"], st["nms_threshold"])
+
+    def _anchor_centers(self, h: int, w: int, stride: int) -> np.ndarray:
+        key = (h, w, stride)
+        if key not in self._centers:
+            c = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32)
+            c = (c * stride).reshape(-1, 2)
+            if self.num_anchors > 1:
+                c = np.stack([c] * self.num_anchors, axis=1).reshape(-1, 2)
+            self._centers[key] = c
+        return self._centers[key]
+
+    def __call__(self, image: np.ndarray) -> list[Face]:
+        import cv2
+
+        img = _as_rgb_uint8(image)
+        ih, iw = self.input_hw
+        h, w = img.shape[:2]
+        det_scale = min(ih / h, iw / w)
+        nh, nw = max(1, int(round(h * det_scale))), max(1, int(round(w * det_scale)))
+        canvas = np.zeros((ih, iw, 3), np.uint8)
+        canvas[:nh, :nw] = cv2.resize(img, (nw, nh))
+        blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
+        outs = self.session.run(self.output_names, {self.input_name: blob})
+        boxes, scores, kpss = [], [], []
+        for i, stride in enumerate(self.strides):
+            sc = outs[i][0] if self.batched else outs[i]
+            bb = (outs[i + self.fmc][0] if self.batched else outs[i + self.fmc]) * stride
+            kp = (outs[i + 2 * self.fmc][0] if self.batched else outs[i + 2 * self.fmc]) * stride
+            centers = self._anchor_centers(ih // stride, iw // stride, stride)
+            sc = sc.reshape(-1)
+            pos = np.where(sc >= self.score_threshold)[0]
+            if pos.size == 0:
+                continue
+            c = centers[pos]
+            d = bb.reshape(-1, 4)[pos]
+            boxes.append(np.stack([c[:, 0] - d[:, 0], c[:, 1] - d[:, 1], c[:, 0] + d[:, 2], c[:, 1] + d[:, 3]], -1))
+            k = kp.reshape(len(sc), -1)[pos].reshape(len(pos), -1, 2)
+            kpss.append(c[:, None, :] + k)
+            scores.append(sc[pos])
+        if not boxes:
+            return []
+        boxes_a = np.concatenate(boxes) / det_scale
+        kps_a = np.concatenate(kpss) / det_scale
+        sc_a = np.concatenate(scores)
+        keep = _nms(boxes_a, sc_a, self.nms_threshold)
+        faces = [Face(box=boxes_a[i].astype(np.float64), landmarks=kps_a[i].astype(np.float64), score=float(sc_a[i])) for i in keep]
+        faces.sort(key=lambda f: -f.area)
+        return faces

@@ -1,0 +1,90 @@
+"""Join part outputs (``lapdata ingest --part I/N`` run on N machines) into one dataset.
+
+Every finished shard (tar, parquet, json) of every part is copied (or hard-linked) into OUT/shards; a shard name
+present in two parts must be byte-identical (same sha256), else it is a LapError (the parts come from different
+plans). The unsharded rows (identities dropped before planning; kept by part 0) are joined, de-duplicated by
+photo_id. Then the dataset manifests are rebuilt by lapdata.writer.finalize_dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import LapError
+from .schema import PHOTOS
+from .writer import SHARD_DIR, UNSHARDED, finalize_dataset
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        tmp.unlink()
+    if link:
+        os.link(src, tmp)
+    else:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = False) -> dict:
+    out = Path(out)
+    srcs = [Path(d) for d in dirs]
+    for d in srcs:
+        if not (d / SHARD_DIR).is_dir():
+            raise LapError(f"{d}: not a lapdata dataset (no {SHARD_DIR}/ folder)")
+        if d.resolve() == out.resolve():
+            raise LapError(f"{d}: --out must differ from the inputs")
+    (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    configs, unsharded = [], []
+    seen: dict[str, str] = {}
+    for d in srcs:
+        for js in sorted((d / SHARD_DIR).glob("*.json")):
+            st = json.loads(js.read_text())
+            name = js.stem
+            if name in seen:
+                if seen[name] != st.get("sha256"):
+                    raise LapError(f"{js}: shard {name} differs from the one in another part (different plans?)")
+                continue
+            seen[name] = st.get("sha256")
+            for ext in (".tar", ".parquet"):
+                p = js.with_suffix(ext)
+                if not p.exists():
+                    raise LapError(f"{p}: missing (the part's shard {name} is incomplete)")
+            dst_json = out / SHARD_DIR / js.name
+            if dst_json.exists() and json.loads(dst_json.read_text()).get("sha256") == st.get("sha256"):
+                continue  # already merged (rerun)
+            _place(js.with_suffix(".tar"), out / SHARD_DIR / f"{name}.tar", link)
+            _place(js.with_suffix(".parquet"), out / SHARD_DIR / f"{name}.parquet", link)
+            _place(js, dst_json, False)  # the marker last
+        if (d / UNSHARDED).exists():
+            unsharded.append(pq.read_table(d / UNSHARDED, schema=PHOTOS))
+        for name in ("ingest.json", "stats.json"):
+            if (d / name).exists():
+                try:
+                    doc = json.loads((d / name).read_text())
+                except ValueError:
+                    continue
+                configs.append(doc if name == "ingest.json" else doc.get("config"))
+                break
+    extra: list[dict] = []
+    if unsharded:
+        t = pa.concat_tables(unsharded)
+        ids = set()
+        for r in t.to_pylist():
+            if r["photo_id"] not in ids:
+                ids.add(r["photo_id"])
+                extra.append({k: v for k, v in r.items() if v is not None})
+    config = next((c for c in configs if c), None)
+    if config is not None:
+        config = dict(config)
+        config.pop("part", None)
+        config["merged_from"] = [str(d) for d in srcs]
+    return finalize_dataset(out, config=config, extra_rows=extra, run={"merged": len(srcs), "part": [0, 1],
+                                                                      "failed_shards": []})

@@ -1,0 +1,518 @@
+"""`lapdata parse-masks DIR`: parse every view of a shard dataset and store its 19-class label map as ``seg``.
+
+How a run goes:
+
+1. The dataset's finished shards become one ``ShardTask`` each (same names and splits). ``lapdata.writer`` writes a
+   new version of the dataset in the sibling folder ``DIR.parse-tmp/``: each shard is read, every view parsed,
+   the sample re-written with its ``seg`` (lossless PNG; image bytes are kept as they were), its PHOTOS rows updated
+   (parser, face_fraction, class_counts, hard, hard_reason); then the manifests are rebuilt (finalize). Other files
+   of DIR (e.g. unsharded.parquet, pictures) are copied over first.
+2. The new version is audited (``lapdata.audit``); only when it is complete and clean is it swapped in:
+   ``DIR -> DIR.parse-old``, ``DIR.parse-tmp -> DIR``, then ``DIR.parse-old`` is removed (kept as ``DIR.pre-parse-<time>`` with keep_old).
+   A run killed at any point resumes with the same command: finished shards of DIR.parse-tmp are skipped, and an
+   interrupted swap is completed. With other options than the interrupted run, DIR.parse-tmp is started over.
+
+Parsers per view (``parser``):
+
+* ``ground-truth``: the view's stored ``seg`` when it did not come from a parse-masks model parser (CelebAMask-HQ
+  annotations kept by ingest; a part label map stored by a synthetic backend), else the synthetic backends' exact
+  face ``mask`` as a label map (face -> skin (1), the rest background (0)).
+* ``bisenet``: BiSeNet with ``weights`` (face-parsing.PyTorch 79999_iter.pth or facexlib parsing_bisenet.pth).
+* ``landmarks``: the dlib 68-landmark polygons (offline default).
+* ``auto``: ground truth where the view has it; the others with bisenet when ``weights`` is given, else landmarks.
+
+Faults: a view the parser cannot parse (landmarks: no face) keeps its place with an empty label map (M = 0), is
+marked hard (``hard_reason`` "parse_failed: ...") and its row's ``error`` column holds the message (counted in
+``parse_errors``); with ``drop_failed`` it becomes an ``error`` row instead (status error, reason ``parse_failed``)
+and is removed from its sample (note: that can put an identity under the ingest's min_images, which the audit then
+reports and the swap waits for). A sample with no image bytes gives error rows (reason ``no_image``) for its views; a shard that
+cannot be read fails alone (counted, the others go on) and the new version is then not swapped in (rerun retries).
+
+Hard samples: a view whose face fraction (pixels of the RCL face group / all pixels) is under ``min_face_fraction``
+gets view meta ``hard: true`` and ``hard_reason`` (PHOTOS hard / hard_reason); it stays in the data, training skips
+it. The default 0.25 is justified in docs/parse-masks.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..errors import LapError
+from ..sample import IdentitySample, View, decode_image, decode_sample, sample_json
+from ..schema import PHOTOS, STATUS_ERROR, STATUS_OK
+from ..writer import MANIFESTS, SHARD_DIR, ShardResult, ShardTask, iter_tar_samples, shard_stats, write_dataset
+from .base import ParseResult
+from .labels import CLASS_ID, NUM_CLASSES, class_counts, colorize
+from .landmarks import LandmarkParserConfig
+from .masks import RCLMaskConfig, face_fraction, label_to_masks_np
+
+ParserName = Literal["auto", "bisenet", "landmarks", "ground-truth"]
+MODEL_PARSERS = ("bisenet", "landmarks")
+GROUND_TRUTH = "ground-truth"
+TMP_SUFFIX = ".parse-tmp"
+OLD_SUFFIX = ".parse-old"
+CONFIG_FILE = "parse_config.json"
+COMPLETE_FILE = "parse_complete.json"
+CONTACT_SHEET = "parse_contact_sheet.png"
+HISTOGRAM = "parse_face_fraction.png"
+DEFAULT_MIN_FACE_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    """Options of parse-masks (CLI flags map one to one)."""
+
+    parser: ParserName = "auto"
+    weights: str | None = None  # BiSeNet weight file (bisenet; auto uses bisenet when given)
+    min_face_fraction: float = DEFAULT_MIN_FACE_FRACTION  # views under it are marked hard
+    batch_size: int = 8
+    device: str = "cpu"
+    workers: int = 1
+    input_size: int = 512  # BiSeNet input side
+    drop_failed: bool = False  # unparseable views become error rows, removed from the shards (default: kept, hard)
+    keep_old: bool = False  # keep the previous version as DIR.pre-parse-<time>
+    contact_sheet_views: int = 24
+    masks: RCLMaskConfig = RCLMaskConfig()  # its face group defines the face fraction
+    landmarks: LandmarkParserConfig = LandmarkParserConfig()
+
+    def __post_init__(self) -> None:
+        if self.parser not in ("auto", "bisenet", "landmarks", "ground-truth"):
+            raise LapError(f"--parser {self.parser!r}: use auto, bisenet, landmarks or ground-truth")
+        if self.parser == "bisenet" and not self.weights:
+            raise LapError("--parser bisenet needs --weights (79999_iter.pth or parsing_bisenet.pth)")
+        if not 0.0 <= self.min_face_fraction <= 1.0:
+            raise LapError(f"--min-face-fraction {self.min_face_fraction} is not in [0, 1]")
+        if self.batch_size < 1 or self.workers < 1:
+            raise LapError("--batch-size and --workers must be >= 1")
+
+    @property
+    def model_parser(self) -> str | None:
+        """The parser used for views without ground truth (None for --parser ground-truth)."""
+        if self.parser == "ground-truth":
+            return None
+        if self.parser == "auto":
+            return "bisenet" if self.weights else "landmarks"
+        return self.parser
+
+    def identity_doc(self) -> dict:
+        """What decides the content of the new shards (a resumed run must match it)."""
+        d = asdict(self)
+        for k in ("batch_size", "device", "workers", "keep_old", "contact_sheet_views"):
+            d.pop(k)
+        if d["weights"]:
+            p = Path(d["weights"]).expanduser()
+            d["weights"] = str(p.resolve())
+            d["weights_size"] = p.stat().st_size if p.exists() else None
+        return d
+
+
+# ------------------------------------------------------------------------------------------------ ground truth
+
+
+def has_ground_truth(view: View) -> bool:
+    """A view has ground truth: a stored seg not made by a parse-masks model parser, or a synthetic face mask."""
+    if view.seg is not None and view.meta.get("parser") not in MODEL_PARSERS:
+        return True
+    return view.mask is not None
+
+
+def ground_truth_seg(view: View) -> np.ndarray | None:
+    """The view's ground-truth label map (H, W) uint8, or None."""
+    if view.seg is not None and view.meta.get("parser") not in MODEL_PARSERS:
+        return np.asarray(view.seg, dtype=np.uint8)
+    if view.mask is not None:
+        return np.where(np.asarray(view.mask, dtype=bool), CLASS_ID["skin"], 0).astype(np.uint8)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ parser cache
+
+_PARSERS: dict[tuple, Any] = {}
+
+
+def get_parser(name: str, cfg: ParseConfig):
+    """The model parser ``name`` for cfg, built once per process (BiSeNet weights / dlib models load once)."""
+    key = (name, cfg.weights, cfg.device, cfg.batch_size, cfg.input_size, cfg.landmarks)
+    p = _PARSERS.get(key)
+    if p is None:
+        if name == "bisenet":
+            from .bisenet import BiSeNetParser
+
+            p = BiSeNetParser(cfg.weights, device=cfg.device, batch_size=cfg.batch_size, input_size=cfg.input_size)
+        elif name == "landmarks":
+            from .landmarks import LandmarkParser
+
+            p = LandmarkParser(cfg.landmarks)
+        else:
+            raise ValueError(f"unknown parser {name!r}")
+        _PARSERS.clear()
+        _PARSERS[key] = p
+    return p
+
+
+# ------------------------------------------------------------------------------------------------ one shard
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {s[0][:200]}" if s else type(e).__name__
+
+
+def parse_views(images: Sequence[np.ndarray], parser, batch_size: int) -> list[ParseResult]:
+    """Run ``parser`` over images in chunks of ``batch_size``; a chunk that raises gives error results."""
+    out: list[ParseResult] = []
+    for i in range(0, len(images), batch_size):
+        chunk = list(images[i : i + batch_size])
+        try:
+            res = parser(chunk)
+        except Exception as e:  # a parser fault fails these views, not the run
+            res = [ParseResult(None, error=f"parser_error: {_one_line(e)}") for _ in chunk]
+        out.extend(res)
+    return out
+
+
+def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResult:
+    """Read shard ``task.name`` of ``src_dir``, parse its views, return the samples (with seg) and updated rows."""
+    src = Path(src_dir) / SHARD_DIR
+    rows_tab = pq.read_table(src / f"{task.name}.parquet", schema=PHOTOS) if (src / f"{task.name}.parquet").exists() else None
+    rows = rows_tab.to_pylist() if rows_tab is not None else []
+    by_pid = {str(r["photo_id"]): r for r in rows}
+
+    samples: list[IdentitySample] = []
+    todo: list[tuple[int, int, np.ndarray]] = []  # (sample index, view index, image) for the model parser
+    results: dict[tuple[int, int], tuple[ParseResult, str]] = {}
+    failed_rows: dict[str, tuple[str, str]] = {}  # photo_id -> (reason, error)
+    for d in iter_tar_samples(src / f"{task.name}.tar"):
+        try:
+            doc = sample_json(d)
+            # every extra field is decoded (it is re-encoded by the writer); image bytes are kept as they are
+            s = decode_sample(d, fields=("depth", "cdepth", "normal", "mask", "seg"))
+        except Exception as e:
+            for vm in (sample_json(d).get("views", []) if "json" in d else []):
+                if vm.get("photo_id") is not None:
+                    failed_rows[str(vm["photo_id"])] = ("bad_sample", f"{d.get('__key__')}: {_one_line(e)}")
+            continue
+        si = len(samples)
+        samples.append(s)
+        for vi, v in enumerate(s.views):
+            ext = doc["views"][vi].get("image_ext", "jpg")
+            data = d.get(f"{vi:03d}.{ext}")
+            if data is None:
+                results[(si, vi)] = (ParseResult(None, error=f"no_image: {s.key} view {vi} has no {vi:03d}.{ext}"), "none")
+                continue
+            v.encoded = (ext, data)
+            v.meta.pop("image_sha256", None)
+            gt = ground_truth_seg(v) if cfg.parser in ("auto", "ground-truth") else None
+            if gt is not None:
+                results[(si, vi)] = (ParseResult(gt), GROUND_TRUTH)
+            elif cfg.model_parser is None:
+                results[(si, vi)] = (ParseResult(None, error="no_ground_truth: the view has no seg or mask"), GROUND_TRUTH)
+            else:
+                try:
+                    todo.append((si, vi, decode_image(data, "RGB")))
+                except Exception as e:
+                    results[(si, vi)] = (ParseResult(None, error=f"bad_image: {_one_line(e)}"), "none")
+    if todo:
+        name = cfg.model_parser
+        parsed = parse_views([t[2] for t in todo], get_parser(name, cfg), cfg.batch_size)
+        for (si, vi, img), r in zip(todo, parsed):
+            if r.ok and r.seg.shape != img.shape[:2]:
+                r = ParseResult(None, error=f"parser_error: label map {r.seg.shape} for image {img.shape[:2]}")
+            results[(si, vi)] = (r, name)
+
+    out_samples: list[IdentitySample] = []
+    for si, s in enumerate(samples):
+        kept: list[View] = []
+        for vi, v in enumerate(s.views):
+            r, pname = results[(si, vi)]
+            pid = v.meta.get("photo_id")
+            row = by_pid.get(str(pid)) if pid is not None else None
+            error = None
+            hard_reason = None
+            if not r.ok:
+                reason = "no_image" if r.error.startswith("no_image") else "parse_failed"
+                if cfg.drop_failed or v.encoded is None:
+                    if pid is not None:
+                        failed_rows[str(pid)] = (reason, r.error)
+                    continue
+                h, w = decode_image(v.encoded[1], "RGB").shape[:2]
+                error = r.error
+                r = ParseResult(np.zeros((h, w), np.uint8))  # empty label map: M = 0, and the view is hard
+                hard_reason = f"parse_failed: {error}"
+            seg = r.seg
+            ff = face_fraction(seg, cfg.masks)
+            if hard_reason is None and ff < cfg.min_face_fraction:
+                hard_reason = f"face_fraction {ff:.3f} < {cfg.min_face_fraction:g}"
+            v.seg = seg
+            v.meta.update(parser=pname, face_fraction=round(ff, 5), hard=hard_reason is not None)
+            for k in ("hard_reason", "parse_error"):
+                v.meta.pop(k, None)
+            if hard_reason is not None:
+                v.meta["hard_reason"] = hard_reason
+            if error is not None:
+                v.meta["parse_error"] = error
+            if row is not None:
+                row.update(parser=pname, face_fraction=float(ff), class_counts=class_counts(seg),
+                           hard=hard_reason is not None, hard_reason=hard_reason)
+                if error is not None:
+                    row["error"] = error
+            kept.append(v)
+        if kept:
+            s.views = kept
+            out_samples.append(s)
+    for pid, (reason, err) in failed_rows.items():
+        row = by_pid.get(pid)
+        if row is not None:
+            row.update(status=STATUS_ERROR, reason=reason, error=err, shard=None, key=None, view_index=None,
+                       parser=None, face_fraction=None, class_counts=None, hard=None, hard_reason=None)
+    return ShardResult(samples=out_samples, rows=rows)
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(img)
+    d = ImageDraw.Draw(im)
+    d.rectangle([0, 0, im.width, 11], fill=(0, 0, 0))
+    d.text((2, 0), text, fill=(255, 255, 255))
+    return np.array(im)
+
+
+def contact_sheet(items: Sequence[tuple[np.ndarray, np.ndarray, str]], path: str | Path,
+                  masks: RCLMaskConfig = RCLMaskConfig(), tile: int = 128, groups_per_row: int = 3) -> None:
+    """PNG grid: for each (image, seg, caption): photo | label map over the photo | label map | M_re (grey)."""
+    from PIL import Image
+
+    if not items:
+        return
+    cells = []
+    for img, seg, cap in items:
+        im = np.array(Image.fromarray(img).resize((tile, tile), Image.BILINEAR))
+        sg = np.array(Image.fromarray(seg).resize((tile, tile), Image.NEAREST))
+        col = colorize(sg)
+        over = (0.55 * im + 0.45 * col).astype(np.uint8)
+        _, m_re = label_to_masks_np(sg, masks)
+        mre = np.repeat((m_re[..., None] * 255).astype(np.uint8), 3, axis=2)
+        group = np.concatenate([_label(im, cap), over, col, _label(mre, "M_re")], axis=1)
+        cells.append(np.pad(group, ((2, 2), (2, 2), (0, 0)), constant_values=255))
+    while len(cells) % groups_per_row:
+        cells.append(np.full_like(cells[0], 255))
+    rows = [np.concatenate(cells[i : i + groups_per_row], axis=1) for i in range(0, len(cells), groups_per_row)]
+    sheet = np.concatenate(rows, axis=0)
+    tmp = Path(str(path) + ".tmp.png")
+    Image.fromarray(sheet).save(tmp)
+    os.replace(tmp, path)
+
+
+def face_fraction_figure(fractions: Sequence[float], threshold: float, path: str | Path, title: str = "") -> None:
+    """Histogram PNG of face fractions with the hard-sample threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = np.asarray(fractions, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    ax.hist(f, bins=np.linspace(0, 1, 51), color="#4477aa")
+    ax.axvline(threshold, color="#cc3311", ls="--", label=f"min_face_fraction {threshold:g}")
+    ax.set_xlabel("face fraction (RCL face-group pixels / all pixels)")
+    ax.set_ylabel("views")
+    ax.set_title(title or f"{len(f)} views, {int((f < threshold).sum())} hard", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = Path(str(path) + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _sheet_items(dataset: Path, n: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Up to n views for the contact sheet: one view per sample (more identities), about a quarter hard views."""
+    items: list = []
+    hard: list = []
+    if n <= 0:
+        return items
+    n_hard = n // 4
+    for st in shard_stats(dataset):
+        for d in iter_tar_samples(dataset / st["path"]):
+            metas = sample_json(d)["views"]
+            want = [i for i, m in enumerate(metas) if "seg" in m.get("fields", [])]
+            hard_i = [i for i in want if metas[i].get("hard")]
+            pick = []
+            if hard_i and len(hard) < n_hard:
+                pick.append((hard_i[0], True))
+            easy = [i for i in want if not metas[i].get("hard")]
+            if easy and len(items) < n:
+                pick.append((easy[len(items) % len(easy)], False))
+            for i, is_hard in pick:
+                v = decode_sample(d, views=[i], fields=("image", "seg")).views[0]
+                m = v.meta
+                cap = f"{str(m.get('parser', '?'))[:5]} f={m.get('face_fraction', 0):.2f}" + (" HARD" if is_hard else "")
+                (hard if is_hard else items).append((v.image, v.seg, cap))
+        if len(items) >= n and len(hard) >= n_hard:
+            break
+    k = min(len(hard), n_hard)
+    return hard[:k] + items[: n - k]
+
+
+# ------------------------------------------------------------------------------------------------ the step
+
+
+@dataclass
+class ParseReport:
+    dataset: str
+    parser: str
+    stats: dict = field(default_factory=dict)
+    failed_shards: list = field(default_factory=list)
+    audit_faults: list = field(default_factory=list)
+    swapped: bool = False
+    contact_sheet: str | None = None
+
+
+def _swap_paths(root: Path) -> tuple[Path, Path]:
+    return root.with_name(root.name + TMP_SUFFIX), root.with_name(root.name + OLD_SUFFIX)
+
+
+def _drop_old(root: Path, keep_old: bool) -> None:
+    """Remove DIR.parse-old, or keep it as DIR.pre-parse-<UTC time>."""
+    _, old = _swap_paths(root)
+    if keep_old:
+        os.replace(old, root.with_name(root.name + time.strftime(".pre-parse-%Y%m%d-%H%M%S", time.gmtime())))
+    else:
+        shutil.rmtree(old)
+
+
+def _finish_swap(root: Path, keep_old: bool) -> bool:
+    """Complete an interrupted swap (DIR missing or old/tmp left over); True when something was done."""
+    tmp, old = _swap_paths(root)
+    if not root.exists() and old.exists() and tmp.is_dir() and (tmp / COMPLETE_FILE).exists():
+        os.replace(tmp, root)
+        _drop_old(root, keep_old)
+        return True
+    if root.exists() and old.exists() and not tmp.exists() and (root / COMPLETE_FILE).exists():
+        _drop_old(root, keep_old)
+        return True
+    return False
+
+
+def _copy_extras(root: Path, tmp: Path) -> None:
+    """Copy DIR's files other than shards and manifests into the new version (once)."""
+    skip = set(MANIFESTS) | {SHARD_DIR, CONFIG_FILE, COMPLETE_FILE, CONTACT_SHEET, HISTOGRAM}
+    for p in root.iterdir():
+        if p.name in skip or p.name.endswith(".tmp"):
+            continue
+        dst = tmp / p.name
+        if dst.exists():
+            continue
+        if p.is_dir():
+            shutil.copytree(p, dst)
+        else:
+            shutil.copy2(p, dst)
+
+
+def _summary(table, cfg: ParseConfig) -> dict:
+    d = table.to_pydict()
+    parsed = [i for i, p in enumerate(d["parser"]) if p is not None and d["status"][i] == STATUS_OK]
+    ff = np.array([d["face_fraction"][i] for i in parsed], dtype=float)
+    errors = Counter(d["reason"][i] for i in range(len(d["status"])) if d["status"][i] == STATUS_ERROR and
+                     d["reason"][i] in ("parse_failed", "no_image", "bad_sample"))
+    kept_failed = sum(1 for i in parsed if (d["hard_reason"][i] or "").startswith("parse_failed"))
+    if kept_failed:
+        errors["parse_failed_kept_hard"] = kept_failed
+    pct = {f"p{q}": round(float(np.percentile(ff, q)), 4) for q in (1, 5, 25, 50, 75, 95, 99)} if len(ff) else {}
+    return {
+        "views_parsed": len(parsed),
+        "by_parser": dict(Counter(d["parser"][i] for i in parsed)),
+        "hard": int(sum(bool(d["hard"][i]) for i in parsed)),
+        "parse_errors": dict(errors),
+        "face_fraction": {"mean": round(float(ff.mean()), 4) if len(ff) else None, **pct},
+        "min_face_fraction": cfg.min_face_fraction,
+    }
+
+
+def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bool = True) -> ParseReport:
+    """Parse every view of dataset ``root`` and swap in the new version with label maps (see module doc)."""
+    root = Path(root).expanduser().absolute()
+    tmp, old = _swap_paths(root)
+    _finish_swap(root, cfg.keep_old)
+    if not root.is_dir():
+        raise LapError(f"{root}: dataset folder does not exist")
+    tasks = [ShardTask(st["shard"], st["split"], ()) for st in shard_stats(root)]
+    if not tasks:
+        raise LapError(f"{root}: no finished shards (expected {SHARD_DIR}/*.tar with .json; run lapdata ingest first)")
+    if old.exists():
+        raise LapError(f"{old}: left over from an earlier parse-masks run; remove it (or move it away) and rerun")
+    if cfg.weights and cfg.model_parser == "bisenet":  # a wrong weight file is one clear line, before any work
+        get_parser("bisenet", cfg)
+    ident = cfg.identity_doc()
+    if tmp.exists():
+        prev = None
+        try:
+            prev = json.loads((tmp / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            pass
+        if prev != json.loads(json.dumps(ident)):
+            print(f"note: {tmp} holds a parse with other options; starting it over")
+            shutil.rmtree(tmp)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / CONFIG_FILE).write_text(json.dumps(ident, indent=1, sort_keys=True))
+    _copy_extras(root, tmp)
+
+    prev_stats = {}
+    if (root / "stats.json").exists():
+        try:
+            prev_stats = json.loads((root / "stats.json").read_text())
+        except ValueError:
+            prev_stats = {}
+    config = dict(prev_stats.get("config") or {})
+    config["parse_masks"] = ident
+    process = functools.partial(process_shard, src_dir=str(root), cfg=cfg)
+    stats = write_dataset(tmp, tasks, process, workers=cfg.workers, config=config, image_ext="jpg",
+                          progress=progress)
+    report = ParseReport(str(root), cfg.parser, failed_shards=stats.get("failed", []))
+    from ..writer import read_dataset
+
+    table = read_dataset(tmp)
+    summary = _summary(table, cfg)
+    report.stats = {**summary, "photos": stats.get("photos"), "status_counts": stats.get("status_counts"),
+                    "shards": stats.get("shards"), "images": stats.get("images")}
+    if report.failed_shards:
+        return report
+    # pictures of the new version
+    try:
+        contact_sheet(_sheet_items(tmp, cfg.contact_sheet_views), tmp / CONTACT_SHEET, cfg.masks)
+        report.contact_sheet = str(root / CONTACT_SHEET)
+        d = table.to_pydict()
+        ff = [f for f, p, s in zip(d["face_fraction"], d["parser"], d["status"]) if p is not None and s == STATUS_OK]
+        if ff:
+            face_fraction_figure(ff, cfg.min_face_fraction, tmp / HISTOGRAM, f"{root.name}: {len(ff)} views, "
+                                 f"{summary['hard']} under {cfg.min_face_fraction:g}")
+    except Exception as e:  # pictures never fail the run
+        print(f"warning: contact sheet not written ({_one_line(e)})")
+    from ..audit import audit_dataset
+
+    rep = audit_dataset(tmp)
+    report.audit_faults = list(rep.faults)
+    if rep.faults:
+        return report
+    (tmp / COMPLETE_FILE).write_text(json.dumps({"stats": report.stats, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                            time.gmtime())}, indent=1))
+    os.replace(root, old)
+    os.replace(tmp, root)
+    _drop_old(root, cfg.keep_old)
+    report.swapped = True
+    return report

@@ -1,0 +1,12 @@
+"""Synthetic multi-pose identity sets (LAP's curriculum data) with interchangeable backends.
+
+``base`` (the backend interface and conventions), ``mesh`` (posing/rasterizing/shading a textured face mesh with
+``lapdata.raster``), ``albedo`` (procedural skin textures and backgrounds), backends ``procedural`` (built in, no
+files), ``ict`` (ICT-FaceKit), ``stylegan`` (InterfaceGAN pose edits), ``diffusers_backend`` (pose-conditioned
+diffusion), and ``build`` (``lapdata build-synthetic``: shards + manifests via ``lapdata.writer``).
+Heavy modules are imported on use.
+"""
+
+from .base import Backend, IdentityParams, Pose, SynthView, default_poses, frontal_index, identity_seed
+
+__all__ = ["Backend", "IdentityParams", "Pose", "SynthView", "default_poses", "frontal_index", "identity_seed"]

@@ -1,0 +1,434 @@
+"""``lapdata build-synthetic``: multi-pose identity sets -> identity-grouped shards + manifests (like ``lapdata ingest``).
+
+How a run goes:
+
+1. Everything the run needs is checked first (backend files, generator/boundary shapes, pipeline folder, identity
+   model): a bad input is one LapError before any work.
+2. Identity ``i`` is named ``{backend}-s{seed}-{i:06d}``; its random stream is ``identity_seed(seed, i)`` (so the
+   output is deterministic from ``--seed`` and independent of workers/parts); its split comes from
+   ``lapdata.split.split_of(name, seed)`` (train/val/test by identity).
+3. ``lapdata.writer.plan_shards`` groups identities into shards; ``write_dataset`` renders the unfinished ones
+   (resume), in ``workers`` processes, for part ``I/N``.
+4. Per identity: sample the identity, 15 poses (yaws evenly over ``yaw_range``, small pitch/roll jitter for the 3D
+   backends), render the views, then the paper's identity filter: embed every view and drop those whose cosine to
+   the frontal view is below the threshold (ArcFace 0.6 with ``--id-model``; dlib with its calibrated threshold
+   otherwise; ``none`` disables). Dropped views are PHOTOS rows with status skipped, reason id_similarity and
+   their id_score; failures of an identity are error rows (the run goes on).
+5. Ground truth of the 3D backends goes into the shards (``View(depth, canon_depth, normal, mask)``: 16-bit PNG
+   depth, see ``lapdata.sample``); pose, light, expression and landmarks into the view metadata (and PHOTOS
+   yaw/pitch/roll); identity coefficients and appearance into the sample metadata.
+6. ``DIR/contact_sheet.png``: a few identities across their poses (and their depth maps for 3D backends).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lapdata.errors import LapError
+from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
+from lapdata.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+
+from .base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
+
+BACKENDS = ("procedural", "ict", "stylegan", "diffusers")
+REASON_ID = "id_similarity"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    backend: str = "procedural"
+    out: str = ""
+    identities: int = 100
+    poses: int = 15
+    size: int = 256
+    yaw_range: tuple[float, float] = (-60.0, 60.0)
+    pitch_jitter: float = 5.0  # uniform +- degrees (3D backends)
+    roll_jitter: float = 3.0
+    seed: int = 0
+    fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)  # train / val / test by identity
+    samples_per_shard: int = 64
+    workers: int = 1
+    part: tuple[int, int] = (0, 1)
+    device: str = "auto"  # auto | cpu | cuda
+    image_ext: str = "jpg"
+    quality: int = 95
+    # identity filter
+    id_filter: str = "auto"  # auto (arcface with id_model, else dlib) | dlib | arcface | none
+    id_model: str = ""  # insightface ArcFace .onnx
+    id_threshold: float = 0.0  # 0 = the embedder's default (ArcFace 0.6, dlib calibrated)
+    # 3D backends
+    ssaa: int = 1
+    expression_scale: float = 1.0
+    light: str = "random"
+    fov_deg: float = 10.0
+    model: str = ""  # ict: the FaceXModel folder
+    # stylegan
+    generator: str = ""
+    mapping: str = ""
+    pose_boundary: str = ""
+    latent_dim: int = 0
+    yaw_scale: float = 0.05
+    # diffusers
+    pipeline: str = ""
+    prompt: str = "a studio portrait photo of a person's face, neutral background, sharp focus"
+    steps: int = 25
+    guidance: float = 5.0
+    condition: str = "normal"
+    # output extras
+    contact_identities: int = 6
+    progress: bool = True
+
+
+# ------------------------------------------------------------------------------------------------ construction
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise LapError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LapError("--device cuda: no CUDA device is available")
+    return device
+
+
+def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backend:
+    """The configured backend, validated (files, shapes) before any work."""
+    dev = resolve_device(cfg.device)
+    if cfg.light not in ("random", "frontal"):
+        raise LapError(f"light must be random or frontal, got {cfg.light!r}")
+    if cfg.backend == "procedural":
+        from .procedural import ProceduralBackend, ProceduralConfig
+
+        return ProceduralBackend(ProceduralConfig(fov_deg=cfg.fov_deg, ssaa=cfg.ssaa, light=cfg.light,
+                                                  expression_scale=cfg.expression_scale, device=dev))
+    if cfg.backend == "ict":
+        from .ict import ICTBackend, ICTConfig
+
+        if not cfg.model:
+            raise LapError("--backend ict needs --model DIR (the ICT-FaceKit FaceXModel folder)")
+        return ICTBackend(cfg.model, ICTConfig(fov_deg=cfg.fov_deg, ssaa=cfg.ssaa, light=cfg.light,
+                                               expression_scale=cfg.expression_scale, device=dev),
+                          cache_dir=cache_dir, progress=cfg.progress)
+    if cfg.backend == "stylegan":
+        from .stylegan import StyleGANBackend, StyleGANConfig
+
+        return StyleGANBackend(StyleGANConfig(generator=cfg.generator, mapping=cfg.mapping,
+                                              boundary=cfg.pose_boundary, latent_dim=cfg.latent_dim,
+                                              yaw_scale=cfg.yaw_scale, device=dev))
+    if cfg.backend == "diffusers":
+        from .diffusers_backend import DiffusersBackend, DiffusersConfig
+
+        cond = make_backend(SynthConfig(**{**_asdict(cfg), "backend": "ict" if cfg.model else "procedural",
+                                           "light": "frontal", "expression_scale": 0.0}), cache_dir)
+        return DiffusersBackend(DiffusersConfig(pipeline=cfg.pipeline, prompt=cfg.prompt, steps=cfg.steps,
+                                                guidance=cfg.guidance, condition=cfg.condition, device=dev), cond)
+    raise LapError(f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _asdict(cfg: SynthConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
+class IdentityFilter:
+    """The paper's frontal-view filter around an embedder (``lapdata.embed``: ``__call__(aligned crops)`` and
+    optionally ``embed_image(image, [landmarks])``): views whose cosine to the frontal view is below
+    ``threshold`` are dropped. Views with landmarks are aligned from them; others are embedded as they are
+    (assumed to be framed like the ``lap`` template, e.g. aligned generator output)."""
+
+    def __init__(self, embedder, threshold: float, name: str):
+        self.embedder = embedder
+        self.threshold = float(threshold)
+        self.name = name
+
+    def embed(self, views: Sequence[SynthView]) -> np.ndarray:
+        out = []
+        for v in views:
+            if v.landmarks is not None and hasattr(self.embedder, "embed_image"):
+                e = self.embedder.embed_image(v.image, [np.asarray(v.landmarks, np.float64)])
+            else:
+                e = self.embedder([np.ascontiguousarray(v.image)])
+            out.append(np.asarray(e, np.float32).reshape(-1))
+        return np.stack(out)
+
+    def __call__(self, views: Sequence[SynthView], frontal: int) -> tuple[np.ndarray, np.ndarray]:
+        from lapdata.idfilter import frontal_view_filter
+
+        return frontal_view_filter(self.embed(views), frontal, self.threshold)
+
+
+def make_filter(cfg: SynthConfig) -> IdentityFilter | None:
+    kind = cfg.id_filter
+    if kind == "auto":
+        kind = "arcface" if cfg.id_model else "dlib"
+    if kind == "none":
+        return None
+    if kind == "arcface":
+        if not cfg.id_model:
+            raise LapError("--id-filter arcface needs --id-model FILE.onnx (an insightface recognition model)")
+        from lapdata.embed import ArcFaceEmbedder
+
+        emb = ArcFaceEmbedder(cfg.id_model)
+        return IdentityFilter(emb, cfg.id_threshold or emb.default_threshold, f"arcface:{Path(cfg.id_model).name}")
+    if kind == "dlib":
+        from lapdata.embed import DlibEmbedder
+
+        emb = DlibEmbedder()
+        return IdentityFilter(emb, cfg.id_threshold or emb.default_threshold, "dlib")
+    raise LapError(f"--id-filter must be auto, dlib, arcface or none, got {cfg.id_filter!r}")
+
+
+def check_config(cfg: SynthConfig) -> None:
+    if not cfg.out:
+        raise LapError("--out DIR is required")
+    if cfg.identities < 1:
+        raise LapError(f"--identities must be >= 1, got {cfg.identities}")
+    if cfg.poses < 1:
+        raise LapError(f"--poses must be >= 1, got {cfg.poses}")
+    if not 16 <= cfg.size <= 4096:
+        raise LapError(f"--size must be in 16..4096, got {cfg.size}")
+    lo, hi = cfg.yaw_range
+    if not (-90 <= lo <= hi <= 90):
+        raise LapError(f"--yaw-range must be LO,HI with -90 <= LO <= HI <= 90, got {lo},{hi}")
+    if cfg.ssaa < 1 or cfg.ssaa > 4:
+        raise LapError(f"--ssaa must be 1..4, got {cfg.ssaa}")
+    if cfg.image_ext not in ("jpg", "png"):
+        raise LapError(f"image format must be jpg or png, got {cfg.image_ext!r}")
+    if cfg.samples_per_shard < 1:
+        raise LapError("--samples-per-shard must be >= 1")
+
+
+def identity_name(cfg: SynthConfig, i: int) -> str:
+    return f"{cfg.backend}-s{cfg.seed}-{i:06d}"
+
+
+# ------------------------------------------------------------------------------------------------ one identity
+
+
+def identity_poses(cfg: SynthConfig, backend: Backend, rng: np.random.Generator) -> list[Pose]:
+    geo = backend.has_geometry
+    return default_poses(cfg.poses, cfg.yaw_range, rng, cfg.pitch_jitter if geo else 0.0, cfg.roll_jitter if geo else 0.0)
+
+
+def _round(x: Any, nd: int = 4) -> Any:
+    if x is None:
+        return None
+    return np.round(np.asarray(x, np.float64), nd).tolist()
+
+
+def render_identity(
+    cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None, identity: str, split: str, index: int
+) -> tuple[IdentitySample | None, list[dict]]:
+    """Render, filter and package one identity -> (sample or None when nothing is kept, PHOTOS rows)."""
+    seed = identity_seed(cfg.seed, index)
+    rng = np.random.default_rng(seed)
+    source = f"synthetic:{cfg.backend}"
+    base_row = {"identity": identity, "split": split, "source": source, "orig_width": cfg.size,
+                "orig_height": cfg.size, "size": cfg.size, "num_faces": 1, "crop_rule": "synthetic:lap-frame"}
+    poses: list[Pose] = []
+    try:
+        params = backend.sample_identity(rng)
+        poses = identity_poses(cfg, backend, rng)
+        views = backend.render_views(params, poses, cfg.size, rng)
+        if len(views) != len(poses):
+            raise RuntimeError(f"backend returned {len(views)} views for {len(poses)} poses")
+    except Exception as e:  # noqa: BLE001 - a bad identity is data, the run goes on
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        n = max(len(poses), cfg.poses)
+        return None, [{**base_row, "photo_id": f"{identity}-{k:02d}", "path": f"{cfg.backend}:seed={cfg.seed}:"
+                       f"identity={index}:view={k}", "status": STATUS_ERROR, "error": msg} for k in range(n)]
+    front = frontal_index(poses)
+    if filt is not None:
+        keep, sims = filt(views, front)
+        id_model = filt.name
+    else:
+        keep, sims, id_model = np.ones(len(views), bool), np.full(len(views), np.nan, np.float32), None
+    rows, kept = [], []
+    for k, (v, p) in enumerate(zip(views, poses)):
+        pid = f"{identity}-{k:02d}"
+        data = encode_image(v.image, cfg.image_ext, cfg.quality)
+        sha = hashlib.sha256(data).hexdigest()
+        score = None if not np.isfinite(sims[k]) else float(sims[k])
+        row = {**base_row, "photo_id": pid, "path": f"{cfg.backend}:seed={cfg.seed}:identity={index}:view={k}",
+               "sha256": sha, "yaw": v.pose.yaw, "pitch": v.pose.pitch, "roll": v.pose.roll, "id_score": score,
+               "id_model": id_model, "crop_rule": f"synthetic:{cfg.backend}:lap-frame,fov={cfg.fov_deg:g}",
+               "landmarks": None if v.landmarks is None else np.asarray(v.landmarks, np.float32).reshape(-1).tolist()}
+        if keep[k]:
+            row["status"] = STATUS_OK
+            meta = {"photo_id": pid, "pose": v.pose.as_list(), "view_index_in_identity": k, "frontal": k == front,
+                    "id_score": score, "light": _round(v.light), "expression": _round(v.expression),
+                    "landmarks": _round(v.landmarks, 2), "fov_deg": cfg.fov_deg, **v.meta}
+            kept.append(View(image=None, encoded=(cfg.image_ext, data), meta=meta, depth=v.depth,
+                             canon_depth=v.canon_depth, normal=v.normal, mask=v.mask))
+        else:
+            row.update(status=STATUS_SKIPPED, reason=REASON_ID)
+        rows.append(row)
+    if not kept:
+        return None, rows
+    smeta = {"source": source, "backend": cfg.backend, "seed": cfg.seed, "identity_index": index,
+             "identity_seed": seed, "params_seed": params.seed, "coeffs": params.coeffs, "frontal_view": front,
+             "num_poses": len(poses), "size": cfg.size}
+    return IdentitySample(key=sample_key(identity), identity=identity, split=split, views=kept, meta=smeta), rows
+
+
+def process_shard(task, *, cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None):
+    """``lapdata.writer`` process function: render every identity of the shard."""
+    import torch
+
+    from lapdata.writer import ShardResult
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    res = ShardResult()
+    for identity, index in task.items:
+        sample, rows = render_identity(cfg, backend, filt, identity, task.split, int(index))
+        if sample is not None:
+            res.samples.append(sample)
+        res.rows.extend(rows)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: IdentityFilter | None | str = "config") -> dict:
+    """Build the dataset of ``cfg`` (resumable) -> the writer's stats (plus ``contact_sheet``).
+
+    ``backend`` / ``filt`` override the configured ones (tests use stand-ins)."""
+    from lapdata.config import to_dict
+    from lapdata.split import split_of
+    from lapdata.writer import plan_shards, write_dataset
+
+    check_config(cfg)
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise LapError(f"{out}: exists and is not a folder")
+    if backend is None:
+        backend = make_backend(cfg, cache_dir=out / "cache")
+    if isinstance(filt, str):
+        filt = make_filter(cfg)
+    groups = []
+    for i in range(cfg.identities):
+        name = identity_name(cfg, i)
+        groups.append((name, split_of(name, cfg.seed, cfg.fractions), i))
+    tasks = plan_shards(groups, cfg.samples_per_shard)
+    config = {"command": "build-synthetic", **to_dict(cfg), "backend_config": backend.describe(),
+              "id_filter": None if filt is None else {"model": filt.name, "threshold": filt.threshold}}
+    process = functools.partial(process_shard, cfg=cfg, backend=backend, filt=filt)
+    stats = write_dataset(out, tasks, process, workers=cfg.workers, part=cfg.part, config=json.loads(json.dumps(config, default=str)),
+                          image_ext=cfg.image_ext, quality=cfg.quality, progress=cfg.progress)
+    try:
+        sheet = write_contact_sheet(out, cfg.contact_identities, cfg.poses)
+        stats["contact_sheet"] = None if sheet is None else str(sheet)
+    except Exception as e:  # noqa: BLE001 - a picture must not fail the run
+        stats["contact_sheet"] = None
+        stats["contact_sheet_error"] = f"{type(e).__name__}: {e}"
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ contact sheet
+
+
+def _read_samples(tar_path: Path, limit: int) -> list[dict]:
+    groups: dict[str, dict] = defaultdict(dict)
+    order: list[str] = []
+    with tarfile.open(tar_path) as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            name = m.name
+            key, _, field = name.partition(".")
+            if key not in groups:
+                if len(order) >= limit:
+                    break
+                order.append(key)
+            groups[key][field] = tf.extractfile(m).read()
+    return [{"__key__": k, **groups[k]} for k in order]
+
+
+def depth_picture(depth: np.ndarray) -> np.ndarray:
+    """(H, W) depth (NaN = none) -> (H, W, 3) uint8: near = bright, none = black."""
+    fin = np.isfinite(depth)
+    out = np.zeros(depth.shape, np.float32)
+    if fin.any():
+        lo, hi = np.percentile(depth[fin], [1, 99])
+        out[fin] = 0.25 + 0.75 * np.clip((hi - depth[fin]) / max(hi - lo, 1e-9), 0, 1)
+    return np.repeat((out * 255).astype(np.uint8)[..., None], 3, -1)
+
+
+def write_contact_sheet(out_dir: str | Path, identities: int = 6, poses: int = 15, thumb: int = 96) -> Path | None:
+    """DIR/contact_sheet.png: up to ``identities`` identities (rows) x their kept views (columns, in pose order),
+    each followed by a row of its depth maps when the shards have them. Returns the path (None: no shards)."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    shards = sorted((out / "shards").glob("*.tar"), key=lambda p: (not p.name.startswith("train"), p.name))
+    samples = []
+    for s in shards:
+        if not s.with_suffix(".json").exists():
+            continue
+        samples.extend(_read_samples(s, identities - len(samples)))
+        if len(samples) >= identities:
+            break
+    if not samples:
+        return None
+    cols = max(poses, max(len(json.loads(d["json"])["views"]) for d in samples))
+    rows = []
+    for d in samples:
+        s = decode_sample(d, fields=("image", "depth"))
+        order = sorted(range(len(s.views)), key=lambda i: s.views[i].meta.get("pose", [0])[0])
+        imgs = [np.asarray(Image.fromarray(s.views[i].image).resize((thumb, thumb), Image.BILINEAR)) for i in order]
+        row = np.zeros((thumb, cols * thumb, 3), np.uint8)
+        for j, im in enumerate(imgs):
+            row[:, j * thumb : (j + 1) * thumb] = im
+        rows.append(row)
+        if any(v.depth is not None for v in s.views):
+            drow = np.zeros_like(row)
+            for j, i in enumerate(order):
+                v = s.views[i]
+                if v.depth is not None:
+                    pic = Image.fromarray(depth_picture(v.depth)).resize((thumb, thumb), Image.NEAREST)
+                    drow[:, j * thumb : (j + 1) * thumb] = np.asarray(pic)
+            rows.append(drow)
+    sheet = np.concatenate(rows, 0)
+    path = out / "contact_sheet.png"
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(sheet).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path
+
+
+def summary_line(stats: dict, out: str | Path) -> str:
+    """One line: views by status (skip reasons), identities by split, shards, contact sheet, failed shards."""
+    sc, rc = stats.get("status_counts", {}), stats.get("reason_counts", {})
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rc.items(), key=lambda kv: -kv[1]))
+    line = (f"{stats.get('photos', 0)} views: {sc.get('ok', 0)} ok, {sc.get('skipped', 0)} skipped"
+            + (f" ({reasons})" if reasons else "") + f", {sc.get('error', 0)} error; "
+            + f"{stats.get('identities_ok', 0)} identities ("
+            + ", ".join(f"{k} {v}" for k, v in (stats.get("identities_by_split") or {}).items())
+            + f") in {stats.get('shards', 0)} shards -> {out}")
+    if stats.get("contact_sheet"):
+        line += f"; contact sheet {stats['contact_sheet']}"
+    failed = stats.get("failed") or []
+    if failed:
+        line += f"; {len(failed)} shards FAILED (rerun to retry): {failed[0]['shard']}: {failed[0]['error']}"
+    return line
+
+
+__all__ = ["SynthConfig", "run_synthetic", "make_backend", "make_filter", "IdentityFilter", "render_identity",
+           "process_shard", "write_contact_sheet", "identity_name", "summary_line"]

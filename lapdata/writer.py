@@ -1,0 +1,502 @@
+"""The shard writer every lapdata step uses (img2dataset style: errors are data, shards are the unit of work).
+
+Layout (see lapdata.schema)::
+
+    DIR/shards/{split}-{index:06d}.tar      WebDataset shard (written with webdataset.TarWriter, mtime 0: reproducible)
+    DIR/shards/{split}-{index:06d}.parquet  PHOTOS rows of every input photo of the shard's items (ok/skipped/error)
+    DIR/shards/{split}-{index:06d}.json     shard stats; written last, its presence marks the shard finished
+    DIR/unsharded.parquet                   PHOTOS rows that belong to no shard (e.g. identities dropped by
+                                            min-images before planning: the ``extra_rows``)
+    DIR/photos.parquet DIR/identities.parquet DIR/shards.parquet DIR/stats.json   dataset level, by finalize_dataset
+
+How a run goes: ``plan_shards`` turns identity groups into deterministic ``ShardTask``s; ``write_dataset`` keeps the
+tasks of its ``part``, skips those whose .json exists (resume), and runs ``process(task) -> ShardResult`` for the
+rest in ``workers`` spawn processes. Each worker encodes and writes its own shard (tar, then parquet, then json,
+each to ``name.tmp`` then ``os.replace``), and only the small shard stats travel back, so the parent's memory does
+not grow with the number of photos. An exception inside ``process`` fails that shard only (counted in
+stats.json ``failed_shards``; rerunning the same command retries it).
+
+Shard size: by count (``samples_per_shard`` groups per shard) and by bytes (``max_shard_bytes`` with a
+``size_of(payload)`` estimate, e.g. the sum of the source file sizes): the planner closes a shard when either
+limit is reached. Bytes are estimated *before* encoding so that the plan (and the shard names) stays
+deterministic and independent of the encoder; the real bytes are in shards.parquet.
+
+Each written view's json metadata gets ``image_sha256`` (sha256 of the encoded view bytes as stored in the tar), so
+``lapdata audit`` can check every image against the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .sample import IdentitySample, encode_sample
+from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, table_from_rows
+
+SHARD_DIR = "shards"
+UNSHARDED = "unsharded.parquet"
+MANIFESTS = ("photos.parquet", "identities.parquet", "shards.parquet", "stats.json")
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard to write; ``items`` are picklable work units (e.g. identity groups)."""
+
+    name: str  # "train-000003"
+    split: str
+    items: tuple
+
+
+@dataclass
+class ShardResult:
+    samples: list[IdentitySample] = field(default_factory=list)  # samples to write, in order
+    rows: list[dict] = field(default_factory=list)  # PHOTOS rows of every input photo of the items
+
+
+# ------------------------------------------------------------------------------------------------------ planning
+
+
+def stable_hash(text: str) -> int:
+    """64-bit stable hash of a string (sha1), independent of PYTHONHASHSEED."""
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
+
+
+def plan_shards(
+    groups: Sequence[tuple[str, str, Any]],
+    samples_per_shard: int,
+    *,
+    max_shard_bytes: int | None = None,
+    size_of: Callable[[Any], int] | None = None,
+) -> list[ShardTask]:
+    """Deterministic shard plan: groups (identity, split, payload) -> ShardTasks named ``{split}-{index:06d}``.
+
+    Groups are ordered by split, then by a stable hash of the identity (so the plan does not depend on the input
+    order, and shards mix identities); a shard holds at most ``samples_per_shard`` groups and, when
+    ``max_shard_bytes`` and ``size_of`` are given, at most that many estimated bytes (a single larger group still
+    gets its own shard). Each task's items are ``(identity, payload)`` tuples.
+    """
+    if samples_per_shard < 1:
+        raise ValueError("samples_per_shard must be >= 1")
+    by_split: dict[str, list[tuple[str, Any]]] = {}
+    for identity, split, payload in groups:
+        by_split.setdefault(split, []).append((identity, payload))
+    tasks: list[ShardTask] = []
+    for split in sorted(by_split):
+        items = sorted(by_split[split], key=lambda ip: (stable_hash(ip[0]), ip[0]))
+        index, cur, cur_bytes = 0, [], 0
+        for ident, payload in items:
+            b = size_of(payload) if (size_of is not None and max_shard_bytes) else 0
+            if cur and (len(cur) >= samples_per_shard or (max_shard_bytes and cur_bytes + b > max_shard_bytes)):
+                tasks.append(ShardTask(f"{split}-{index:06d}", split, tuple(cur)))
+                index, cur, cur_bytes = index + 1, [], 0
+            cur.append((ident, payload))
+            cur_bytes += b
+        if cur:
+            tasks.append(ShardTask(f"{split}-{index:06d}", split, tuple(cur)))
+    return tasks
+
+
+def select_part(tasks: Sequence[ShardTask], part: tuple[int, int]) -> list[ShardTask]:
+    """Tasks of part ``i`` of ``n``: every n-th task starting at i (disjoint; the union of all parts is the plan)."""
+    i, n = part
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"bad part {i}/{n}: need 0 <= i < n")
+    return [t for k, t in enumerate(tasks) if k % n == i]
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        a, b = text.split("/")
+        i, n = int(a), int(b)
+    except ValueError:
+        raise ValueError(f"--part must look like I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"--part {text}: need 0 <= I < N")
+    return i, n
+
+
+# ------------------------------------------------------------------------------------------------------ writing
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, doc: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8"))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _finished(shard_dir: Path, name: str) -> bool:
+    return (shard_dir / f"{name}.json").exists()
+
+
+def write_shard(
+    out_dir: str | Path, task: ShardTask, result: ShardResult, *, image_ext: str = "jpg", quality: int = 95,
+    seconds: float = 0.0,
+) -> dict:
+    """Write ``result`` as shard ``task.name`` (tar, parquet, then json; each via a .tmp + os.replace).
+
+    Fills shard/key/view_index/split in the rows whose photo_id is a written view's meta["photo_id"]; returns the
+    shard stats (the json's content).
+    """
+    import webdataset as wds
+
+    shard_dir = Path(out_dir) / SHARD_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    tar_path = shard_dir / f"{task.name}.tar"
+    tmp = tar_path.with_name(tar_path.name + ".tmp")
+    placed: dict[str, tuple[str, int, str]] = {}
+    num_images = 0
+    keys = set()
+    with open(tmp, "wb") as f:
+        sink = wds.TarWriter(f, encoder=False, mtime=0.0)
+        for s in result.samples:
+            if s.key in keys:
+                raise ValueError(f"{task.name}: duplicate sample key {s.key}")
+            keys.add(s.key)
+            d = encode_sample(s, image_ext=image_ext, quality=quality)
+            doc = json.loads(d["json"])
+            for i, vm in enumerate(doc["views"]):
+                data = d[f"{i:03d}.{vm['image_ext']}"]
+                vm["image_sha256"] = hashlib.sha256(data).hexdigest()
+                pid = vm.get("photo_id")
+                if pid is not None:
+                    placed[str(pid)] = (s.key, i, s.split)
+            d["json"] = json.dumps(doc, sort_keys=True).encode("utf-8")
+            num_images += len(s.views)
+            sink.write(d)
+        sink.close()
+    os.replace(tmp, tar_path)
+
+    rows = []
+    for r in result.rows:
+        r = dict(r)
+        pid = r.get("photo_id")
+        if pid is not None and str(pid) in placed:
+            key, vi, split = placed[str(pid)]
+            r.update(shard=task.name, key=key, view_index=vi)
+            if r.get("split") is None:
+                r["split"] = split
+        rows.append(r)
+    _atomic_write_table(shard_dir / f"{task.name}.parquet", table_from_rows(rows, PHOTOS))
+
+    status = Counter(r.get("status") for r in rows)
+    reason = Counter(r.get("reason") for r in rows if r.get("reason"))
+    stats = {
+        "shard": task.name,
+        "path": f"{SHARD_DIR}/{task.name}.tar",
+        "split": task.split,
+        "num_samples": len(result.samples),
+        "num_images": num_images,
+        "num_rows": len(rows),
+        "bytes": tar_path.stat().st_size,
+        "sha256": _sha256_file(tar_path),
+        "status_counts": dict(sorted(status.items())),
+        "reason_counts": dict(sorted(reason.items())),
+        "seconds": round(seconds, 4),
+    }
+    _atomic_write_json(shard_dir / f"{task.name}.json", stats)
+    return stats
+
+
+def _run_task(args: tuple) -> dict:
+    """Worker entry point (top level: picklable under spawn): process one task and write its shard."""
+    process, task, out_dir, image_ext, quality = args
+    t0 = time.perf_counter()
+    try:
+        result = process(task)
+        stats = write_shard(out_dir, task, result, image_ext=image_ext, quality=quality,
+                            seconds=time.perf_counter() - t0)
+        return {"ok": True, "stats": stats}
+    except Exception as e:  # the shard fails, the run goes on; rerun retries it
+        for suffix in (".tar.tmp", ".parquet.tmp", ".json.tmp"):
+            p = Path(out_dir) / SHARD_DIR / f"{task.name}{suffix}"
+            if p.exists():
+                p.unlink()
+        return {"ok": False, "shard": task.name, "error": f"{type(e).__name__}: {e}"}
+
+
+def write_dataset(
+    out_dir: str | Path,
+    tasks: Sequence[ShardTask],
+    process: Callable[[ShardTask], ShardResult],
+    *,
+    workers: int = 1,
+    part: tuple[int, int] = (0, 1),
+    config: Mapping | None = None,
+    image_ext: str = "jpg",
+    quality: int = 95,
+    progress: bool = True,
+    extra_rows: Sequence[dict] = (),
+) -> dict:
+    """Write the unfinished shards of ``part`` with ``process`` in ``workers`` processes, then finalize.
+
+    ``process`` must be a picklable top-level function or functools.partial when workers > 1 (spawn start method).
+    ``extra_rows`` (PHOTOS rows that belong to no shard) are kept by part 0 only, so merged parts count each once.
+    Returns the stats dict written to DIR/stats.json (plus ``failed``: list of {shard, error} of this run).
+    """
+    out = Path(out_dir)
+    shard_dir = out / SHARD_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    mine = select_part(tasks, part)
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError("shard task names are not unique")
+    for p in shard_dir.glob("*.tmp"):  # leftovers of a killed run
+        p.unlink()
+    todo = [t for t in mine if not _finished(shard_dir, t.name)]
+    skipped = len(mine) - len(todo)
+    t0 = time.perf_counter()
+    failed: list[dict] = []
+    images = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(mine), initial=skipped, unit="shard", desc=f"writing {out.name}", dynamic_ncols=True)
+    args = [(process, t, str(out), image_ext, quality) for t in todo]
+
+    def consume(results: Iterable[dict]) -> None:
+        nonlocal images
+        for res in results:
+            if res["ok"]:
+                images += res["stats"]["num_images"]
+            else:
+                failed.append({"shard": res["shard"], "error": res["error"]})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(images=images, failed=len(failed))
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            consume(_run_task(a) for a in args)
+        else:
+            ctx = mp.get_context("spawn")
+            with ctx.Pool(min(workers, len(todo)), maxtasksperchild=64) as pool:
+                consume(pool.imap_unordered(_run_task, args, chunksize=1))
+    finally:
+        if bar is not None:
+            bar.close()
+    run = {
+        "planned_shards": len(tasks),
+        "part": list(part),
+        "part_shards": len(mine),
+        "skipped_finished": skipped,
+        "written": len(todo) - len(failed),
+        "failed_shards": failed,
+        "images_written": images,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "workers": workers,
+    }
+    stats = finalize_dataset(out, config=config, extra_rows=list(extra_rows) if part[0] == 0 else [], run=run)
+    stats["failed"] = failed
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------------ finalize
+
+
+def shard_stats(out_dir: str | Path) -> list[dict]:
+    """Stats of every finished shard of DIR (sorted by name)."""
+    shard_dir = Path(out_dir) / SHARD_DIR
+    return [json.loads(p.read_text()) for p in sorted(shard_dir.glob("*.json"))]
+
+
+def _identity_rows(photos: pa.Table) -> list[dict]:
+    """IDENTITIES rows derived from photo rows."""
+    cols = photos.select(["identity", "split", "status", "reason", "shard", "key"]).to_pydict()
+    acc: dict[str, dict] = {}
+    for ident, split, status, reason, shard, key in zip(*(cols[c] for c in ("identity", "split", "status",
+                                                                              "reason", "shard", "key"))):
+        a = acc.get(ident)
+        if a is None:
+            a = acc[ident] = {"split": None, "n": 0, "ok": 0, "keys": set(), "shards": set(), "reasons": Counter()}
+        a["n"] += 1
+        if split is not None and a["split"] is None:
+            a["split"] = split
+        if status == STATUS_OK and shard is not None:
+            a["ok"] += 1
+            a["keys"].add(key)
+            a["shards"].add(shard)
+        elif reason:
+            a["reasons"][reason] += 1
+    rows = []
+    for ident in sorted(acc):
+        a = acc[ident]
+        ok = a["ok"] > 0
+        rows.append({
+            "identity": ident,
+            "split": a["split"],
+            "num_photos": a["n"],
+            "num_ok": a["ok"],
+            "num_samples": len(a["keys"]),
+            "status": "ok" if ok else "skipped",
+            "reason": None if ok else (a["reasons"].most_common(1)[0][0] if a["reasons"] else "no_photos"),
+            "shards": sorted(a["shards"]),
+        })
+    return rows
+
+
+def finalize_dataset(
+    out_dir: str | Path, config: Mapping | None = None, extra_rows: Sequence[dict] = (), run: Mapping | None = None,
+) -> dict:
+    """Write photos/identities/shards parquet + stats.json from the finished shards (and the unsharded rows).
+
+    ``extra_rows`` replace DIR/unsharded.parquet when given (non-empty); otherwise the existing file is kept.
+    Photo rows are streamed shard by shard into photos.parquet; the identity table is derived from them.
+    """
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    shard_dir = out / SHARD_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    if extra_rows:
+        _atomic_write_table(out / UNSHARDED, table_from_rows(extra_rows, PHOTOS))
+    sstats = shard_stats(out)
+    shard_rows = [{k: s.get(k) for k in SHARDS.names} for s in sstats]
+    _atomic_write_table(out / "shards.parquet", table_from_rows(shard_rows, SHARDS))
+
+    # photos: stream the per-shard tables (memory flat in the number of shards)
+    tmp = out / "photos.parquet.tmp"
+    writer = pq.ParquetWriter(tmp, PHOTOS)
+    sources = [shard_dir / f"{s['shard']}.parquet" for s in sstats]
+    if (out / UNSHARDED).exists():
+        sources.append(out / UNSHARDED)
+    for p in sources:
+        writer.write_table(pq.read_table(p, schema=PHOTOS))
+    writer.close()
+    os.replace(tmp, out / "photos.parquet")
+
+    photos = pq.read_table(out / "photos.parquet", columns=["identity", "split", "status", "reason", "shard", "key"])
+    id_rows = _identity_rows(photos)
+    _atomic_write_table(out / "identities.parquet", table_from_rows(id_rows, IDENTITIES))
+
+    status = Counter(photos.column("status").to_pylist())
+    reason = Counter(r for r in photos.column("reason").to_pylist() if r)
+    by_split = Counter((s["split"]) for s in sstats)
+    prev = {}
+    if (out / "stats.json").exists():
+        try:
+            prev = json.loads((out / "stats.json").read_text())
+        except ValueError:
+            prev = {}
+    stats = {
+        "photos": photos.num_rows,
+        "status_counts": dict(sorted(status.items())),
+        "reason_counts": dict(sorted(reason.items())),
+        "identities": len(id_rows),
+        "identities_ok": sum(r["status"] == "ok" for r in id_rows),
+        "identities_by_split": dict(sorted(Counter(r["split"] for r in id_rows if r["status"] == "ok").items())),
+        "shards": len(sstats),
+        "shards_by_split": dict(sorted(by_split.items())),
+        "samples": sum(s["num_samples"] for s in sstats),
+        "images": sum(s["num_images"] for s in sstats),
+        "bytes": sum(s["bytes"] for s in sstats),
+        "timings": {
+            "shard_seconds_total": round(sum(s.get("seconds", 0.0) for s in sstats), 3),
+            "finalize_seconds": round(time.perf_counter() - t0, 3),
+        },
+        "config": dict(config) if config is not None else prev.get("config"),
+        "run": dict(run) if run is not None else prev.get("run"),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if run is not None:
+        stats["timings"]["run_seconds"] = run.get("seconds")
+        stats["complete"] = not run.get("failed_shards") and run.get("part", [0, 1])[1] == 1
+    _atomic_write_json(out / "stats.json", stats)
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+
+
+def read_dataset(out_dir: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """The photos table of a finalized dataset (all rows, ok/skipped/error)."""
+    p = Path(out_dir) / "photos.parquet"
+    if not p.exists():
+        from .errors import LapError
+
+        raise LapError(f"{p}: no photos manifest (not a finalized lapdata dataset)")
+    return pq.read_table(p, columns=list(columns) if columns else None)
+
+
+def read_table(out_dir: str | Path, name: str) -> pa.Table:
+    """One dataset-level manifest: name in photos / identities / shards."""
+    return pq.read_table(Path(out_dir) / f"{name}.parquet")
+
+
+def read_stats(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "stats.json").read_text())
+
+
+def shard_urls(out_dir: str | Path, split: str) -> list[str]:
+    """Paths of the split's finished .tar shards (those with a .json), sorted by name."""
+    shard_dir = Path(out_dir) / SHARD_DIR
+    out = []
+    for j in sorted(shard_dir.glob(f"{split}-*.json")):
+        t = j.with_suffix(".tar")
+        if t.exists():
+            out.append(str(t))
+    return out
+
+
+def iter_samples(out_dir: str | Path, split: str | None = None) -> Iterable[dict]:
+    """Raw samples (dict of bytes per field, plus __key__ and __url__) of the dataset's finished shards.
+
+    Reads the tars with Python's tarfile (same grouping rule as WebDataset: key = name up to the first dot).
+    """
+    import tarfile
+
+    splits = [split] if split else sorted({p.name.split("-")[0] for p in (Path(out_dir) / SHARD_DIR).glob("*.json")})
+    for sp in splits:
+        for url in shard_urls(out_dir, sp):
+            yield from iter_tar_samples(url)
+
+
+def iter_tar_samples(url: str | Path) -> Iterable[dict]:
+    """Samples of one tar shard, grouped by key (name up to the first dot of the member's base name)."""
+    import tarfile
+
+    cur: dict | None = None
+    with tarfile.open(url, "r") as tf:
+        for m in tf:
+            if not m.isfile():
+                continue
+            base = m.name
+            key, _, fieldname = base.partition(".")
+            data = tf.extractfile(m).read()
+            if cur is None or cur["__key__"] != key:
+                if cur is not None:
+                    yield cur
+                cur = {"__key__": key, "__url__": str(url)}
+            cur[fieldname] = data
+    if cur is not None:
+        yield cur

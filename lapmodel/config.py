@@ -1,0 +1,144 @@
+"""Training configuration: a tree of small frozen dataclasses loaded from `pipelines/*.yaml`.
+
+Defaults are defined once, here. Load with::
+
+    from lapdata.config import load_config
+    cfg = load_config(TrainConfig, "pipelines/unsup3d.yaml", overrides={"optim.lr": 2e-4})
+
+Sections: ``model`` (ModelConfig: network sizes, camera, depth/view/light ranges, loss weights), ``data``
+(DataConfig: shards and the streaming loader), ``optim`` (OptimConfig: Adam), and the top-level run settings
+(TrainConfig: steps, batch, precision, intervals, output folder). The LAP model adds its own fields by small
+additive edits (``model.kind: lap`` and its sections).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lapdata.config import load_config  # noqa: F401  (re-exported: `from lapmodel.config import load_config`)
+from lapdata.parsing.masks import RCLMaskConfig  # LAP: RCL mask groups (model.lap.rcl_masks)
+
+MODEL_KINDS = ("unsup3d", "lap")  # "lap": lapmodel/lap.py (LAP engineer)
+IMAGE_SIZES = (64, 128, 256)
+
+
+# ------------------------------------------------------------------------------------- LAP (LAP engineer, additive)
+
+LAP_STAGES = ("aggregate", "personalize", "finetune")
+
+
+@dataclass(frozen=True)
+class LAPConfig:
+    """The LAP model's own fields (``model.lap``; used when ``model.kind: lap``)."""
+
+    stage: Literal["aggregate", "personalize", "finetune"] = "aggregate"  # set by `lapmodel train --stage`
+    adaptive: bool = True                # adaptive (softmax) aggregation; false = plain mean (ablation)
+    rcl: bool = True                     # Relaxed Consistency Loss with M_re masks; false = plain Eq. 3 (ablation)
+    rcl_masks: RCLMaskConfig = field(default_factory=RCLMaskConfig)  # M / M_re class groups (lapdata.parsing)
+    refiner: bool = True                 # build the attribute-refining network
+    refine_size: int = 128               # refiner output side: 64, 128 or 256 (one network per size)
+    refine_nf: int = 32                  # refiner base width
+    target_size: int = 64                # side the target photo is resized to for the refiner's target encoder
+    filtered_connection: Literal["filtered", "plain", "none"] = "filtered"  # ablation: "none" (or "plain")
+    injection: Literal["multi", "vector"] = "multi"  # attribute injection at 8x8, 4x4, 1x1; "vector" = 1x1 only
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One curriculum phase of a stage: its data and its length."""
+
+    name: str = "main"
+    shards: tuple[str, ...] = ()         # shard patterns of this phase (empty = data.shards / --shards)
+    epochs: float | None = None          # length in epochs of these shards (identities / batch per epoch) ...
+    steps: int | None = None             # ... or in steps (steps wins when both are set)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One LAP training stage: its curriculum phases and what differs from the top-level settings."""
+
+    phases: tuple[PhaseConfig, ...] = (PhaseConfig(),)
+    batch: int | None = None             # identities per step (None = top-level batch)
+    lr: float | None = None              # None = optim.lr
+    max_set: int | None = None           # None = data.max_set
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    aggregate: StageConfig = field(default_factory=StageConfig)
+    personalize: StageConfig = field(default_factory=StageConfig)
+    finetune: StageConfig = field(default_factory=StageConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The photo-geometric autoencoder (Unsup3D defaults, CelebA setting)."""
+
+    kind: str = "unsup3d"                # one of MODEL_KINDS
+    image_size: int = 64                 # input/output side S: 64, 128 or 256
+    fov_deg: float = 10.0                # perspective camera field of view
+    min_depth: float = 0.9               # canonical depth range (tanh output rescaled into it)
+    max_depth: float = 1.1
+    border_depth: float | None = None    # depth of the fixed image border; None = 0.7*max + 0.3*min (Unsup3D)
+    xyz_rotation_range: float = 60.0     # max |rotation| about x, y, z in degrees (tanh output scaled)
+    xy_translation_range: float = 0.1    # max |translation| in x, y
+    z_translation_range: float = 0.0     # max |translation| in z
+    min_amb_light: float = 0.0           # ambient light range
+    max_amb_light: float = 1.0
+    min_diff_light: float = 0.0          # diffuse light range
+    max_diff_light: float = 1.0
+    nf: int = 64                         # base width of the depth/albedo/confidence encoder-decoders
+    nf_encoder: int = 32                 # base width of the light/view encoders
+    zdim: int = 256                      # depth/albedo bottleneck channels
+    zdim_conf: int = 128                 # confidence-net bottleneck channels
+    use_conf: bool = True                # predict confidence maps (else sigma = 1, plain L1 / L2)
+    lam_perc: float = 1.0                # weight of the perceptual (VGG relu3_3) loss
+    lam_flip: float = 0.5                # weight of the flipped-reconstruction losses
+    lam_flip_start_step: int = 0         # before this step the flip weight is 1 (Unsup3D's lam_flip_start_epoch)
+    lap: LAPConfig = field(default_factory=LAPConfig)  # LAP fields (model.kind: lap)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Streaming of lapdata shards (lapmodel/data.py)."""
+
+    shards: tuple[str, ...] = ()         # shard paths / brace patterns ("d/train-{000000..000099}.tar"); --shards
+    min_set: int = 1                     # views picked per identity: uniform in min_set..max_set (Unsup3D-re: 1)
+    max_set: int = 1
+    shuffle_buffer: int = 1000           # sample shuffle buffer (per worker)
+    shuffle_initial: int = 100           # samples buffered before the first is yielded
+    workers: int = 2                     # DataLoader worker processes per rank (0 = in the main process)
+    seed: int = 0                        # the stream is a function of (seed, rank, worker, sample index)
+    fields: tuple[str, ...] = ("image", "seg", "mask", "depth", "cdepth")  # decoded when the shard has them
+    prefetch: int = 4                    # batches prefetched per worker
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4
+    grad_clip: float | None = None       # clip the global grad norm (None = off)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 1000                    # optimizer steps (the data stream is resampled, never runs dry)
+    epochs: float | None = None          # if set, steps = ceil(epochs * identities / batch) (counts the shards)
+    batch: int = 64                      # identities per step, over all ranks (each rank takes batch / world)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA if supported
+    compile: bool = False                # torch.compile the networks
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
+    seed: int = 0                        # model initialisation
+    log_every: int = 20                  # scalars to TensorBoard + log.jsonl
+    picture_every: int = 500             # picture grids (TensorBoard + OUT/pictures/step-XXXXXX.png)
+    ckpt_every: int = 500                # OUT/last.pt
+    keep_every: int | None = None        # also keep OUT/checkpoints/step-XXXXXX.pt every this many steps
+    vgg_weights: str | None = None       # local torchvision vgg16-397923af.pth; None = perceptual loss off
+    init: str | None = None              # checkpoint whose model weights initialise this run (--init)
+    out: str = "runs/unsup3d"            # output folder (--out)
+    stages: StagesConfig = field(default_factory=StagesConfig)  # LAP: curriculum phases per stage (lapmodel/lap.py)

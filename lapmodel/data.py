@@ -1,0 +1,280 @@
+"""Streaming of lapdata shards into training batches (WebDataset), reproducible and resumable.
+
+One shard sample is one identity (lapdata/sample.py); the loader picks a random set of its views (set size uniform
+in ``min_set..max_set``, clipped to the views the identity has; Unsup3D-re uses 1), decodes only those views (and
+only the ``fields`` asked for), resizes them to the model's size and pads the set to ``max_set``.
+
+Determinism: the stream of a (rank, worker) is a pure function of ``(seed, rank, worker, sample index)``:
+epoch ``e`` visits the shards in the permutation ``rng(seed, e)``; the shards are split over ``world * workers``
+streams (``split_by_node`` then ``split_by_worker``: stream ``g = rank * workers + worker`` takes shards
+``g, g + world*workers, ...``; with fewer shards than streams, every stream reads all shards and keeps every
+``world*workers``-th sample); epochs repeat forever (resampled); a seeded shuffle buffer mixes samples; the view
+choice of the k-th sample uses ``rng(seed, rank, worker, k)``. The DataLoader takes batches from its workers in
+turn, so the data position is a single number, the batches consumed; on ``--resume`` each worker takes the role
+of the worker whose turn it is and skips the raw samples that role already delivered *before decoding them*, and the run continues exactly as if never stopped (same
+world size and worker count; otherwise the data order differs and train.py says so).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import random
+import tarfile
+import warnings
+from dataclasses import dataclass, fields as dc_fields
+from functools import partial
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+from torch import Tensor
+
+from lapdata.errors import LapError
+from lapdata.sample import decode_sample, sample_json
+
+from .config import DataConfig
+
+
+@dataclass
+class Batch:
+    """A training batch: B identities x N views (N = max_set; views past an identity's set size are padding)."""
+
+    images: Tensor                     # (B, N, 3, S, S) float in [0, 1]; padded views are 0
+    valid: Tensor                      # (B, N) bool: view n of identity b exists
+    seg: Tensor | None = None          # (B, N, S, S) int64 19-class label maps (0 where a view has none)
+    depth: Tensor | None = None        # (B, N, S, S) ground-truth view depth, NaN = none
+    canon_depth: Tensor | None = None  # (B, N, S, S) ground-truth canonical depth, NaN = none
+    mask: Tensor | None = None         # (B, N, S, S) ground-truth face mask (0/1 float)
+    hard: Tensor | None = None         # (B, N) bool: parse-masks marked the view hard (losses skip it)
+    identity: list[str] | None = None  # B identity names
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        kw = {f.name: getattr(self, f.name) for f in dc_fields(self)}
+        for k, v in kw.items():
+            if isinstance(v, Tensor):
+                kw[k] = v.to(device, non_blocking=non_blocking)
+        return Batch(**kw)
+
+    @property
+    def num_identities(self) -> int:
+        return self.images.shape[0]
+
+    def views(self) -> Tensor:
+        """The valid views flattened: (sum(valid), 3, S, S) (identity-major order)."""
+        return self.images[self.valid]
+
+
+# ------------------------------------------------------------------------------------------------------ shard urls
+
+
+def expand_shards(shards: str | Sequence[str]) -> list[str]:
+    """Shard paths from patterns: brace ranges (``train-{000000..000009}.tar``), globs, ``::``-joined lists,
+    or a dataset folder (its finished ``shards/train-*.tar``). Local paths must exist (LapError naming the first
+    missing one); ``pipe:``/``http(s)://`` URLs are passed through."""
+    items = [shards] if isinstance(shards, str) else list(shards)
+    out: list[str] = []
+    for item in items:
+        for url in wds.shardlists.expand_urls(str(item)):
+            if "://" in url or url.startswith("pipe:"):
+                out.append(url)
+                continue
+            p = Path(url)
+            if p.is_dir():
+                d = p / "shards" if (p / "shards").is_dir() else p
+                found = [str(t) for t in sorted(d.glob("train-*.tar")) if t.with_suffix(".json").exists()
+                         or not (d / (t.stem + ".parquet")).exists()]
+                if not found:
+                    found = [str(t) for t in sorted(d.glob("*.tar"))]
+                if not found:
+                    raise LapError(f"{p}: no .tar shards in this folder")
+                out.extend(found)
+            elif any(ch in url for ch in "*?["):
+                found = sorted(glob.glob(url))
+                if not found:
+                    raise LapError(f"{url}: no shard matches this pattern")
+                out.extend(found)
+            elif not p.is_file():
+                raise LapError(f"{p}: shard does not exist")
+            else:
+                out.append(url)
+    if not out:
+        raise LapError("no shards given (use --shards or data.shards in the config)")
+    return out
+
+
+def count_samples(urls: Sequence[str]) -> int:
+    """Identities in the shards: from each shard's stats .json (``samples``) when present, else by reading the
+    tar headers (no decoding)."""
+    total = 0
+    for u in urls:
+        stats = Path(u).with_suffix(".json")
+        if stats.is_file():
+            try:
+                doc = json.loads(stats.read_text())
+                if isinstance(doc.get("samples"), int):
+                    total += doc["samples"]
+                    continue
+            except (ValueError, OSError):
+                pass
+        with tarfile.open(u) as tf:
+            total += len({m.name.split("/")[-1].split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
+    return total
+
+
+# ------------------------------------------------------------------------------------------------------ decoding
+
+
+def _resize(arr: np.ndarray, size: int, resample: int) -> np.ndarray:
+    if arr.shape[0] == size and arr.shape[1] == size:
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((size, size), resample))
+
+
+def decode_views(raw: dict, views: Sequence[int], size: int, fields: Sequence[str]) -> dict[str, Any]:
+    """Decode ``views`` of a raw shard sample into arrays at ``size`` (only the requested fields)."""
+    s = decode_sample(raw, views=views, fields=fields)
+    out: dict[str, Any] = {"identity": s.identity, "key": s.key}
+    imgs, seg, depth, cdepth, mask, hard = [], [], [], [], [], []
+    for v in s.views:
+        imgs.append(_resize(v.image, size, Image.BILINEAR).transpose(2, 0, 1))  # (3, S, S) uint8
+        seg.append(None if v.seg is None else _resize(v.seg, size, Image.NEAREST))
+        depth.append(None if v.depth is None else _resize(v.depth.astype(np.float32), size, Image.NEAREST))
+        cdepth.append(None if v.canon_depth is None else _resize(v.canon_depth.astype(np.float32), size,
+                                                                  Image.NEAREST))
+        mask.append(None if v.mask is None else _resize(v.mask.astype(np.uint8), size, Image.NEAREST))
+        hard.append(bool(v.meta.get("hard", False)))
+    out.update(images=np.stack(imgs), seg=seg, depth=depth, cdepth=cdepth, mask=mask, hard=hard)
+    return out
+
+
+def collate(samples: list[dict[str, Any]], max_set: int) -> Batch:
+    """Stack decoded samples into a Batch padded to ``max_set`` views (fields nobody has stay None)."""
+    b = len(samples)
+    size = samples[0]["images"].shape[-1]
+    images = torch.zeros(b, max_set, 3, size, size)
+    valid = torch.zeros(b, max_set, dtype=torch.bool)
+    hard = torch.zeros(b, max_set, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        n = s["images"].shape[0]
+        images[i, :n] = torch.from_numpy(s["images"]).float().div_(255.0)
+        valid[i, :n] = True
+        hard[i, :n] = torch.tensor(s["hard"], dtype=torch.bool)
+
+    def stack(name: str, fill: float, dtype: torch.dtype) -> Tensor | None:
+        if not any(x is not None for s in samples for x in s[name]):
+            return None
+        t = torch.full((b, max_set, size, size), fill, dtype=dtype)
+        for i, s in enumerate(samples):
+            for j, x in enumerate(s[name]):
+                if x is not None:
+                    t[i, j] = torch.from_numpy(np.array(x)).to(dtype)
+        return t
+
+    return Batch(
+        images=images, valid=valid,
+        seg=stack("seg", 0, torch.int64),
+        depth=stack("depth", float("nan"), torch.float32),
+        canon_depth=stack("cdepth", float("nan"), torch.float32),
+        mask=stack("mask", 0, torch.float32),
+        hard=hard if bool(hard.any()) else None,
+        identity=[s["identity"] for s in samples],
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ the stream
+
+
+def _count_bad(exn: Exception) -> bool:
+    warnings.warn(f"skipped an unreadable shard/sample: {type(exn).__name__}: {exn}", stacklevel=2)
+    return True  # continue
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Infinite, deterministic stream of decoded identity samples for one rank (split over DataLoader workers).
+
+    ``start_batch``: batches already consumed (resume); ``batch_size``: identities per batch of this rank.
+    """
+
+    def __init__(self, urls: Sequence[str], cfg: DataConfig, image_size: int, *, rank: int = 0, world: int = 1,
+                 batch_size: int = 1, start_batch: int = 0):
+        super().__init__()
+        if cfg.min_set < 1 or cfg.max_set < cfg.min_set:
+            raise LapError(f"data: need 1 <= min_set <= max_set, got {cfg.min_set}..{cfg.max_set}")
+        self.urls = list(urls)
+        self.cfg = cfg
+        self.image_size = image_size
+        self.rank, self.world = rank, world
+        self.batch_size = batch_size
+        self.start_batch = start_batch
+
+    # the raw (undecoded) samples of stream g of `total`, epoch after epoch
+    def _raw(self, g: int, total: int) -> Iterator[dict]:
+        n = len(self.urls)
+        for epoch in itertools.count():
+            perm = np.random.default_rng([self.cfg.seed, epoch, 0x5A4D]).permutation(n)
+            urls = [self.urls[i] for i in perm]
+            by_shard = n >= total
+            mine = urls[g::total] if by_shard else urls  # split_by_node + split_by_worker
+            got = 0
+            src = wds.tarfile_to_samples(handler=_count_bad)(iter({"url": u} for u in mine))
+            for i, s in enumerate(src):
+                if not by_shard and i % total != g:
+                    continue
+                got += 1
+                yield s
+            if got == 0:
+                raise LapError(f"data stream {g} of {total}: the shards hold no readable samples "
+                               f"({len(mine)} shard(s), e.g. {mine[0] if mine else self.urls[0]})")
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # the DataLoader asks worker 0 first; after `start_batch` batches the next one belongs to worker
+        # start_batch % workers of the uninterrupted run, so each worker takes the role shifted by that much
+        worker = (worker + self.start_batch) % workers
+        g, total = self.rank * workers + worker, self.world * workers
+        cfg = self.cfg
+        rng = random.Random(int(np.random.default_rng([cfg.seed, self.rank, worker, 0x5348]).integers(2**62)))
+        stream = wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_initial, rng=rng)(self._raw(g, total)) \
+            if cfg.shuffle_buffer > 1 else self._raw(g, total)
+        # resume: this worker delivered batches worker, worker + workers, ... below start_batch
+        skip = len(range(worker, self.start_batch, workers)) * self.batch_size
+        for k, raw in enumerate(stream):
+            if k < skip:
+                continue  # consumed before the checkpoint: not decoded
+            try:
+                n_views = len(sample_json(raw)["views"])
+                pick = np.random.default_rng([cfg.seed, self.rank, worker, k, 0x5649])
+                m = int(pick.integers(cfg.min_set, cfg.max_set + 1))
+                views = pick.permutation(n_views)[: max(1, min(m, n_views))].tolist()
+                yield decode_views(raw, views, self.image_size, cfg.fields)
+            except Exception as e:  # noqa: BLE001 - a bad sample is skipped (and said), the run goes on
+                _count_bad(e)
+
+
+def make_loader(urls: Sequence[str], cfg: DataConfig, image_size: int, batch_size: int, *, rank: int = 0,
+                world: int = 1, start_batch: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+    """Endless iterator of Batches (``batch_size`` identities each) for this rank, starting after ``start_batch``
+    consumed batches."""
+    ds = ShardStream(urls, cfg, image_size, rank=rank, world=world, batch_size=batch_size, start_batch=start_batch)
+    kw: dict[str, Any] = {}
+    if cfg.workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=cfg.prefetch)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, num_workers=cfg.workers, collate_fn=partial(collate, max_set=cfg.max_set),
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(cfg.seed), **kw)
+    return iter(loader)
+
+
+def data_position(batches: int, cfg: DataConfig, world: int, batch_size: int) -> dict[str, Any]:
+    """What a checkpoint stores so that ``--resume`` continues the stream exactly."""
+    return {"batches": batches, "seed": cfg.seed, "world": world, "workers": cfg.workers, "batch_size": batch_size}
+
+
+__all__ = ["Batch", "expand_shards", "count_samples", "decode_views", "collate", "ShardStream", "make_loader",
+           "data_position"]

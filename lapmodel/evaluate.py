@@ -1,0 +1,485 @@
+"""Evaluate a model on shards: SIDE / MAD against ground-truth depth (Unsup3D protocol), SSIM of the re-render,
+depth correlation, identity cosine between input and re-render, and quality as a function of the set size.
+
+Protocol per view (see `lapmodel.metrics`): prediction = the model's depth *in the input's view*
+(``Reconstruction.recon_depth``) and its mask ``recon_mask``; ground truth = the shard's view ``depth`` (NaN = no
+surface) and ``mask``. Pixels = erode(gt mask) & erode(pred mask) (1 px, Unsup3D). Normals of both prediction and
+ground truth come from their depth maps through the same function (`lapdata.geometry.depth_to_normals`, as Unsup3D
+derives its ground-truth normals), so conventions cannot disagree. SSIM and identity cosine compare the re-render
+with the input on the face region (the eroded gt mask where the shard has one, else the predicted mask).
+Views without ground-truth depth (real photos) still count for SSIM and identity cosine.
+
+Baselines (``baselines=True``): ``flat`` = a constant depth (the median of the gt) on the gt mask, ``gt`` = the gt
+depth itself (a sanity check: SIDE = MAD = 0).
+
+Outputs in ``out_dir``: ``eval.json`` (all numbers), ``set_size.png`` + ``set_size.json`` (Fig. 7a of the paper:
+metrics against N = 1..6 for set models), ``examples.png`` (input | re-render | pred depth | gt depth).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lapdata.errors import LapError
+from lapmodel import export, metrics
+from lapmodel.outputs import Reconstruction
+
+METRIC_KEYS = ("side", "mad", "ssim", "depth_corr", "id_cos")
+METRIC_LABELS = {
+    "side": "SIDE x1e-2",
+    "mad": "MAD (deg)",
+    "ssim": "SSIM",
+    "depth_corr": "depth corr",
+    "id_cos": "ID cosine",
+}
+
+
+@dataclass
+class EvalSet:
+    """The views of one identity sample, resized to the model's size.
+
+    images (N, 3, S, S) in [0, 1]; depth (N, S, S) float32 NaN = none; mask (N, S, S) bool (gt face mask, all False
+    where unknown); has_gt (N,) bool; fov_deg: the gt camera's field of view (None: the model's).
+    """
+
+    identity: str
+    images: Tensor
+    depth: Tensor
+    mask: Tensor
+    has_gt: Tensor
+    fov_deg: float | None = None
+
+
+def _resize(x: Tensor, size: int, mode: str) -> Tensor:
+    """(N, C, H, W) -> (N, C, size, size)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> EvalSet:
+    """A raw webdataset sample -> EvalSet (decodes image, depth, mask; resizes to ``size``)."""
+    from lapdata.sample import decode_sample, num_views
+
+    n = num_views(raw)
+    views = range(n if max_views is None else min(n, max_views))
+    s = decode_sample(raw, views=views, fields=("image", "depth", "mask"))
+    imgs, depths, masks, has = [], [], [], []
+    fov = s.meta.get("fov_deg")
+    for v in s.views:
+        img = torch.from_numpy(np.asarray(v.image)).permute(2, 0, 1).float()[None] / 255.0
+        h, w = img.shape[-2:]
+        imgs.append(_resize(img, size, "bilinear")[0].clamp(0, 1))
+        if v.depth is not None:
+            d = torch.from_numpy(np.asarray(v.depth, dtype=np.float32))
+            m = torch.isfinite(d)
+            if v.mask is not None:
+                m &= torch.from_numpy(np.asarray(v.mask, dtype=bool))
+            has.append(True)
+            fov = v.meta.get("fov_deg", fov)
+        else:
+            d = torch.full((h, w), float("nan"))
+            m = torch.zeros(h, w, dtype=torch.bool)
+            has.append(False)
+        depths.append(_resize(d[None, None], size, "nearest")[0, 0])
+        masks.append(_resize(m[None, None].float(), size, "nearest")[0, 0] > 0.5)
+    return EvalSet(
+        identity=s.identity, images=torch.stack(imgs), depth=torch.stack(depths), mask=torch.stack(masks),
+        has_gt=torch.tensor(has, dtype=torch.bool), fov_deg=None if fov is None else float(fov),
+    )
+
+
+def iter_evalsets(shards: str | Sequence[str], size: int, max_identities: int | None = None,
+                  max_views: int | None = None) -> Iterable[EvalSet]:
+    """EvalSets from shards (brace patterns, globs, folders: `lapmodel.data.expand_shards`), in shard order."""
+    import webdataset as wds
+
+    from lapmodel.data import expand_shards
+
+    urls = expand_shards(shards)
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    for k, raw in enumerate(ds):
+        if max_identities is not None and k >= max_identities:
+            break
+        yield sample_to_evalset(raw, size, max_views)
+
+
+# --------------------------------------------------------------------------------------------- per-view metrics
+
+
+def _fill_nan(depth: Tensor, mask: Tensor) -> Tensor:
+    """Replace depth outside ``mask`` (and NaN) by the largest valid depth of each image (a background plane)."""
+    valid = mask & torch.isfinite(depth)
+    big = torch.where(valid, depth, torch.full_like(depth, -math.inf)).flatten(1).amax(1)
+    big = torch.where(torch.isfinite(big), big, torch.ones_like(big))
+    return torch.where(valid, depth, big.view(-1, 1, 1).expand_as(depth))
+
+
+def depth_metrics(pred_depth: Tensor, pred_mask: Tensor, gt_depth: Tensor, gt_mask: Tensor, fov_pred: float,
+                  fov_gt: float, erode: int = 1) -> dict[str, Tensor]:
+    """SIDE (raw, not x100), MAD (deg) and depth correlation per view: all (B, S, S) -> {name: (B,)} float64."""
+    from lapdata.geometry import depth_to_normals
+
+    gt_valid = gt_mask & torch.isfinite(gt_depth)
+    m = metrics.eval_mask(gt_valid, pred_mask > 0.5, erode)
+    pd = _fill_nan(pred_depth.to(torch.float64), pred_mask > 0.5)
+    gd = _fill_nan(gt_depth.to(torch.float64), gt_valid)
+    n_pred = depth_to_normals(pd, fov_pred)
+    n_gt = depth_to_normals(gd, fov_gt)
+    return {
+        "side": metrics.side(pd, gd, m),
+        "mad": metrics.mad(n_pred, n_gt, m),
+        "depth_corr": metrics.depth_correlation(pd, gd, m),
+    }
+
+
+def face_region(es_mask: Tensor, has_gt: Tensor, pred_mask: Tensor, erode: int = 1) -> Tensor:
+    """Where SSIM is measured: the eroded gt mask where known, else the eroded predicted mask. (B, S, S) bool."""
+    gt = metrics.erode_mask(es_mask, erode)
+    pr = metrics.erode_mask(pred_mask > 0.5, erode)
+    return torch.where(has_gt.view(-1, 1, 1), gt, pr)
+
+
+class Embedder:
+    """Identity embedder wrapper: ArcFace ONNX when a path is given, else dlib; None-safe (``error`` says why)."""
+
+    def __init__(self, id_model: str | os.PathLike | None = None):
+        self.fn: Callable | None = None
+        self.name = "none"
+        self.error: str | None = None
+        try:
+            from lapdata import embed
+        except ImportError as e:
+            self.error = f"identity cosine skipped: lapdata.embed unavailable ({e})"
+            return
+        try:
+            self.fn = embed.ArcFaceEmbedder(id_model) if id_model else embed.DlibEmbedder()
+            self.name = getattr(self.fn, "name", type(self.fn).__name__)
+        except LapError:
+            raise
+        except Exception as e:  # model files missing, dlib broken, ...
+            self.error = f"identity cosine skipped: embedder failed to load ({type(e).__name__}: {e})"
+            self.fn = None
+
+    def cosine(self, a: Tensor, b: Tensor) -> Tensor | None:
+        """Images (B, 3, S, S) x2 in [0, 1] -> (B,) cosine of their embeddings (None when unavailable)."""
+        if self.fn is None:
+            return None
+        ua = [export.to_uint8_image(x) for x in a]
+        ub = [export.to_uint8_image(x) for x in b]
+        try:
+            ea, eb = self.fn(ua), self.fn(ub)
+        except Exception as e:
+            self.error = f"identity cosine skipped: embedding failed ({type(e).__name__}: {e})"
+            self.fn = None
+            return None
+        return metrics.identity_cosine(torch.as_tensor(np.asarray(ea)), torch.as_tensor(np.asarray(eb)))
+
+
+def view_metrics(es: EvalSet, rec: Reconstruction, embedder: Embedder | None = None, erode: int = 1,
+                 idx: Sequence[int] | None = None) -> dict[str, list[float]]:
+    """All metrics for the views ``idx`` of ``es`` (default all) reconstructed as ``rec`` (same rows).
+
+    Returns {metric: [value per view]}; NaN where a metric does not apply (no gt depth, no embedder).
+    """
+    sel = list(range(len(es.images))) if idx is None else list(idx)
+    images, depth, mask, has = es.images[sel], es.depth[sel], es.mask[sel], es.has_gt[sel]
+    b = len(sel)
+    out = {k: [float("nan")] * b for k in METRIC_KEYS}
+    rimg = rec.recon_image.detach().float().cpu().clamp(0, 1)
+    rdepth = rec.recon_depth.detach().float().cpu()
+    rmask = rec.recon_mask.detach().float().cpu()
+    if has.any():
+        g = has.nonzero().flatten()
+        dm = depth_metrics(rdepth[g], rmask[g], depth[g], mask[g], rec.fov_deg, es.fov_deg or rec.fov_deg, erode)
+        for k, v in dm.items():
+            for j, gi in enumerate(g.tolist()):
+                out[k][gi] = float(v[j])
+    region = face_region(mask, has, rmask, erode)
+    s = metrics.ssim(rimg, images, region)
+    out["ssim"] = [float(x) for x in s]
+    if embedder is not None:
+        c = embedder.cosine(images, rimg)
+        if c is not None:
+            out["id_cos"] = [float(x) for x in c]
+    return out
+
+
+def baseline_metrics(es: EvalSet, kind: str, erode: int = 1, fov_deg: float = 10.0) -> dict[str, list[float]]:
+    """Depth metrics of a baseline on the gt views: ``flat`` (constant = median gt depth) or ``gt`` (gt itself)."""
+    out = {k: [] for k in METRIC_KEYS}
+    g = es.has_gt.nonzero().flatten()
+    if len(g) == 0:
+        return out
+    gt, m = es.depth[g], es.mask[g] & torch.isfinite(es.depth[g])
+    if kind == "flat":
+        med = torch.stack([gt[i][m[i]].median() if m[i].any() else torch.tensor(1.0) for i in range(len(g))])
+        pred = med.view(-1, 1, 1).expand_as(gt).clone()
+    elif kind == "gt":
+        pred = gt.clone()
+    else:
+        raise ValueError(f"unknown baseline {kind!r}")
+    fov = es.fov_deg or fov_deg
+    dm = depth_metrics(pred, m.float(), gt, m, fov, fov, erode)
+    for k, v in dm.items():
+        out[k] = [float(x) for x in v]
+    return out
+
+
+def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """{metric: per-view values} -> {metric: {mean, std, n}} over finite values; SIDE scaled x100 (x1e-2)."""
+    res = {}
+    for k in METRIC_KEYS:
+        a = np.asarray(values.get(k, []), dtype=np.float64)
+        a = a[np.isfinite(a)]
+        if k == "side":
+            a = a * metrics.SIDE_SCALE
+        res[k] = {"mean": float(a.mean()) if len(a) else float("nan"), "std": float(a.std()) if len(a) else float("nan"),
+                  "n": int(len(a))}
+    return res
+
+
+def _extend(acc: dict[str, list[float]], new: dict[str, list[float]]) -> None:
+    for k, v in new.items():
+        acc.setdefault(k, []).extend(v)
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class EvalResult:
+    rows: dict[str, dict[str, dict[str, float]]]          # {"model" | "flat" | "gt": summary}
+    set_size: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def evaluate_model(
+    model: Any,
+    evalsets: Iterable[EvalSet],
+    out_dir: str | os.PathLike,
+    *,
+    set_sizes: Sequence[int] = (),
+    baselines: bool = False,
+    id_model: str | os.PathLike | None = None,
+    identity: bool = True,
+    erode: int = 1,
+    batch_size: int = 32,
+    examples: int = 8,
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate ``model`` (anything with ``reconstruct(images[, as_set])``) on EvalSets; writes results to out_dir.
+
+    Single-image metrics: every view reconstructed on its own (batched). Set-size curve (models whose reconstruct
+    takes ``as_set``): for each N in ``set_sizes``, the set of an identity's first N views is reconstructed together
+    and scored on those N views; the same identities (those with >= max(N) views) serve every N.
+    """
+    from lapmodel.reconstruct import model_accepts_sets, run_model
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    embedder = Embedder(id_model) if identity else None
+    if embedder is not None and embedder.error:
+        notes.append(embedder.error)
+    accepts_sets = model_accepts_sets(model)
+    set_sizes = sorted({int(n) for n in set_sizes if int(n) >= 1})
+    if set_sizes and not accepts_sets:
+        notes.append("set-size curve skipped: the model reconstructs single images (no as_set)")
+        set_sizes = []
+    vals: dict[str, list[float]] = {}
+    base: dict[str, dict[str, list[float]]] = {"flat": {}, "gt": {}}
+    per_id_curve: list[tuple[int, dict[int, dict[str, list[float]]]]] = []  # (views of the identity, {N: metrics})
+    ex_rows: list[list[Any]] = []
+    counts = {"identities": 0, "views": 0, "views_with_gt": 0}
+
+    it: Iterable = evalsets
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(evalsets, desc="evaluate", unit="identity")
+    for es in it:
+        counts["identities"] += 1
+        counts["views"] += len(es.images)
+        counts["views_with_gt"] += int(es.has_gt.sum())
+        rec = run_model(model, es.images, batch_size=batch_size)
+        _extend(vals, view_metrics(es, rec, embedder, erode))
+        if baselines:
+            for kind in ("flat", "gt"):
+                _extend(base[kind], baseline_metrics(es, kind, erode, rec.fov_deg))
+        if set_sizes:
+            mine: dict[int, dict[str, list[float]]] = {}
+            for n in set_sizes:
+                if len(es.images) < n:
+                    continue
+                idx = list(range(n))
+                srec = run_model(model, es.images[idx], as_set=True)
+                mine[n] = view_metrics(es, srec, embedder, erode, idx)
+            per_id_curve.append((len(es.images), mine))
+        if len(ex_rows) < examples:
+            for i in range(min(len(es.images), examples - len(ex_rows))):
+                gtd = es.depth[i]
+                ex_rows.append([
+                    es.images[i], rec.recon_image[i].clamp(0, 1),
+                    export.depth_to_color(rec.recon_depth[i], rec.recon_mask[i] > 0.5),
+                    export.depth_to_color(gtd, es.mask[i]) if bool(es.has_gt[i]) else None,
+                ])
+    if counts["views"] == 0:
+        raise LapError("no samples in the shards")
+    if counts["views_with_gt"] == 0:
+        notes.append("no view carries ground-truth depth: SIDE / MAD / depth correlation are not computed")
+    if embedder is not None and embedder.error and embedder.error not in notes:
+        notes.append(embedder.error)
+
+    rows = {"model": summarize(vals)}
+    if baselines:
+        rows["flat"] = summarize(base["flat"])
+        rows["gt"] = summarize(base["gt"])
+    # the curve uses the same identities for every N: those with >= max(N) views (else each N its own, noted)
+    curve: dict[int, dict[str, list[float]]] = {n: {} for n in set_sizes}
+    if set_sizes:
+        full = [m for k, m in per_id_curve if k >= set_sizes[-1]]
+        if full:
+            for m in full:
+                for n in set_sizes:
+                    _extend(curve[n], m[n])
+        else:
+            notes.append(f"set-size curve: no identity has {set_sizes[-1]} views; each N uses the identities "
+                         "with at least N views")
+            for _, m in per_id_curve:
+                for n, v in m.items():
+                    _extend(curve[n], v)
+    set_res = {n: summarize(curve[n]) for n in set_sizes}
+    for n in set_sizes:
+        set_res[n]["sets"] = {"n": len(curve[n].get("ssim", [])) // n}  # identities with >= N views
+    result = EvalResult(rows=rows, set_size=set_res, notes=notes, counts=counts)
+
+    doc = {
+        "counts": counts,
+        "protocol": {"erode_px": erode, "side_scale": "x1e-2 (SIDE * 100)", "mad_unit": "degrees",
+                     "depth": "predicted view depth vs gt view depth on erode(gt mask) & erode(pred mask)",
+                     "normals": "both from depth via lapdata.geometry.depth_to_normals",
+                     "ssim_region": "eroded gt mask (pred mask where no gt)",
+                     "identity": embedder.name if embedder is not None else "off"},
+        "rows": rows,
+        "set_size": {str(n): v for n, v in set_res.items()},
+        "notes": notes,
+    }
+    _write_json(out / "eval.json", doc)
+    if set_sizes:
+        _write_json(out / "set_size.json", doc["set_size"])
+        plot_set_size(set_res, out / "set_size.png")
+    if ex_rows:
+        export.save_grid(out / "examples.png", ex_rows, ["input", "re-render", "pred depth", "gt depth"])
+    return result
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def plot_set_size(set_res: dict[int, dict[str, dict[str, float]]], path: str | os.PathLike) -> Path:
+    """Metrics against the set size N (the paper's Fig. 7a): one panel per metric that has values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted(set_res)
+    keys = [k for k in METRIC_KEYS if any(set_res[n][k]["n"] > 0 for n in ns)]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3.0), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        mean = np.array([set_res[n][k]["mean"] for n in ns])
+        std = np.array([set_res[n][k]["std"] for n in ns])
+        ax.errorbar(ns, mean, yerr=std, marker="o", capsize=3)
+        ax.set_xlabel("images in the set (N)")
+        ax.set_title(METRIC_LABELS[k])
+        ax.set_xticks(ns)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Quality against set size")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(result: EvalResult, title: str = "evaluation"):
+    """A rich Table of the rows (model and baselines) and the set-size curve."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("method")
+    for k in METRIC_KEYS:
+        t.add_column(METRIC_LABELS[k], justify="right")
+    t.add_column("views", justify="right")
+
+    def cells(summ: dict[str, dict[str, float]]) -> list[str]:
+        c = []
+        for k in METRIC_KEYS:
+            s = summ[k]
+            c.append("-" if s["n"] == 0 else f"{s['mean']:.3f}±{s['std']:.3f}")
+        return c + [str(max(summ[k]["n"] for k in METRIC_KEYS))]
+
+    for name, summ in result.rows.items():
+        t.add_row(name, *cells(summ))
+    for n, summ in sorted(result.set_size.items()):
+        t.add_row(f"set N={n}", *cells(summ))
+    return t
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    shards: str | Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    set_sizes: Sequence[int] = (),
+    baselines: bool = False,
+    id_model: str | os.PathLike | None = None,
+    identity: bool = True,
+    device: str = "cpu",
+    size: int | None = None,
+    max_identities: int | None = None,
+    batch_size: int = 32,
+    erode: int = 1,
+    model: Any | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """The `lapmodel evaluate` command's work: load the checkpoint, stream the shards, evaluate, write, return."""
+    from lapmodel.reconstruct import model_image_size
+
+    if model is None:
+        ck = Path(checkpoint)
+        if not ck.is_file():
+            raise LapError(f"{ck}: checkpoint not found")
+        from lapmodel.checkpoint import load_model
+
+        try:
+            model = load_model(ck, device=device)
+        except TypeError:
+            model = load_model(ck)
+            if hasattr(model, "to"):
+                model = model.to(device)
+    if id_model is not None and not Path(id_model).is_file():
+        raise LapError(f"{id_model}: identity model (ArcFace ONNX) not found")
+    s = size or model_image_size(model)
+    sets = iter_evalsets(shards, s, max_identities=max_identities)
+    return evaluate_model(model, sets, out_dir, set_sizes=set_sizes, baselines=baselines, id_model=id_model,
+                          identity=identity, erode=erode, batch_size=batch_size, progress=progress)

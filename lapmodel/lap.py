@@ -1,0 +1,451 @@
+"""The LAP model (Zhang et al., CVPR 2021): learn to aggregate a photo set into one identity, then personalise it.
+
+``LAPModel`` is an nn.Module with named submodules:
+
+* ``albedo_agg`` / ``depth_agg`` (:class:`lapmodel.aggregate.Aggregator`): the set of photos -> canonical albedo a_c
+  and depth d_c of the identity (Eq. 4);
+* ``light_net`` / ``view_net`` (``networks.Encoder``) and ``conf_net`` (``networks.ConfNet``): per photo, as Unsup3D;
+* ``refiner`` (:class:`lapmodel.refine.Refiner`): (a_c, d_c, photo) -> personalised (a_t, d_t) at ``refine_size``.
+
+Stages (``model.lap.stage`` in the config; ``lapmodel train --stage``):
+
+* ``aggregate``: (a_c, d_c) rendered with each photo's own light and view; loss = Relaxed Consistency Loss (Eq. 5):
+  Eq. 3 weighted per pixel by M_re (from the batch's ``seg`` via ``lapdata.parsing.masks.label_to_masks``), on each
+  photo of the set and on its flipped reconstruction, plus the perceptual term with the same weights. Hard views
+  (``batch.hard``) and padded views are skipped. Without ``seg`` in the batch, or with ``rcl: false`` (ablation), the
+  loss is plain Eq. 3 (the log's ``rcl_frac`` says which fraction of views had masks).
+* ``personalize``: the refiner alone is trained (everything else frozen, run without gradients); loss = Eq. 3 (+ flip,
+  + perceptual) on the re-render of (a_t, d_t).
+* ``finetune``: every network trained jointly; loss = RCL on (a_c, d_c) + Eq. 3 on (a_t, d_t).
+
+Conventions follow Unsup3D: networks see images in [-1, 1]; albedo is tanh; the raw depth is mean-centred, tanh'd
+and rescaled into [min_depth, max_depth] with a fixed 2-pixel border; view = tanh * (rotation range in degrees ->
+radians, xy translation range, z translation range); light = [ambient, diffuse] mapped into their ranges and the
+direction (x, y) as predicted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lapdata.errors import LapError
+
+from . import losses
+from .aggregate import Aggregator
+from .networks import ConfNet, Encoder
+from .outputs import Reconstruction
+from .refine import Refiner
+from .unsup3d import depth_border as border_width
+
+STAGES = ("aggregate", "personalize", "finetune")
+
+
+# --------------------------------------------------------------------------------------------- Unsup3D mappings
+
+
+def depth_border(size: int, device=None) -> Tensor:
+    """(S, S) float: 1 on the left/right border columns (``unsup3d.depth_border``: S // 32) pinned to the border
+    depth, as Unsup3D."""
+    k = border_width(size)
+    m = torch.zeros(size, size, device=device)
+    m[:, :k] = 1
+    m[:, size - k:] = 1
+    return m
+
+
+def process_depth(raw: Tensor, min_depth: float, max_depth: float, border_depth: float | None) -> Tensor:
+    """Raw depth (B, 1, S, S) or (B, S, S) -> canonical depth (B, S, S) in [min_depth, max_depth] (Unsup3D)."""
+    d = raw.squeeze(1) if raw.dim() == 4 else raw
+    d = d - d.flatten(1).mean(1)[:, None, None]
+    d = d.tanh()
+    d = (1 + d) / 2 * (max_depth - min_depth) + min_depth
+    bd = 0.7 * max_depth + 0.3 * min_depth if border_depth is None else border_depth
+    m = depth_border(d.shape[-1], d.device)
+    return d * (1 - m) + bd * m
+
+
+def map_view(v: Tensor, rot_deg: float, xy: float, z: float) -> Tensor:
+    """Tanh output (B, 6) -> view (B, 6): rotations in radians, translations in camera units."""
+    scale = v.new_tensor([math.radians(rot_deg)] * 3 + [xy, xy, z])
+    return v * scale
+
+
+def map_light(l: Tensor, amb: tuple[float, float], diff: tuple[float, float]) -> Tensor:
+    """Tanh output (B, 4) -> [ambient, diffuse, dir_x, dir_y] with ambient/diffuse in their ranges."""
+    a = (l[:, :1] + 1) / 2 * (amb[1] - amb[0]) + amb[0]
+    d = (l[:, 1:2] + 1) / 2 * (diff[1] - diff[0]) + diff[0]
+    return torch.cat([a, d, l[:, 2:4]], dim=1)
+
+
+@dataclass
+class RenderOut:
+    """A photo-geometric render of M canonical (albedo, depth) pairs into M views.
+
+    albedo (M, 3, S, S) [0, 1]; depth (M, S, S); normal (M, S, S, 3); shading (M, 1, S, S); canon_image (M, 3, S, S)
+    [0, 1]; recon (M, 3, S, S) [0, 1]; recon_depth (M, S, S); mask (M, S, S) 0/1; recon_flip / mask_flip: the
+    same with the canonical maps mirrored (None when not asked).
+    """
+
+    albedo: Tensor
+    depth: Tensor
+    normal: Tensor
+    shading: Tensor
+    canon_image: Tensor
+    recon: Tensor
+    recon_depth: Tensor
+    mask: Tensor
+    recon_flip: Tensor | None = None
+    mask_flip: Tensor | None = None
+
+
+def photo_geometric_render(albedo: Tensor, depth: Tensor, light: Tensor, view: Tensor, fov_deg: float,
+                           flip: bool = True) -> RenderOut:
+    """albedo (M, 3, S, S) in [0, 1], depth (M, S, S), light (M, 4) mapped, view (M, 6) -> RenderOut."""
+    from . import renderer
+
+    m = albedo.shape[0]
+    with torch.autocast(device_type=albedo.device.type, enabled=False):  # geometry in fp32 (as unsup3d.py)
+        albedo, depth, light, view = albedo.float(), depth.float(), light.float(), view.float()
+        if flip:  # the canonical maps and their mirror images, rendered in one batch
+            depth2 = torch.cat([depth, depth.flip(-1)], 0)  # (2M, S, S)
+            albedo2 = torch.cat([albedo, albedo.flip(-1)], 0)  # (2M, 3, S, S)
+            light2, view2 = light.repeat(2, 1), view.repeat(2, 1)
+        else:
+            depth2, albedo2, light2, view2 = depth, albedo, light, view
+        normal = renderer.depth_to_normal(depth2, fov_deg)  # (2M, S, S, 3)
+        shading, canon_image = renderer.shade(albedo2, normal, light2)  # (2M, 1, S, S), (2M, 3, S, S)
+        r = renderer.render(depth2, canon_image, view2, fov_deg)
+    out = RenderOut(albedo, depth, normal[:m], shading[:m], canon_image[:m], r.image[:m], r.depth[:m],
+                    r.mask[:m].detach())
+    if flip:
+        out.recon_flip, out.mask_flip = r.image[m:], r.mask[m:].detach()
+    return out
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class LAPOutput:
+    """What ``LAPModel.forward`` returns. M = number of valid views in the batch (flattened, identity-major).
+
+    stage: the stage the outputs were computed for
+    index: (M,) int64 identity index (0..B-1) of each view; images: (M, 3, S, S) input views in [0, 1]
+    weights: (M, S, S) per-pixel loss weight of each view for the aggregated render (M_re, or 1; 0 for hard views)
+    rcl_frac: fraction of views whose weight came from RCL masks (0 without seg or with rcl off)
+    canon_albedo: (B, 3, S, S) a_c in [0, 1]; canon_depth: (B, S, S) d_c
+    view: (M, 6); light: (M, 4); conf: (M, 2, S, S) photometric sigmas; conf_perc: (M, 2, S/4, S/4)
+    agg: RenderOut of (a_c, d_c) in each view (None in stage personalize when not needed)
+    ref: RenderOut of (a_t, d_t) in each view at the refiner's size (None in stage aggregate)
+    agg_weights: (B, N, Z) albedo aggregation weights (for inspection)
+    """
+
+    stage: str
+    index: Tensor
+    images: Tensor
+    weights: Tensor
+    rcl_frac: float
+    canon_albedo: Tensor
+    canon_depth: Tensor
+    view: Tensor
+    light: Tensor
+    conf: Tensor
+    conf_perc: Tensor
+    agg: RenderOut | None
+    ref: RenderOut | None
+    agg_weights: Tensor
+
+
+# --------------------------------------------------------------------------------------------- the model
+
+
+class LAPModel(nn.Module):
+    """LAP: aggregation (albedo, depth) + per-photo light/view/confidence + attribute refiner.
+
+    ``cfg`` is a ``lapmodel.config.ModelConfig`` whose ``lap`` section is a ``LAPConfig``.
+    """
+
+    def __init__(self, cfg, vgg: nn.Module | None = None):
+        super().__init__()
+        lap = cfg.lap
+        s = cfg.image_size
+        self.cfg = cfg
+        self.size = s
+        self.albedo_agg = Aggregator(3, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=True)
+        self.depth_agg = Aggregator(1, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=False)
+        self.light_net = Encoder(3, 4, s, cfg.nf_encoder)  # (M, 3, S, S) -> (M, 4)
+        self.view_net = Encoder(3, 6, s, cfg.nf_encoder)  # (M, 3, S, S) -> (M, 6)
+        self.conf_net = ConfNet(3, s, cfg.nf, cfg.zdim_conf) if cfg.use_conf else None
+        self.refiner = Refiner(lap.refine_size, lap.refine_nf, lap.target_size, lap.filtered_connection,
+                               lap.injection) if lap.refiner else None
+        self.vgg = vgg  # frozen VGG16 relu3_3 or None (perceptual loss off)
+        self.register_buffer("refiner_trained", torch.zeros((), dtype=torch.bool))
+        self.stage = lap.stage
+        self.set_stage(lap.stage)
+        self.step = 0  # the train loop may set it (flip-weight schedule)
+
+    # ----------------------------------------------------------------------------------------- stages
+
+    def set_stage(self, stage: str) -> None:
+        if stage not in STAGES:
+            raise LapError(f"unknown LAP stage {stage!r}: use one of {list(STAGES)}")
+        if stage != "aggregate" and self.refiner is None:
+            raise LapError(f"stage {stage!r} needs the refiner, but model.lap.refiner is false")
+        self.stage = stage
+        trainable = {id(p) for p in self.trainable_parameters(stage)}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trainable)
+
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        base = [self.albedo_agg, self.depth_agg, self.light_net, self.view_net]
+        if self.conf_net is not None:
+            base.append(self.conf_net)
+        if stage == "aggregate":
+            return base
+        if stage == "personalize":
+            return [self.refiner]
+        return base + [self.refiner]
+
+    def trainable_parameters(self, stage: str | None = None) -> list[nn.Parameter]:
+        """Parameters the optimizer updates in ``stage`` (default: the current one); the VGG is never trained."""
+        stage = stage or self.stage
+        return [p for m in self.stage_modules(stage) for p in m.parameters()]
+
+    # ----------------------------------------------------------------------------------------- forward
+
+    def _per_view(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (M, 3, S, S) in [-1, 1] -> view (M, 6), light (M, 4), conf (M, 2, S, S), conf_perc (M, 2, S/4, S/4)."""
+        c = self.cfg
+        view = map_view(self.view_net(x), c.xyz_rotation_range, c.xy_translation_range, c.z_translation_range)
+        light = map_light(self.light_net(x), (c.min_amb_light, c.max_amb_light), (c.min_diff_light, c.max_diff_light))
+        if self.conf_net is not None:
+            conf, conf_perc = self.conf_net(x)
+        else:
+            m, s = x.shape[0], x.shape[-1]
+            conf, conf_perc = x.new_ones(m, 2, s, s), x.new_ones(m, 2, s // 4, s // 4)
+        return view, light, conf, conf_perc
+
+    def _loss_weights(self, images: Tensor, valid: Tensor, seg: Tensor | None, hard: Tensor | None
+                      ) -> tuple[Tensor, float]:
+        """(M, S, S) per-pixel weights of the aggregated render's loss and the fraction of views with RCL masks."""
+        m = int(valid.sum())
+        s = images.shape[-1]
+        w = images.new_ones(m, s, s)
+        frac = 0.0
+        if self.cfg.lap.rcl and seg is not None:
+            from lapdata.parsing.masks import label_to_masks
+
+            seg_v = seg[valid]  # (M, S, S)
+            if seg_v.shape[-1] != s:
+                seg_v = F.interpolate(seg_v[:, None].float(), size=(s, s), mode="nearest")[:, 0].long()
+            _, m_re = label_to_masks(seg_v, self.rcl_masks)
+            has = (seg_v > 0).flatten(1).any(1)  # a view without any label (no parse) keeps weight 1
+            w = torch.where(has[:, None, None], m_re.to(w.dtype), w)
+            frac = float(has.float().mean()) if m else 0.0
+        if hard is not None:
+            w = w * (~hard[valid]).to(w.dtype)[:, None, None]
+        return w, frac
+
+    @property
+    def rcl_masks(self):
+        return self.cfg.lap.rcl_masks
+
+    def forward(self, batch) -> LAPOutput:
+        """batch: ``lapmodel.data.Batch`` (images (B, N, 3, S, S) in [0, 1], valid (B, N), seg, hard) -> LAPOutput."""
+        images, valid = batch.images, batch.valid
+        b, n = valid.shape
+        if images.shape[-1] != self.size:
+            raise LapError(f"batch images are {images.shape[-1]} px but the model is {self.size} px "
+                           "(set model.image_size or the loader's size)")
+        stage = self.stage
+        x = images * 2 - 1  # (B, N, 3, S, S) in [-1, 1]
+        index = torch.arange(b, device=images.device)[:, None].expand(b, n)[valid]  # (M,)
+        xv = x[valid]  # (M, 3, S, S)
+        base_grad = torch.is_grad_enabled() and stage != "personalize"
+        with torch.set_grad_enabled(base_grad):
+            a_out = self.albedo_agg(x, valid)
+            d_out = self.depth_agg(x, valid)
+            view, light, conf, conf_perc = self._per_view(xv)
+        canon_albedo = a_out.canon / 2 + 0.5  # (B, 3, S, S) in [0, 1]
+        c = self.cfg
+        canon_depth = process_depth(d_out.canon, c.min_depth, c.max_depth, c.border_depth)  # (B, S, S)
+        weights, frac = self._loss_weights(images, valid, getattr(batch, "seg", None), getattr(batch, "hard", None))
+        agg = None
+        if stage != "personalize" or not self.training:
+            with torch.set_grad_enabled(base_grad):
+                agg = photo_geometric_render(canon_albedo[index], canon_depth[index], light, view, c.fov_deg)
+        ref = None
+        if stage != "aggregate":
+            ref = self._refine(a_out.canon[index], d_out.canon[index], xv, light, view)
+            if self.training and torch.is_grad_enabled():
+                self.refiner_trained.fill_(True)
+        return LAPOutput(stage, index, images[valid], weights, frac, canon_albedo, canon_depth, view, light, conf,
+                         conf_perc, agg, ref, a_out.weights)
+
+    def _refine(self, albedo_raw: Tensor, depth_raw: Tensor, xv: Tensor, light: Tensor, view: Tensor,
+                flip: bool = True) -> RenderOut:
+        """Per-view canonical maps (M, 3, S, S) tanh albedo, (M, 1, S, S) raw depth, target photos (M, 3, S, S) in
+        [-1, 1] -> RenderOut of (a_t, d_t) at the refiner's size."""
+        c = self.cfg
+        r = self.refiner(albedo_raw, depth_raw, xv)
+        a_t = (r.albedo.clamp(-1, 1) / 2 + 0.5)  # (M, 3, R, R)
+        d_t = process_depth(r.depth, c.min_depth, c.max_depth, c.border_depth)  # (M, R, R)
+        return photo_geometric_render(a_t, d_t, light, view, c.fov_deg, flip=flip)
+
+    # ----------------------------------------------------------------------------------------- losses
+
+    def flip_weight(self) -> float:
+        c = self.cfg
+        return 1.0 if self.step < c.lam_flip_start_step else c.lam_flip
+
+    def _render_loss(self, r: RenderOut, images: Tensor, conf: Tensor, conf_perc: Tensor, weight: Tensor | None,
+                     prefix: str) -> tuple[Tensor, dict[str, float]]:
+        """Eq. 3 (+ flip, + perceptual) of one RenderOut against the input views (resized to the render's size)."""
+        s = r.recon.shape[-1]
+        if images.shape[-1] != s:
+            images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False)
+            conf = F.interpolate(conf, size=(s, s), mode="bilinear", align_corners=False)
+            conf_perc = F.interpolate(conf_perc, size=(s // 4, s // 4), mode="bilinear", align_corners=False)
+            if weight is not None:
+                weight = F.interpolate(weight[:, None], size=(s, s), mode="nearest")[:, 0]
+        lam_flip = self.flip_weight()
+        mask = (r.mask * r.mask_flip) if r.mask_flip is not None else r.mask  # Unsup3D: both renders cover it
+        # photometric losses on [-1, 1] images as Unsup3D
+        l1 = losses.photometric_loss(r.recon * 2 - 1, images * 2 - 1, conf[:, :1], mask, weight)
+        total = l1
+        logs = {f"{prefix}l1": l1.detach()}
+        if r.recon_flip is not None:
+            l1f = losses.photometric_loss(r.recon_flip * 2 - 1, images * 2 - 1, conf[:, 1:], mask, weight)
+            total = total + lam_flip * l1f
+            logs[f"{prefix}l1_flip"] = l1f.detach()
+        if self.vgg is not None and self.cfg.lam_perc > 0:
+            perc = losses.perceptual_loss(self.vgg, r.recon, images, conf_perc[:, :1], mask, weight)
+            total = total + self.cfg.lam_perc * perc
+            logs[f"{prefix}perc"] = perc.detach()
+            if r.recon_flip is not None:
+                percf = losses.perceptual_loss(self.vgg, r.recon_flip, images, conf_perc[:, 1:], mask, weight)
+                total = total + self.cfg.lam_perc * lam_flip * percf
+                logs[f"{prefix}perc_flip"] = percf.detach()
+        return total, logs
+
+    def loss(self, out: LAPOutput, batch=None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Scalar loss of the stage and a dict of detached scalars to log."""
+        logs: dict[str, Tensor] = {
+            "rcl_frac": torch.tensor(out.rcl_frac),
+            "set_size": torch.tensor(out.index.numel() / max(1, out.canon_depth.shape[0])),
+        }
+        total = out.canon_depth.new_zeros(())
+        if out.stage in ("aggregate", "finetune"):
+            la, lg = self._render_loss(out.agg, out.images, out.conf, out.conf_perc, out.weights, "agg_")
+            total = total + la
+            logs.update(lg)
+        if out.stage in ("personalize", "finetune"):
+            hard_w = (out.weights.flatten(1).amax(1) > 0).to(out.images.dtype)[:, None, None]  # skip hard views
+            hard_w = hard_w.expand_as(out.weights)
+            lr_, lg = self._render_loss(out.ref, out.images, out.conf.detach() if out.stage == "personalize"
+                                        else out.conf, out.conf_perc, hard_w, "ref_")
+            total = total + lr_
+            logs.update(lg)
+        logs["loss"] = total.detach()
+        return total, logs
+
+    # ----------------------------------------------------------------------------------------- pictures
+
+    @torch.no_grad()
+    def picture_panels(self, out: LAPOutput, n: int = 6, yaws: tuple[float, ...] = (-60, -30, 0, 30, 60)
+                       ) -> list[tuple[str, Tensor]]:
+        """Named panels (k, 3, S, S) in [0, 1] of the first ``n`` views (for lapmodel.train's picture grids):
+        input, re-render of the identity (a_c, d_c) and its flip, a_c, d_c, normals, shading, refined re-render /
+        albedo / depth (stages personalize, finetune) and a turntable of the shaded canonical identity."""
+        from . import renderer
+
+        c = self.cfg
+        k = min(n, out.images.shape[0])
+        s = out.images.shape[-1]
+
+        def rgb(t: Tensor) -> Tensor:
+            t = t[:k].detach().float()
+            if t.dim() == 3:
+                t = t[:, None]
+            if t.shape[-1] != s:
+                t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False)
+            return (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t).clamp(0, 1).cpu()
+
+        def dpic(d: Tensor) -> Tensor:
+            return 1 - (d - c.min_depth) / (c.max_depth - c.min_depth)
+
+        panels = [("input", rgb(out.images))]
+        r = out.agg
+        if r is not None:
+            panels += [("recon set", rgb(r.recon)), ("recon flip", rgb(r.recon_flip if r.recon_flip is not None
+                                                                        else r.recon)),
+                       ("albedo set", rgb(r.albedo)), ("depth set", rgb(dpic(r.depth))),
+                       ("normal set", rgb((r.normal.permute(0, 3, 1, 2) + 1) / 2)), ("shading", rgb(r.shading / 2))]
+        if out.ref is not None:
+            t = out.ref
+            panels += [("recon pers.", rgb(t.recon)), ("albedo pers.", rgb(t.albedo)),
+                       ("depth pers.", rgb(dpic(t.depth)))]
+        if r is not None:
+            try:
+                with torch.autocast(device_type=r.depth.device.type, enabled=False):
+                    tt = renderer.turntable(r.depth[:k].float(), r.canon_image[:k].float(),
+                                            [math.radians(y) for y in yaws], c.fov_deg)  # (k, T, 3, S, S)
+                panels += [(f"yaw {y:+d}", rgb(tt[:, i])) for i, y in enumerate(yaws)]
+            except Exception:  # noqa: BLE001 - a picture never stops training
+                pass
+        return panels
+
+    # ----------------------------------------------------------------------------------------- inference
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor, as_set: bool = False, personalize: bool | None = None) -> Reconstruction:
+        """images (K, 3, S', S') in [0, 1] -> Reconstruction of K entries (resized to the model's size).
+
+        as_set=False: every image is its own identity (a set of one). as_set=True: the K photos are one identity;
+        their aggregated (a_c, d_c) is rendered in each photo's own view and light. ``personalize`` (default: when
+        the refiner has been trained) uses the refined (a_t, d_t) of each photo instead (at the refiner's size,
+        resized to the model's size for the Reconstruction).
+        """
+        was = self.training
+        self.eval()
+        try:
+            s = self.size
+            if images.shape[-1] != s or images.shape[-2] != s:
+                images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False)
+            k = images.shape[0]
+            if as_set:
+                x = images[None] * 2 - 1  # (1, K, 3, S, S)
+                valid = torch.ones(1, k, dtype=torch.bool, device=images.device)
+            else:
+                x = images[:, None] * 2 - 1  # (K, 1, 3, S, S)
+                valid = torch.ones(k, 1, dtype=torch.bool, device=images.device)
+            index = torch.arange(x.shape[0], device=images.device)[:, None].expand_as(valid)[valid]  # (K,)
+            xv = x[valid]
+            a_raw = self.albedo_agg(x, valid).canon[index]  # (K, 3, S, S)
+            d_raw = self.depth_agg(x, valid).canon[index]  # (K, 1, S, S)
+            view, light, _, _ = self._per_view(xv)
+            c = self.cfg
+            use_ref = (self.refiner is not None and bool(self.refiner_trained)) if personalize is None else personalize
+            if use_ref:
+                if self.refiner is None:
+                    raise LapError("personalize=True but this model has no refiner")
+                r = self.refiner(a_raw, d_raw, xv)
+                a_raw, d_raw = r.albedo.clamp(-1, 1), r.depth
+                if a_raw.shape[-1] != s:
+                    a_raw = F.interpolate(a_raw, size=(s, s), mode="bilinear", align_corners=False)
+                    d_raw = F.interpolate(d_raw, size=(s, s), mode="bilinear", align_corners=False)
+            albedo = a_raw / 2 + 0.5
+            depth = process_depth(d_raw, c.min_depth, c.max_depth, c.border_depth)
+            r = photo_geometric_render(albedo, depth, light, view, c.fov_deg, flip=False)
+            return Reconstruction(
+                canon_depth=depth, canon_albedo=albedo, canon_normal=r.normal, canon_shading=r.shading,
+                canon_image=r.canon_image.clamp(0, 1), view=view, light=light, recon_image=r.recon.clamp(0, 1),
+                recon_depth=r.recon_depth, recon_mask=r.mask, fov_deg=c.fov_deg,
+            )
+        finally:
+            self.train(was)

@@ -1,0 +1,417 @@
+"""Reconstruct faces from photos with a trained model and write every output a person looks at.
+
+Pipeline: paths (files or folders) -> `load_faces` (aligned crops via `lapdata.faces.crop_prealigned`, or
+photos detected + aligned with `DlibDetector` / `largest_face` / `align_face`, as `lapdata` does) ->
+`reconstruct_images(model, images, out_dir, names)` (batched ``model.reconstruct``; ``as_set=True`` aggregates the
+whole set into one identity with a LAP model) -> per photo ``out_dir/<name>/``:
+
+    input.png  recon.png (re-render)  albedo.png  shading.png  canonical.png (shaded canonical image)
+    depth.png + depth.json (16-bit canonical depth, range in the sidecar)  depth.npy  depth_color.png
+    view_depth.npy (depth in the photo's view)  normal.png (canonical normals)
+    mesh.obj + mesh.mtl + mesh_texture.png (UVs = pixel coordinates)  mesh.ply (vertex colours)
+    turntable.gif  summary.png (input | recon | albedo | depth | normals | shading)
+
+plus ``out_dir/summary.png`` (one row per photo) and ``out_dir/reconstruct.json`` (what was done and skipped).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lapdata.errors import LapError
+from lapmodel import export
+from lapmodel.outputs import Reconstruction
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass
+class LoadedFaces:
+    """Face crops ready for the model: images (B, 3, S, S) float in [0, 1]; names unique per photo."""
+
+    images: Tensor
+    names: list[str]
+    sources: list[str]
+    rules: list[str]
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files and folders (their images, sorted, not recursive) -> image files. A missing path is a LapError."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
+            if not files:
+                raise LapError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTS)})")
+            out.extend(files)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise LapError(f"{p}: no such file or folder")
+    if not out:
+        raise LapError("no input images given")
+    return out
+
+
+def _unique_names(paths: Sequence[Path]) -> list[str]:
+    names, seen = [], {}
+    for p in paths:
+        base = p.stem.replace(" ", "_") or "image"
+        k = seen.get(base, 0)
+        seen[base] = k + 1
+        names.append(base if k == 0 else f"{base}_{k}")
+    return names
+
+
+def load_faces(
+    paths: Sequence[str | os.PathLike],
+    size: int,
+    aligned: bool | None = None,
+    detector: Any | None = None,
+) -> LoadedFaces:
+    """Read photos and crop faces the way `lapdata` does.
+
+    aligned=True: every file is an aligned crop (`crop_prealigned(rule="auto")`: ArcFace 112 px, CelebA aligned,
+    or already lap-framed -> centre square + resize). aligned=False: detect the largest face (dlib) and align it
+    to the lap template. aligned=None (auto): square images are treated as aligned crops, others are detected.
+    Unreadable files and photos without a face are skipped and listed in ``skipped`` (the run goes on).
+    """
+    files = expand_paths(paths)
+    return load_files(files, _unique_names(files), size, aligned, detector)
+
+
+def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: bool | None = None,
+               detector: Any | None = None) -> LoadedFaces:
+    """`load_faces` for an explicit list of image files and their output names."""
+    from PIL import Image, ImageOps
+
+    from lapdata import faces as lfaces
+
+    crops, kept_names, sources, rules, skipped = [], [], [], [], []
+    for path, name in zip(files, names):
+        try:
+            with Image.open(path) as im:
+                img = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # phone photos: apply EXIF rotation
+        except Exception as e:  # unreadable, truncated, decompression bomb, ...: skip and count
+            skipped.append({"path": str(path), "reason": f"unreadable image ({type(e).__name__}: {e})"})
+            continue
+        h, w = img.shape[:2]
+        is_aligned = aligned if aligned is not None else (h == w)
+        if is_aligned:
+            crop, rule = lfaces.crop_prealigned(img, size, "auto")
+        else:
+            if detector is None:
+                detector = lfaces.DlibDetector()
+            face = lfaces.largest_face(detector(img))
+            if face is None:
+                skipped.append({"path": str(path), "reason": "no face found"})
+                continue
+            crop, info = lfaces.align_face(img, face, size)
+            rule = info.get("rule", "align_face")
+        crops.append(crop)
+        kept_names.append(name)
+        sources.append(str(path))
+        rules.append(rule)
+    if crops:
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+    else:
+        images = torch.zeros(0, 3, size, size)
+    return LoadedFaces(images, kept_names, sources, rules, skipped)
+
+
+def _needs_detector(path: Path, aligned: bool | None) -> bool:
+    """Whether ``path`` goes to the face detector (aligned=False, or auto and not square; unreadable: no)."""
+    if aligned is not None:
+        return not aligned
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:
+        return False
+    return w != h
+
+
+def model_accepts_sets(model: Any) -> bool:
+    """True when ``model.reconstruct`` takes ``as_set`` (the LAP model)."""
+    try:
+        return "as_set" in inspect.signature(model.reconstruct).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def model_image_size(model: Any, default: int = 64) -> int:
+    """The model's input side S (``model.image_size`` or ``model.config.image_size`` / ``.model.image_size``)."""
+    for path in ("image_size", "config.image_size", "config.model.image_size", "cfg.image_size", "cfg.model.image_size"):
+        obj = model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        if isinstance(obj, int):
+            return obj
+    return default
+
+
+def _model_device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device("cpu")
+
+
+def run_model(model: Any, images: Tensor, as_set: bool = False, batch_size: int = 16,
+              progress: bool = False) -> Reconstruction:
+    """``model.reconstruct`` over batches (or once for the whole set), results on the CPU.
+
+    images (B, 3, S, S) in [0, 1] -> Reconstruction with B rows.
+    """
+    if as_set and not model_accepts_sets(model):
+        raise LapError("--set needs a model that aggregates photo sets (a LAP checkpoint); this one reconstructs "
+                       "single images")
+    dev = _model_device(model)
+    if hasattr(model, "eval"):
+        model.eval()
+    chunks = [images] if as_set else [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    outs: list[Reconstruction] = []
+    it: Iterable = chunks
+    if progress and len(chunks) > 1:
+        from tqdm import tqdm
+
+        it = tqdm(chunks, desc="reconstruct", unit="batch")
+    with torch.no_grad():
+        for x in it:
+            x = x.to(dev)
+            rec = model.reconstruct(x, as_set=True) if as_set else model.reconstruct(x)
+            outs.append(rec)
+    return cat_reconstructions(outs, len(images))
+
+
+def _rows(t: Tensor, n: int) -> Tensor:
+    """Broadcast a set-level (1, ...) field to n rows."""
+    return t.expand(n, *t.shape[1:]) if t.shape[0] == 1 and n > 1 else t
+
+
+def cat_reconstructions(recs: Sequence[Reconstruction], n_total: int | None = None) -> Reconstruction:
+    """Concatenate per-batch Reconstructions on the CPU (set-level fields of size 1 are broadcast per image)."""
+    fields = ("canon_depth", "canon_albedo", "canon_normal", "canon_shading", "canon_image", "view", "light",
+              "recon_image", "recon_depth", "recon_mask")
+    vals = {}
+    for f in fields:
+        parts = []
+        for r in recs:
+            n = r.recon_image.shape[0]
+            parts.append(_rows(getattr(r, f).detach().float().cpu(), n))
+        vals[f] = torch.cat(parts)
+    return Reconstruction(**vals, fov_deg=float(recs[0].fov_deg))
+
+
+def write_reconstruction(
+    out_dir: str | os.PathLike,
+    image: Tensor,
+    rec: Reconstruction,
+    i: int,
+    *,
+    turntable: int = 24,
+    mesh: bool = True,
+    max_jump: float = 0.05,
+) -> dict[str, str]:
+    """Write every output of photo ``i`` of ``rec`` into ``out_dir``; returns {kind: path}. image (3, S, S)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fov = rec.fov_deg
+    cd = rec.canon_depth[i]
+    written: dict[str, Path] = {}
+    written["input"] = export.save_image(out / "input.png", image)
+    written["recon"] = export.save_image(out / "recon.png", rec.recon_image[i].clamp(0, 1))
+    written["albedo"] = export.save_image(out / "albedo.png", rec.canon_albedo[i].clamp(0, 1))
+    written["shading"] = export.save_image(out / "shading.png", (rec.canon_shading[i] / max(float(rec.canon_shading[i].max()), 1e-6)).clamp(0, 1))
+    written["canonical"] = export.save_image(out / "canonical.png", rec.canon_image[i].clamp(0, 1))
+    written["depth"], written["depth_json"] = export.save_depth_png(out / "depth.png", cd)
+    written["depth_npy"] = export.save_depth_npy(out / "depth.npy", cd)
+    vd = rec.recon_depth[i].clone()
+    vd[rec.recon_mask[i] < 0.5] = float("nan")
+    written["view_depth_npy"] = export.save_depth_npy(out / "view_depth.npy", vd)
+    depth_col = export.depth_to_color(cd)
+    written["depth_color"] = export.save_image(out / "depth_color.png", depth_col)
+    normal_img = export.normal_to_image(rec.canon_normal[i])
+    written["normal"] = export.save_image(out / "normal.png", normal_img)
+    if mesh:
+        # the outer S//32 columns of a canonical depth are pinned to the border depth (Unsup3D): crop them off
+        crop = max(1, cd.shape[-1] // 32)
+        m = export.export_depth_mesh(out / "mesh", cd, rec.canon_albedo[i].clamp(0, 1), fov_deg=fov,
+                                     max_jump=max_jump, crop=crop)
+        written.update(m)
+    if turntable > 0:
+        try:
+            frames = export.turntable_frames(cd, rec.canon_image[i].clamp(0, 1), n_frames=turntable, fov_deg=fov)
+            written["turntable"] = export.write_gif(out / "turntable.gif", frames)
+        except ImportError as e:  # renderer missing (only while the toolkit is being assembled)
+            (out / "turntable.txt").write_text(f"turntable not rendered: {e}\n")
+    row = summary_row(image, rec, i, depth_col, normal_img)
+    written["summary"] = export.save_grid(out / "summary.png", [row], SUMMARY_LABELS)
+    return {k: str(v) for k, v in written.items()}
+
+
+SUMMARY_LABELS = ("input", "recon", "albedo", "depth", "normals", "shading")
+
+
+def summary_row(image: Tensor, rec: Reconstruction, i: int, depth_col: np.ndarray | None = None,
+                normal_img: np.ndarray | None = None) -> list[np.ndarray]:
+    """Pictures of one photo: input | re-render | albedo | depth | normals | shading, (S, S, 3) uint8 each."""
+    if depth_col is None:
+        depth_col = export.depth_to_color(rec.canon_depth[i])
+    if normal_img is None:
+        normal_img = export.normal_to_image(rec.canon_normal[i])
+    sh = rec.canon_shading[i]
+    return [
+        export.to_uint8_image(image),
+        export.to_uint8_image(rec.recon_image[i].clamp(0, 1)),
+        export.to_uint8_image(rec.canon_albedo[i].clamp(0, 1)),
+        depth_col,
+        normal_img,
+        export.to_uint8_image((sh / max(float(sh.max()), 1e-6)).clamp(0, 1)),
+    ]
+
+
+def reconstruct_images(
+    model: Any,
+    images: Tensor,
+    out_dir: str | os.PathLike,
+    names: Sequence[str],
+    as_set: bool = False,
+    *,
+    batch_size: int = 16,
+    turntable: int = 24,
+    mesh: bool = True,
+    progress: bool = True,
+    summary_rows: int = 32,
+) -> dict[str, Any]:
+    """Run ``model.reconstruct`` on images (B, 3, S, S) in [0, 1] and write each photo's outputs to out_dir/<name>/.
+
+    as_set: one identity from all the images (LAP ``reconstruct(images, as_set=True)``): per-photo folders hold the
+    per-view outputs, the shared canonical outputs are also written once to ``out_dir/set/``.
+    ``out_dir/summary.png`` shows the first ``summary_rows`` photos (0: not written).
+    Returns {"outputs": {name: {kind: path}}, "summary": path or None}.
+    """
+    if len(images) != len(names):
+        raise ValueError(f"{len(images)} images but {len(names)} names")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(images) == 0:
+        return {"outputs": {}, "summary": None}
+    rec = run_model(model, images, as_set=as_set, batch_size=batch_size, progress=progress)
+    if rec.recon_image.shape[0] != len(images):
+        raise LapError(f"model returned {rec.recon_image.shape[0]} reconstructions for {len(images)} images")
+    outputs: dict[str, dict[str, str]] = {}
+    rows = []
+    it: Iterable = range(len(images))
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="write", unit="photo", total=len(images))
+    for i in it:
+        outputs[names[i]] = write_reconstruction(out / names[i], images[i], rec, i, turntable=turntable, mesh=mesh)
+        if i < summary_rows:
+            rows.append(summary_row(images[i], rec, i))
+    if as_set:
+        outputs["set"] = write_reconstruction(out / "set", images[0], rec, 0, turntable=turntable, mesh=mesh)
+    summary = None
+    if rows:
+        summary = str(export.save_grid(out / "summary.png", rows, SUMMARY_LABELS,
+                                       row_labels=[n[:16] for n in names[: len(rows)]]))
+    return {"outputs": outputs, "summary": summary}
+
+
+def reconstruct_paths(
+    paths: Sequence[str | os.PathLike],
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    as_set: bool = False,
+    size: int | None = None,
+    device: str = "cpu",
+    aligned: bool | None = None,
+    batch_size: int = 16,
+    turntable: int = 24,
+    mesh: bool = True,
+    progress: bool = True,
+    model: Any | None = None,
+    chunk: int = 256,
+) -> dict[str, Any]:
+    """The `lapmodel reconstruct` command: load the checkpoint, crop the faces, reconstruct, write, report.
+
+    Returns the report written to ``out_dir/reconstruct.json``: counts, skipped files with reasons, outputs.
+    """
+    if model is None:
+        ck = Path(checkpoint)
+        if not ck.is_file():
+            raise LapError(f"{ck}: checkpoint not found")
+        from lapmodel.checkpoint import load_model
+
+        try:
+            model = load_model(ck, device=device)
+        except TypeError:  # load_model(path) without a device argument
+            model = load_model(ck)
+            if hasattr(model, "to"):
+                model = model.to(device)
+    if as_set and not model_accepts_sets(model):
+        raise LapError(f"{checkpoint}: --set needs a LAP checkpoint (this model reconstructs single images)")
+    s = size or model_image_size(model)
+    files = expand_paths(paths)
+    names = _unique_names(files)
+    # a set is reconstructed in one call; otherwise photos stream through in chunks (bounded memory)
+    step = len(files) if as_set else max(chunk, 1)
+    starts = range(0, len(files), step)
+    detector = None
+    photos, skipped, outputs, summary = [], [], {}, None
+    it: Iterable = starts
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(starts, desc="reconstruct", unit="chunk") if len(starts) > 1 else starts
+    for k, a in enumerate(it):
+        if detector is None and aligned is not True:
+            from lapdata.faces import DlibDetector
+
+            detector = DlibDetector() if any(_needs_detector(f, aligned) for f in files[a : a + step]) else None
+        faces = load_files(files[a : a + step], names[a : a + step], s, aligned, detector)
+        for sk in faces.skipped:
+            print(f"skipped {sk['path']}: {sk['reason']}")
+        skipped.extend(faces.skipped)
+        photos.extend({"name": n, "source": src, "crop_rule": r}
+                      for n, src, r in zip(faces.names, faces.sources, faces.rules))
+        res = reconstruct_images(model, faces.images, out_dir, faces.names, as_set=as_set, batch_size=batch_size,
+                                 turntable=turntable, mesh=mesh, progress=progress and len(starts) == 1,
+                                 summary_rows=32 if k == 0 else 0)
+        outputs.update(res["outputs"])
+        summary = summary or res["summary"]
+    report = {
+        "checkpoint": str(checkpoint),
+        "as_set": as_set,
+        "size": s,
+        "done": len(photos),
+        "skipped": len(skipped),
+        "skipped_files": skipped,
+        "photos": photos,
+        "outputs": outputs,
+        "summary": summary,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "reconstruct.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out / "reconstruct.json")
+    return report

@@ -1,0 +1,402 @@
+"""Training loop, top to bottom (nanoGPT style): one function, `train(cfg)`, generic over the models.
+
+A model is an nn.Module with ``forward(batch: Batch) -> output`` and ``loss(output, batch) -> (loss, logs)``;
+optionally ``trainable_parameters(stage)``, ``compile_networks()``, a ``step`` attribute (the loop sets it) and
+``picture_panels(output)`` for the picture grids. ``build_model(cfg)`` is the one place that maps
+``cfg.model.kind`` to a class.
+
+Runs on CPU, one GPU, or many under torchrun (DDP: gloo on CPU, nccl on GPU; the batch is split over ranks).
+Everything a run writes is under ``cfg.out``::
+
+    config.yaml           the resolved config
+    last.pt               latest checkpoint (model, optimizer, config, step, RNG, data position)
+    checkpoints/step-XXXXXX.pt   kept every ``keep_every`` steps
+    log.jsonl             one line of scalars per ``log_every`` steps
+    loss.png              the loss curve
+    pictures/step-XXXXXX.png     input, reconstructions, canonical albedo/depth/normals/shading, turntable
+    tb/                   TensorBoard scalars and images
+
+``--resume`` continues from last.pt and reproduces the uninterrupted run (same world size and data workers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+
+from lapdata.config import to_dict
+from lapdata.errors import LapError
+
+from . import renderer
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from .config import MODEL_KINDS, TrainConfig
+from .data import Batch, count_samples, data_position, expand_shards, make_loader
+from .vgg import load_vgg
+
+
+class TrainingDiverged(LapError):
+    """The loss or the gradients became NaN/inf: the run stopped, last.pt is the last good state."""
+
+
+@dataclass
+class TrainResult:
+    step: int                 # steps done
+    out: Path                 # output folder
+    checkpoint: Path | None   # last.pt
+    last_logs: dict[str, float]
+
+
+# ------------------------------------------------------------------------------------------------ model & setup
+
+
+def build_model(cfg: TrainConfig, training: bool = True) -> nn.Module:
+    """The model ``cfg.model.kind`` names. ``training``: load the perceptual VGG (cfg.vgg_weights) when given."""
+    kind = cfg.model.kind
+    if kind not in MODEL_KINDS:
+        raise LapError(f"model.kind {kind!r} is not one of {list(MODEL_KINDS)}")
+    vgg = load_vgg(cfg.vgg_weights) if training and cfg.vgg_weights else None
+    if kind == "unsup3d":
+        from .unsup3d import Unsup3D
+
+        return Unsup3D(cfg.model, vgg)
+    if kind == "lap":  # LAP engineer (additive): the aggregate-and-personalize model, lapmodel/lap.py
+        from .lap import LAPModel
+
+        return LAPModel(cfg.model, vgg)
+    raise LapError(f"model.kind {kind!r} has no builder in lapmodel.train.build_model")
+
+
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world, device). Under torchrun (WORLD_SIZE > 1) joins the process group: nccl on GPU, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and world > 1:
+        device = f"cuda:{local}"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LapError("--device cuda: no CUDA device is available")
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None = fp32. auto: bf16 on CUDA when supported, fp32 otherwise (CPU)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise LapError("precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        return torch.float16
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+# ------------------------------------------------------------------------------------------------ pictures
+
+
+def _to_rgb(t: Tensor) -> Tensor:
+    """(B, C, H, W) with C in {1, 3} -> (B, 3, H, W) clamped to [0, 1]."""
+    t = t.detach().float().cpu()
+    return (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t).clamp(0, 1)
+
+
+def picture_panels(model: nn.Module, out: Any, n: int = 6, yaws: tuple[float, ...] = (-60, -30, 0, 30, 60)
+                   ) -> list[tuple[str, Tensor]]:
+    """Named panels (B', 3, S, S) in [0, 1] of the first ``n`` images: input, reconstruction, flipped
+    reconstruction, canonical albedo, depth, normals, shading, shaded image, and a turntable (yaw in degrees)."""
+    if hasattr(model, "picture_panels"):
+        return model.picture_panels(out, n)
+    cfg = model.cfg
+    k = min(n, out.images.shape[0])
+    depth = out.canon_depth[:k].detach().float()
+    d = (depth - cfg.min_depth) / (cfg.max_depth - cfg.min_depth)
+    panels = [("input", out.images[:k]), ("recon", out.recon_image[:k]), ("recon flip", out.recon_image_flip[:k]),
+              ("albedo", out.canon_albedo[:k]), ("depth", (1 - d).unsqueeze(1)),
+              ("normal", (out.canon_normal[:k].detach().float().permute(0, 3, 1, 2) + 1) / 2),
+              ("shading", out.canon_shading[:k]), ("canonical", out.canon_image[:k])]
+    with torch.no_grad(), torch.autocast(device_type=depth.device.type, enabled=False):
+        try:
+            tt = renderer.turntable(depth, out.canon_image[:k].detach().float(),
+                                    [math.radians(y) for y in yaws], cfg.fov_deg,
+                                    depth_range=(cfg.min_depth, cfg.max_depth))  # (k, T, 3, S, S)
+            panels += [(f"yaw {y:+d}", tt[:, i]) for i, y in enumerate(yaws)]
+        except Exception as e:  # noqa: BLE001 - a picture must never stop training
+            warnings.warn(f"turntable failed: {e}", stacklevel=2)
+    return [(name, _to_rgb(t)) for name, t in panels]
+
+
+def picture_grid(panels: list[tuple[str, Tensor]], pad: int = 2) -> np.ndarray:
+    """Panels -> (H, W, 3) uint8: one row per image, one column per panel (white gaps)."""
+    k, _, s, _ = panels[0][1].shape
+    cols = len(panels)
+    grid = torch.ones(3, k * (s + pad) + pad, cols * (s + pad) + pad)
+    for j, (_, t) in enumerate(panels):
+        for i in range(k):
+            y, x = pad + i * (s + pad), pad + j * (s + pad)
+            grid[:, y:y + s, x:x + s] = t[i]
+    img = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    # a header strip naming the columns
+    from PIL import Image, ImageDraw
+
+    head = Image.new("RGB", (img.shape[1], 12), (255, 255, 255))
+    draw = ImageDraw.Draw(head)
+    for j, (name, _) in enumerate(panels):
+        draw.text((pad + j * (s + pad) + 1, 0), name[: max(1, s // 6)], fill=(0, 0, 0))
+    return np.concatenate([np.asarray(head), img], 0)
+
+
+def save_png(path: Path, img: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(img).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def plot_loss_curve(log_path: Path, png: Path) -> None:
+    """log.jsonl -> loss.png (every logged loss term against step)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in sorted({k for r in rows for k in r if k.startswith("loss")}):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, lw=2 if key == "loss" else 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = png.with_name(png.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train ``cfg`` into ``cfg.out``. ``resume``: continue from ``cfg.out/last.pt`` (exactly)."""
+    # -- distributed, device, precision
+    rank, world, device = setup_distributed(cfg.device)
+    master = rank == 0
+    say = log if master else (lambda _m: None)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    if cfg.batch % world:
+        raise LapError(f"batch {cfg.batch} is not divisible by the {world} ranks")
+    per_rank = cfg.batch // world
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # -- data
+    urls = expand_shards(cfg.data.shards)
+    steps = cfg.steps
+    if cfg.epochs is not None:
+        steps = math.ceil(cfg.epochs * count_samples(urls) / cfg.batch)
+
+    # -- model and optimizer (same init on every rank)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    model = build_model(cfg).to(device)
+    if getattr(model, "vgg", "absent") is None and cfg.model.lam_perc > 0:
+        say("WARNING " + "!" * 60 + "\nWARNING: no vgg_weights given: the perceptual loss is OFF (the paper uses it)."
+            "\nWARNING: pass --set vgg_weights=/path/to/vgg16-397923af.pth (torchvision's file) to enable it.\n"
+            "WARNING " + "!" * 60)
+    params = model.trainable_parameters(stage) if hasattr(model, "trainable_parameters") else \
+        [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    # -- resume or init
+    start = 0
+    if resume and last.exists():
+        doc = load_checkpoint(last, map_location=device)
+        if doc["config"].get("model") != to_dict(cfg.model):
+            raise LapError(f"{last}: --resume with a different model config than the checkpoint's")
+        model.load_state_dict(doc["model"])
+        opt.load_state_dict(doc["optimizer"])
+        if scaler is not None and "scaler" in doc:
+            scaler.load_state_dict(doc["scaler"])
+        set_rng_state(doc["rng"])
+        start = int(doc["step"])
+        pos = doc.get("data", {})
+        if (pos.get("world"), pos.get("workers"), pos.get("batch_size")) != (world, cfg.data.workers, per_rank):
+            say(f"note: resuming with a different world size / data workers / batch than {last}: "
+                "the data order will differ from the uninterrupted run")
+        say(f"resumed from {last} at step {start}")
+    elif resume:
+        say(f"--resume: {last} does not exist yet, starting from step 0")
+    elif last.exists():
+        raise LapError(f"{out}: already holds a run (last.pt); use --resume to continue it or another --out")
+    if start == 0 and cfg.init:
+        init = load_checkpoint(cfg.init, map_location=device)
+        own = model.state_dict()
+        fit = {k: v for k, v in init["model"].items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict(fit, strict=False)
+        say(f"initialised {len(fit)}/{len(own)} tensors from {cfg.init}")
+    if master:
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    raw_model = model
+    if cfg.compile:
+        if hasattr(model, "compile_networks"):
+            model.compile_networks()
+        else:
+            model.compile()
+    if world > 1:
+        with warnings.catch_warnings():  # broadcast_buffers is deprecated in new torch, still the way to say "no sync"
+            warnings.simplefilter("ignore", FutureWarning)
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    model.train()
+
+    loader = make_loader(urls, cfg.data, cfg.model.image_size, per_rank, rank=rank, world=world, start_batch=start,
+                         pin_memory=device.type == "cuda")
+
+    # -- logging
+    tb = None
+    log_path = out / "log.jsonl"
+    if master:
+        if log_path.exists():  # drop records past the checkpoint (they will be redone)
+            keep = [ln for ln in log_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
+            log_path.write_text("".join(k + "\n" for k in keep))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(out / "tb"), purge_step=start + 1)
+        except Exception as e:  # noqa: BLE001
+            say(f"note: TensorBoard disabled ({e})")
+    say(f"training {type(raw_model).__name__} on {device} ({world} rank(s), {per_rank} identities per rank, "
+        f"precision {amp_dtype or torch.float32}), steps {start} -> {steps}, {len(urls)} shard(s), out {out}")
+
+    def checkpoint(done: int) -> None:
+        if master:
+            pos = data_position(done, cfg.data, world, per_rank)
+            save_checkpoint(last, model=raw_model, config=cfg, step=done, optimizer=opt, scaler=scaler, data=pos)
+            if cfg.keep_every and done % cfg.keep_every == 0:
+                save_checkpoint(out / "checkpoints" / f"step-{done:06d}.pt", model=raw_model, config=cfg, step=done,
+                                optimizer=opt, scaler=scaler, data=pos)
+
+    last_logs: dict[str, float] = {}
+    pbar = None
+    if master and progress:
+        from tqdm import tqdm
+
+        pbar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    t0, seen = time.time(), 0
+    step = start
+    for step in range(start, steps):
+        # fetch a batch
+        batch: Batch = next(loader).to(device, non_blocking=True)
+        raw_model.step = step
+
+        # forward, loss, backward
+        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+        with ctx:
+            output = model(batch)
+        loss, logs = raw_model.loss(output, batch)
+        opt.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.unscale_(opt)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+
+        # NaN/inf guard (agreed over ranks so that every rank stops together)
+        bad = (~torch.isfinite(loss.detach())).float()
+        if scaler is None:
+            bad = bad + (~torch.isfinite(gnorm)).float()
+        if world > 1:
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            if pbar is not None:
+                pbar.close()
+            good = f"{last} (step {int(load_checkpoint(last)['step'])})" if last.exists() else "none written yet"
+            raise TrainingDiverged(f"step {step + 1}: loss {loss.item():.4g} / grad norm {gnorm.item():.4g} is not "
+                                   f"finite; stopped. Last good checkpoint: {good}. Try a lower optim.lr or "
+                                   f"precision fp32")
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        done = step + 1
+        seen += batch.images.shape[0] * world
+
+        # log
+        if done % cfg.log_every == 0 or done == steps:
+            vals = torch.stack([v.float() for v in logs.values()] + [gnorm.float()])
+            if world > 1:
+                dist.all_reduce(vals)
+                vals /= world
+            dt = time.time() - t0
+            last_logs = {k: float(v) for k, v in zip(list(logs) + ["grad_norm"], vals.tolist())}
+            last_logs["identities_per_s"] = seen / max(dt, 1e-9)
+            t0, seen = time.time(), 0
+            if master:
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": done, **last_logs}) + "\n")
+                if tb is not None:
+                    for k, v in last_logs.items():
+                        tb.add_scalar(f"train/{k}", v, done)
+                if pbar is not None:
+                    pbar.set_postfix(loss=f"{last_logs['loss']:.4f}")
+
+        # pictures
+        if master and (done % cfg.picture_every == 0 or done == steps):
+            grid = picture_grid(picture_panels(raw_model, output))
+            save_png(out / "pictures" / f"step-{done:06d}.png", grid)
+            if tb is not None:
+                tb.add_image("pictures", grid, done, dataformats="HWC")
+            if log_path.exists():
+                plot_loss_curve(log_path, out / "loss.png")
+
+        # checkpoint
+        if done % cfg.ckpt_every == 0 or done == steps:
+            checkpoint(done)
+        if pbar is not None:
+            pbar.update(1)
+
+    if pbar is not None:
+        pbar.close()
+    if tb is not None:
+        tb.close()
+    if world > 1:
+        dist.barrier()
+    say(f"done: {steps} steps, checkpoint {last}")
+    return TrainResult(step=max(steps, start), out=out, checkpoint=last if last.exists() else None,
+                       last_logs=last_logs)
+
+
+def with_overrides(cfg: TrainConfig, **top: Any) -> TrainConfig:
+    """Replace top-level fields of a frozen config (None values are ignored)."""
+    return replace(cfg, **{k: v for k, v in top.items() if v is not None})

@@ -1,0 +1,170 @@
+"""Shard streaming: batches, view sets, optional fields, determinism, exact resume without decoding, rank split."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from lapdata.errors import LapError
+from lapdata.sample import IdentitySample, View, encode_sample, sample_key
+from lapmodel import data as D
+from lapmodel.config import DataConfig
+
+
+def write_shards(root: Path, n_shards: int = 3, ids_per_shard: int = 4, views: int = 3, size: int = 40,
+                 extras: bool = False, seed: int = 0, smooth: bool = False) -> list[str]:
+    """Tiny shards written directly with encode_sample + TarWriter (independent of lapdata.writer).
+
+    smooth: low-frequency images (bilinear 4x4 noise) that a tiny autoencoder can learn, instead of pixel noise."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    urls = []
+    for s in range(n_shards):
+        path = root / f"train-{s:06d}.tar"
+        with wds.TarWriter(str(path)) as tw:
+            for i in range(ids_per_shard):
+                ident = f"person {s}-{i}"
+                vs = []
+                for v in range(views):
+                    img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                    if smooth:
+                        small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+                        img = np.asarray(small.resize((size, size), Image.BILINEAR))
+                    kw = {}
+                    if extras:
+                        kw = dict(seg=rng.integers(0, 19, (size, size)).astype(np.uint8),
+                                  mask=rng.random((size, size)) > 0.5,
+                                  depth=np.where(rng.random((size, size)) > 0.2, 1 + rng.random((size, size)),
+                                                 np.nan).astype(np.float32))
+                    vs.append(View(image=img, meta={"photo_id": f"{ident}/{v}", "hard": v == 1}, **kw))
+                tw.write(encode_sample(IdentitySample(sample_key(ident), ident, "train", vs), image_ext="png"))
+        urls.append(str(path))
+    return urls
+
+
+def cfg(**kw) -> DataConfig:
+    base = dict(workers=0, shuffle_buffer=4, shuffle_initial=2, seed=0, max_set=1)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def take(it, n):
+    return list(itertools.islice(it, n))
+
+
+def test_batch_shapes_and_fields(tmp_path):
+    urls = write_shards(tmp_path, extras=True)
+    b = next(D.make_loader(urls, cfg(min_set=1, max_set=3), 32, batch_size=5))
+    assert b.images.shape == (5, 3, 3, 32, 32) and b.images.dtype == torch.float32
+    assert 0 <= b.images.min() and b.images.max() <= 1
+    assert b.valid.shape == (5, 3) and b.valid[:, 0].all()
+    n = b.valid.sum(1)
+    assert ((n >= 1) & (n <= 3)).all()
+    assert (b.images[~b.valid] == 0).all()  # padding
+    assert b.seg.shape == (5, 3, 32, 32) and b.seg.dtype == torch.int64 and b.seg.max() < 19
+    assert b.mask.shape == (5, 3, 32, 32) and set(b.mask.unique().tolist()) <= {0.0, 1.0}
+    assert b.depth.shape == (5, 3, 32, 32) and torch.isnan(b.depth).any()
+    assert b.canon_depth is None  # not in these shards
+    assert b.hard is not None and b.hard.shape == (5, 3)
+    assert len(b.identity) == 5 and all(i.startswith("person") for i in b.identity)
+    assert b.views().shape == (int(n.sum()), 3, 32, 32)
+
+
+def test_set_size_one_and_fields_off(tmp_path):
+    urls = write_shards(tmp_path, extras=True)
+    b = next(D.make_loader(urls, cfg(fields=("image",)), 64, batch_size=4))
+    assert b.images.shape == (4, 1, 3, 64, 64) and b.valid.all()
+    assert b.seg is None and b.mask is None and b.depth is None
+
+
+def test_set_sizes_cover_range(tmp_path):
+    urls = write_shards(tmp_path, views=4)
+    it = D.make_loader(urls, cfg(min_set=2, max_set=4), 16, batch_size=6)
+    sizes = torch.cat([next(it).valid.sum(1) for _ in range(6)])
+    assert set(sizes.tolist()) == {2, 3, 4}
+
+
+def test_deterministic_and_seeded(tmp_path):
+    urls = write_shards(tmp_path)
+    a = take(D.make_loader(urls, cfg(), 16, 4), 5)
+    b = take(D.make_loader(urls, cfg(), 16, 4), 5)
+    c = take(D.make_loader(urls, cfg(seed=1), 16, 4), 5)
+    assert all(torch.equal(x.images, y.images) for x, y in zip(a, b))
+    assert not all(torch.equal(x.images, y.images) for x, y in zip(a, c))
+    # without a shuffle buffer spanning epochs, an epoch visits every identity once (12 = 3 batches of 4)
+    e = take(D.make_loader(urls, cfg(shuffle_buffer=0), 16, 4), 3)
+    ids = [i for x in e for i in x.identity]
+    assert sorted(ids) == sorted(f"person {s}-{i}" for s in range(3) for i in range(4))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_equals_uninterrupted(tmp_path, workers):
+    urls = write_shards(tmp_path)
+    c = cfg(workers=workers, min_set=1, max_set=2)
+    full = take(D.make_loader(urls, c, 16, 3), 9)
+    for k in (1, 4):
+        tail = take(D.make_loader(urls, c, 16, 3, start_batch=k), 9 - k)
+        for x, y in zip(full[k:], tail):
+            assert x.identity == y.identity and torch.equal(x.images, y.images) and torch.equal(x.valid, y.valid)
+
+
+def test_resume_skips_without_decoding(tmp_path, monkeypatch):
+    urls = write_shards(tmp_path)
+    calls = []
+    real = D.decode_views
+    monkeypatch.setattr(D, "decode_views", lambda *a, **k: calls.append(1) or real(*a, **k))
+    next(D.make_loader(urls, cfg(), 16, 2, start_batch=7))
+    assert len(calls) == 2  # only the delivered batch was decoded, not the 14 skipped samples
+
+
+def test_ranks_split_the_shards(tmp_path):
+    urls = write_shards(tmp_path, n_shards=4, ids_per_shard=2)
+    seen = []
+    for rank in range(2):
+        it = D.make_loader(urls, cfg(shuffle_buffer=0), 16, 4, rank=rank, world=2)
+        seen.append({i for i in next(it).identity})  # one epoch per rank = 2 shards = 4 identities
+    assert len(seen[0]) == 4 and len(seen[1]) == 4 and not seen[0] & seen[1]
+
+
+def test_fewer_shards_than_streams(tmp_path):
+    urls = write_shards(tmp_path, n_shards=1, ids_per_shard=6)
+    a = {i for i in next(D.make_loader(urls, cfg(shuffle_buffer=0), 16, 3, rank=0, world=2)).identity}
+    b = {i for i in next(D.make_loader(urls, cfg(shuffle_buffer=0), 16, 3, rank=1, world=2)).identity}
+    assert len(a | b) == 6 and not a & b
+
+
+def test_bad_sample_is_skipped(tmp_path):
+    urls = write_shards(tmp_path, n_shards=1, ids_per_shard=3)
+    bad = tmp_path / "bad.tar"
+    with wds.TarWriter(str(bad)) as tw:
+        d = encode_sample(IdentitySample("broken-0000", "broken", "train",
+                                         [View(image=np.zeros((8, 8, 3), np.uint8))]))
+        d["000.jpg"] = b"not a jpeg"
+        tw.write(d)
+    with pytest.warns(UserWarning, match="skipped"):
+        b = next(D.make_loader(urls + [str(bad)], cfg(shuffle_buffer=0), 16, 3))
+    assert "broken" not in b.identity
+
+
+def test_expand_shards(tmp_path):
+    urls = write_shards(tmp_path / "d" / "shards", n_shards=3)
+    pattern = str(tmp_path / "d" / "shards" / "train-{000000..000002}.tar")
+    assert D.expand_shards(pattern) == urls
+    assert D.expand_shards(str(tmp_path / "d")) == urls  # a dataset folder
+    assert D.expand_shards(str(tmp_path / "d" / "shards" / "*.tar")) == urls
+    with pytest.raises(LapError, match="does not exist"):
+        D.expand_shards(str(tmp_path / "nope-{000000..000001}.tar"))
+    with pytest.raises(LapError, match="no shards"):
+        D.expand_shards([])
+    assert D.count_samples(urls) == 12
+
+
+def test_bad_set_config(tmp_path):
+    with pytest.raises(LapError, match="min_set"):
+        D.ShardStream([], cfg(min_set=3, max_set=2), 16)

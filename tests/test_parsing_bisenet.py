@@ -1,0 +1,168 @@
+"""BiSeNet: both weight-file key layouts load to identical outputs; shapes; wrong files fail with one line.
+
+face-parsing.PyTorch (model.py/resnet.py) and facexlib (parsing/bisenet.py, parsing/resnet.py) define the network
+with the same module names, so ``79999_iter.pth`` and ``parsing_bisenet.pth`` share one key layout. The tests build
+each file the way its project saves it (face-parsing.PyTorch train.py: ``net.module.state_dict()``; facexlib /
+BasicSR checkpoints: plain or ``{"params": ...}``), plus a DataParallel ``module.`` prefix and a pre-0.4.1 file
+without ``num_batches_tracked``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lapdata.errors import LapError
+from lapdata.parsing.bisenet import BiSeNet, BiSeNetParser, convert_state_dict, load_bisenet
+
+# a few keys and shapes of the reference weight files, written out by hand
+REFERENCE_KEYS = {
+    "cp.resnet.conv1.weight": (64, 3, 7, 7),
+    "cp.resnet.layer2.0.downsample.0.weight": (128, 64, 1, 1),
+    "cp.resnet.layer4.1.bn2.running_var": (512,),
+    "cp.arm16.conv.conv.weight": (128, 256, 3, 3),
+    "cp.arm32.conv_atten.weight": (128, 128, 1, 1),
+    "cp.conv_avg.conv.weight": (128, 512, 1, 1),
+    "cp.conv_head16.bn.weight": (128,),
+    "ffm.convblk.conv.weight": (256, 256, 1, 1),
+    "ffm.conv1.weight": (64, 256, 1, 1),
+    "conv_out.conv_out.weight": (19, 256, 1, 1),
+    "conv_out16.conv.conv.weight": (64, 128, 3, 3),
+    "conv_out32.conv_out.weight": (19, 64, 1, 1),
+}
+
+
+def _random_model(seed: int = 0) -> BiSeNet:
+    torch.manual_seed(seed)
+    m = BiSeNet()
+    with torch.no_grad():  # non-trivial BN statistics so a wrong mapping would show
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.1, 0.1)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _random_model()
+
+
+def test_reference_key_layout(model):
+    sd = model.state_dict()
+    for k, shape in REFERENCE_KEYS.items():
+        assert tuple(sd[k].shape) == shape, k
+    assert sum(p.numel() for p in model.parameters()) == 13_300_416  # the 53 MB 79999_iter.pth
+
+
+def _layouts(model):
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    return {
+        "face-parsing.PyTorch": sd,
+        "facexlib": dict(sd),
+        "facexlib-params": {"params": dict(sd)},
+        "dataparallel": {"module." + k: v for k, v in sd.items()},
+        "old-torch": {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")},
+        "checkpoint": {"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3},
+    }
+
+
+def test_both_layouts_identical_outputs(model, tmp_path):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = model(x, aux=True)
+    for name, obj in _layouts(model).items():
+        p = tmp_path / f"{name}.pth"
+        torch.save(obj, p)
+        m = load_bisenet(p)
+        assert not m.training
+        with torch.inference_mode():
+            out = m(x, aux=True)
+        assert torch.equal(out.logits, ref.logits), name
+        assert torch.equal(out.logits16, ref.logits16) and torch.equal(out.logits32, ref.logits32), name
+        assert "face-parsing.PyTorch/facexlib" in m.layout
+
+
+def test_output_shapes_and_classes(model):
+    x = torch.randn(2, 3, 96, 64)
+    with torch.inference_mode():
+        out = model(x)
+    assert out.logits.shape == (2, 19, 96, 64) and out.logits16 is None
+
+
+def test_parser_sizes_and_labels(model):
+    parser = BiSeNetParser(model, batch_size=2, input_size=64)
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(40, 40), (70, 50), (64, 64)]]
+    res = parser(imgs)
+    assert [r.seg.shape for r in res] == [(40, 40), (70, 50), (64, 64)]
+    for r in res:
+        assert r.ok and r.seg.dtype == np.uint8 and r.seg.max() < 19
+    # batching does not change the result
+    single = BiSeNetParser(model, batch_size=1, input_size=64)(imgs)
+    assert all(np.array_equal(a.seg, b.seg) for a, b in zip(res, single))
+
+
+def test_parser_resizes_like_reference(model):
+    # a 64x64 input at input_size 64: the label map is exactly the argmax of the network on the normalised image
+    img = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    seg = BiSeNetParser(model, input_size=64)([img])[0].seg
+    x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        ref = model(x).logits.argmax(1)[0].numpy()
+    assert np.array_equal(seg, ref)
+
+
+def test_wrong_class_count(tmp_path):
+    torch.manual_seed(0)
+    p = tmp_path / "11cls.pth"
+    torch.save(BiSeNet(n_classes=11).state_dict(), p)
+    with pytest.raises(LapError, match=r"11cls.pth: BiSeNet with 11 classes; need the 19"):
+        load_bisenet(p)
+
+
+def test_wrong_architecture(tmp_path, model):
+    p = tmp_path / "other.pth"
+    torch.save({"backbone.conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, p)
+    with pytest.raises(LapError, match=r"other.pth: not a BiSeNet face-parsing weight file"):
+        load_bisenet(p)
+    sd = dict(model.state_dict())
+    sd["sp.conv1.conv.weight"] = torch.zeros(64, 3, 7, 7)  # original BiSeNet with a spatial path
+    torch.save(sd, p)
+    with pytest.raises(LapError, match=r"not the face-parsing BiSeNet architecture \(1 unexpected key"):
+        load_bisenet(p)
+    sd = dict(model.state_dict())
+    sd["ffm.conv1.weight"] = torch.zeros(32, 256, 1, 1)
+    torch.save(sd, p)
+    with pytest.raises(LapError, match=r"ffm.conv1.weight has shape \(32, 256, 1, 1\), expected \(64, 256, 1, 1\)"):
+        load_bisenet(p)
+    sd = dict(model.state_dict())
+    del sd["cp.arm16.conv_atten.weight"]
+    torch.save(sd, p)
+    with pytest.raises(LapError, match=r"1 missing key"):
+        load_bisenet(p)
+
+
+def test_unreadable_and_missing(tmp_path):
+    p = tmp_path / "junk.pth"
+    p.write_text("not a checkpoint")
+    with pytest.raises(LapError, match=r"junk.pth: not a readable PyTorch weight file"):
+        load_bisenet(p)
+    with pytest.raises(LapError, match=r"nope.pth: weight file does not exist"):
+        load_bisenet(tmp_path / "nope.pth")
+    with pytest.raises(LapError, match="x.pth: holds no tensors"):
+        convert_state_dict({"epoch": 3}, "x.pth")
+    with pytest.raises(LapError, match="x.pth: not a state dict"):
+        convert_state_dict([1, 2], "x.pth")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(model):
+    img = np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    a = BiSeNetParser(model, input_size=512)([img])[0].seg
+    b = BiSeNetParser(_random_model(), device="cuda", input_size=512)([img])[0].seg
+    assert (a == b).mean() > 0.99

@@ -1,0 +1,231 @@
+"""lapdata.sources / lapdata.recordio / lapdata.split: fixtures built by the tests."""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from lapdata.errors import LapError
+from lapdata.recordio import MAGIC, IRHeader, RecordIOError, RecordReader, pack, read_record_at, unpack, write_record
+from lapdata.sources import (
+    CELEBAMASK_CLASSES,
+    PhotoRecord,
+    load_bytes,
+    load_celebamask_seg,
+    open_source,
+)
+from lapdata.split import (
+    SplitConfig,
+    assign_splits,
+    celeba_split_table,
+    read_identity_file,
+    split_of,
+)
+
+
+def jpeg(w: int, h: int, color=(120, 80, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ split
+
+
+def test_split_deterministic_stable_disjoint():
+    ids = [f"id{i}" for i in range(2000)]
+    a = {i: split_of(i, seed=3) for i in ids}
+    b = {i: split_of(i, seed=3) for i in reversed(ids + [f"new{i}" for i in range(500)])}
+    assert all(a[i] == b[i] for i in ids)  # stable when identities are added, order independent
+    c = Counter(a.values())
+    assert abs(c["train"] / 2000 - 0.75) < 0.04 and abs(c["val"] / 2000 - 0.125) < 0.03
+    assert {split_of(i, seed=4) for i in ids[:50]} != {a[i] for i in ids[:50]} or any(
+        split_of(i, seed=4) != a[i] for i in ids)  # the seed matters
+    with pytest.raises(LapError):
+        split_of("x", fractions=(0.5, 0.5, 0.5))
+
+
+def test_min_images_filter():
+    s = assign_splits({"a": 6, "b": 5, "c": 100}, SplitConfig(min_images=6))
+    assert s["b"] is None and s["a"] in ("train", "val", "test") and s["c"] is not None
+
+
+def test_identity_file_with_and_without_header(tmp_path):
+    p = tmp_path / "ids.txt"
+    p.write_text("image identity\n000001.jpg 7\n000002.jpg 7\n")
+    assert read_identity_file(p) == {"000001.jpg": "7", "000002.jpg": "7"}
+    p.write_text("000001.jpg 7\n000002.jpg 8\n")
+    assert read_identity_file(p) == {"000001.jpg": "7", "000002.jpg": "8"}
+    p.write_text("000001.jpg\n")
+    with pytest.raises(LapError, match="expected"):
+        read_identity_file(p)
+    with pytest.raises(LapError, match="does not exist"):
+        read_identity_file(tmp_path / "nope.txt")
+
+
+def test_committed_celeba_split_matches_code():
+    from conftest import REPO, shared_path
+
+    ident = shared_path("celeba", "identity_CelebA.txt")
+    committed = pq.read_table(REPO / "manifests" / "celeba_split.parquet")
+    computed = celeba_split_table(ident, SplitConfig(min_images=6))
+    assert committed.equals(computed)
+    sp = committed.column("split").to_pylist()
+    assert set(sp) == {"train", "val", "test"}
+    assert min(committed.column("num_images").to_pylist()) >= 6
+    assert len(set(committed.column("identity").to_pylist())) == committed.num_rows
+
+
+# ------------------------------------------------------------------------------------------------ CelebA layout
+
+
+def make_celeba(root, n_ids=3, per_id=7, header=True, aligned=True):
+    sub = root / ("img_align_celeba" if aligned else "img_celeba")
+    sub.mkdir(parents=True)
+    lines = ["image identity"] if header else []
+    k = 1
+    for i in range(n_ids):
+        for _ in range(per_id):
+            name = f"{k:06d}.jpg"
+            (sub / name).write_bytes(jpeg(178, 218, (40 * i, 100, 100)))
+            lines.append(f"{name} {100 + i}")
+            k += 1
+    (root / "identity_CelebA.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_celeba_source(tmp_path):
+    make_celeba(tmp_path / "celeba")
+    recs = list(open_source("celeba", tmp_path / "celeba"))
+    assert len(recs) == 21
+    assert Counter(r.identity for r in recs) == {"100": 7, "101": 7, "102": 7}
+    assert all(r.layout == "celeba-align" and r.path.startswith("img_align_celeba/") for r in recs)
+    assert load_bytes(recs[0])[:2] == b"\xff\xd8"
+    assert len({r.photo_id for r in recs}) == 21
+
+
+def test_celeba_source_faults(tmp_path):
+    with pytest.raises(LapError, match="does not exist"):
+        list(open_source("celeba", tmp_path / "missing"))
+    (tmp_path / "c" / "img_align_celeba").mkdir(parents=True)
+    with pytest.raises(LapError, match="identity_CelebA.txt not found"):
+        list(open_source("celeba", tmp_path / "c"))
+    with pytest.raises(LapError, match="unknown source"):
+        open_source("nope", tmp_path)
+
+
+def test_folders_and_csv(tmp_path):
+    for who in ("alice", "bob"):
+        (tmp_path / "f" / who).mkdir(parents=True)
+        for j in range(3):
+            (tmp_path / "f" / who / f"{j}.jpg").write_bytes(jpeg(50, 60))
+    (tmp_path / "f" / "bob" / ".hidden").write_text("x")
+    recs = list(open_source("folders", tmp_path / "f"))
+    assert [r.identity for r in recs] == ["alice"] * 3 + ["bob"] * 3
+    assert recs[0].path == "alice/0.jpg"
+    (tmp_path / "list.csv").write_text("name,person\nf/alice/0.jpg,A\nf/bob/1.jpg,B\n,\n")
+    from lapdata.sources import SourceOptions
+
+    recs = list(open_source("csv", tmp_path / "list.csv", SourceOptions(path_column="name", identity_column="person")))
+    assert [(r.identity, r.path) for r in recs] == [("A", "f/alice/0.jpg"), ("B", "f/bob/1.jpg")]
+    assert load_bytes(recs[1]) == (tmp_path / "f" / "bob" / "1.jpg").read_bytes()
+    with pytest.raises(LapError, match="no column 'file'"):
+        list(open_source("csv", tmp_path / "list.csv"))
+
+
+def test_celebamask_hq(tmp_path):
+    root = tmp_path / "hq"
+    (root / "CelebA-HQ-img").mkdir(parents=True)
+    md = root / "CelebAMask-HQ-mask-anno" / "0"
+    md.mkdir(parents=True)
+    lines = ["idx orig_idx orig_file"]
+    ids = ["image identity"]
+    for idx in range(4):
+        (root / "CelebA-HQ-img" / f"{idx}.jpg").write_bytes(jpeg(64, 64))
+        lines.append(f"{idx} {idx + 10} {idx + 10:06d}.jpg")
+        ids.append(f"{idx + 10:06d}.jpg {idx % 2}")
+    (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(lines) + "\n")
+    (root / "identity_CelebA.txt").write_text("\n".join(ids) + "\n")
+    skin = np.zeros((32, 32), np.uint8)
+    skin[8:24, 8:24] = 255
+    nose = np.zeros((32, 32), np.uint8)
+    nose[14:18, 14:18] = 255
+    Image.fromarray(skin).save(md / "00000_skin.png")
+    Image.fromarray(nose).save(md / "00000_nose.png")
+    recs = list(open_source("celebamask-hq", root))
+    assert [r.identity for r in recs] == ["0", "1", "0", "1"]
+    assert recs[0].mask is not None and recs[0].layout == "resize"
+    seg = load_celebamask_seg(*recs[0].mask)
+    assert seg.shape == (32, 32) and seg[0, 0] == 0 and seg[10, 10] == 1
+    assert seg[15, 15] == CELEBAMASK_CLASSES.index("nose") + 1 == 2  # later classes painted over
+    assert load_celebamask_seg(*recs[1].mask) is None
+
+
+# ------------------------------------------------------------------------------------------------ RecordIO
+
+
+def tiny_rec_writer(rec_path, idx_path, items):
+    """Independent writer (straight from the format description): header record 0, then (label, bytes)."""
+    with open(rec_path, "wb") as f, open(idx_path, "w") as fi:
+
+        def put(key, payload):
+            fi.write(f"{key}\t{f.tell()}\n")
+            f.write(struct.pack("<II", 0xCED7230A, len(payload)))
+            f.write(payload + b"\0" * ((4 - len(payload) % 4) % 4))
+
+        put(0, struct.pack("IfQQ", 2, 0.0, 0, 0) + np.array([1, len(items) + 1], np.float32).tobytes())
+        for k, (label, data) in enumerate(items, 1):
+            put(k, struct.pack("IfQQ", 0, float(label), k, 0) + data)
+
+
+def test_rec_source(tmp_path):
+    items = [(i // 3, jpeg(112, 112, (10 * i, 50, 50))) for i in range(9)]
+    tiny_rec_writer(tmp_path / "train.rec", tmp_path / "train.idx", items)
+    recs = list(open_source("rec", tmp_path / "train.rec"))
+    assert [r.identity for r in recs] == [str(i // 3) for i in range(9)]
+    assert all(r.layout == "arcface112" and r.file is None for r in recs)
+    assert [load_bytes(r) for r in recs] == [d for _, d in items]
+    # same result when the .idx is missing (the .rec is scanned), and via a folder
+    (tmp_path / "train.idx").unlink()
+    assert [load_bytes(r) for r in open_source("rec", tmp_path)] == [d for _, d in items]
+
+
+def test_recordio_multipart_and_array_label(tmp_path):
+    magic = struct.pack("<I", MAGIC)
+    data = b"abcd" + magic + b"defgh" + magic + b"ij"  # first magic 4-byte aligned in the payload (24 + 4)
+    payload = pack(IRHeader(0, 0.0, 5, 0), data)
+    p = tmp_path / "x.rec"
+    with open(p, "wb") as f:
+        off = write_record(f, payload)
+        off2 = write_record(f, pack(IRHeader(0, np.array([3.0, 4.0], np.float32), 1, 0), b"img"))
+    raw = p.read_bytes()
+    # aligned magic -> split in 2 parts (cflag 1, 3); the unaligned one stays inside: 2 + 1 (+1 second record)
+    assert raw.count(magic) == 4
+    assert struct.unpack("<I", raw[4:8])[0] >> 29 == 1
+    with open(p, "rb") as f:
+        h, d = unpack(read_record_at(f, off))
+        assert d == data and h.label == 0.0 and h.id == 5
+        h2, d2 = unpack(read_record_at(f, off2))
+        assert h2.flag == 2 and list(h2.label) == [3.0, 4.0] and d2 == b"img"
+    assert RecordReader(p).read(off2)[1] == b"img"
+    bad = tmp_path / "bad.rec"
+    bad.write_bytes(b"\0" * 16)
+    with open(bad, "rb") as f, pytest.raises(RecordIOError, match="bad magic"):
+        read_record_at(f, 0)
+    trunc = tmp_path / "trunc.rec"
+    trunc.write_bytes(raw[:20])
+    with open(trunc, "rb") as f, pytest.raises(RecordIOError, match="truncated"):
+        read_record_at(f, 0)
+
+
+def test_photo_record_pickles():
+    import pickle
+
+    r = PhotoRecord("a", "x.jpg", "folders", "/tmp/x.jpg")
+    assert pickle.loads(pickle.dumps(r)) == r and r.photo_id == pickle.loads(pickle.dumps(r)).photo_id

@@ -1,0 +1,211 @@
+"""lapdata.writer: plan, write, resume, parts, finalize, read back with webdataset."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lapdata.sample import IdentitySample, View, decode_sample, sample_key
+from lapdata.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
+from lapdata.writer import (
+    ShardResult,
+    ShardTask,
+    iter_samples,
+    parse_part,
+    plan_shards,
+    read_dataset,
+    select_part,
+    shard_urls,
+    write_dataset,
+)
+
+
+def make_groups(n_ids: int = 10, per_id: int = 3) -> list[tuple[str, str, tuple]]:
+    groups = []
+    for i in range(n_ids):
+        split = "train" if i < 7 else ("val" if i < 9 else "test")
+        groups.append((f"person_{i:02d}", split, tuple(range(per_id))))
+    return groups
+
+
+def fake_image(pid: str) -> np.ndarray:
+    """Smooth (JPEG-friendly) 16x16 image determined by the photo id."""
+    c = np.frombuffer(bytes.fromhex(pid[:6]), dtype=np.uint8).astype(np.float64)
+    ramp = np.linspace(0, 40, 16)
+    return np.clip(c[None, None, :] * 0.8 + ramp[None, :, None], 0, 255).astype(np.uint8).repeat(16, 0)
+
+
+def synth_process(task: ShardTask, fail_on: str | None = None, exit_on: str | None = None) -> ShardResult:
+    """Deterministic fake work: one sample per identity, views are seeded noise; photo 0 of each is an error row."""
+    if task.name == fail_on:
+        raise RuntimeError("simulated failure")
+    if task.name == exit_on:
+        os._exit(3)  # a killed process: nothing after this runs
+    samples, rows = [], []
+    for ident, payload in task.items:
+        views = []
+        for j in payload:
+            pid = hashlib.sha256(f"{ident}/{j}".encode()).hexdigest()[:16]
+            row = {"photo_id": pid, "identity": ident, "split": task.split, "source": "test", "path": f"{ident}/{j}"}
+            if j == 0:
+                row.update(status="error", error="simulated unreadable file")
+            else:
+                img = fake_image(pid)
+                views.append(View(image=img, meta={"photo_id": pid}))
+                row.update(status="ok", size=16)
+            rows.append(row)
+        if views:
+            samples.append(IdentitySample(key=sample_key(ident), identity=ident, split=task.split, views=views))
+    return ShardResult(samples=samples, rows=rows)
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "shards").glob("*")) if p.suffix in (".tar", ".parquet")}
+
+
+def test_plan_deterministic_and_order_independent():
+    g = make_groups()
+    a = plan_shards(g, 3)
+    b = plan_shards(list(reversed(g)), 3)
+    assert a == b
+    assert [t.name for t in a][:3] == ["test-000000", "train-000000", "train-000001"]
+    assert sum(len(t.items) for t in a) == len(g)
+    assert all(len(t.items) <= 3 for t in a)
+    # every task holds one split only
+    split_of = {i: s for i, s, _ in g}
+    assert all(split_of[ident] == t.split for t in a for ident, _ in t.items)
+
+
+def test_plan_by_bytes():
+    g = make_groups(6)
+    tasks = plan_shards(g, 100, max_shard_bytes=250, size_of=lambda p: 100)
+    assert all(len(t.items) <= 2 for t in tasks)
+    with pytest.raises(ValueError):
+        plan_shards(g, 0)
+
+
+def test_parts_disjoint_union():
+    tasks = plan_shards(make_groups(20), 2)
+    parts = [select_part(tasks, (i, 3)) for i in range(3)]
+    names = [t.name for p in parts for t in p]
+    assert len(names) == len(set(names)) == len(tasks)
+    assert parse_part("1/3") == (1, 3)
+    with pytest.raises(ValueError):
+        parse_part("3/3")
+    with pytest.raises(ValueError):
+        parse_part("x")
+
+
+def test_round_trip_webdataset(tmp_path):
+    import webdataset as wds
+
+    tasks = plan_shards(make_groups(), 3)
+    stats = write_dataset(tmp_path, tasks, synth_process, config={"a": 1}, progress=False)
+    assert stats["status_counts"] == {"error": 10, "ok": 20}
+    assert stats["shards"] == len(tasks) and stats["complete"]
+    photos = read_dataset(tmp_path)
+    assert not check_schema(photos, PHOTOS, "photos")
+    assert not check_schema(pq.read_table(tmp_path / "identities.parquet"), IDENTITIES, "identities")
+    assert not check_schema(pq.read_table(tmp_path / "shards.parquet"), SHARDS, "shards")
+    rows = {r["photo_id"]: r for r in photos.to_pylist()}
+    seen = 0
+    for split in ("train", "val", "test"):
+        urls = shard_urls(tmp_path, split)
+        assert urls
+        for d in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            s = decode_sample(d)
+            assert s.split == split
+            for i, v in enumerate(s.views):
+                r = rows[v.meta["photo_id"]]
+                assert (r["key"], r["view_index"], r["shard"], r["identity"]) == (
+                    d["__key__"], i, Path(d["__url__"]).stem, s.identity)
+                want = fake_image(r["photo_id"])
+                assert np.abs(v.image.astype(int) - want).mean() < 4  # jpeg
+                assert v.meta["image_sha256"] == hashlib.sha256(d[f"{i:03d}.jpg"]).hexdigest()
+                seen += 1
+    assert seen == 20
+    # error rows are kept, not sharded
+    assert all(r["shard"] is None for r in rows.values() if r["status"] == "error")
+    ids = pq.read_table(tmp_path / "identities.parquet").to_pylist()
+    assert len(ids) == 10 and all(r["num_photos"] == 3 and r["num_ok"] == 2 and r["num_samples"] == 1 for r in ids)
+    st = json.loads((tmp_path / "stats.json").read_text())
+    assert st["config"] == {"a": 1} and st["reason_counts"] == {}
+    # iter_samples (tarfile) agrees with webdataset
+    assert sum(1 for _ in iter_samples(tmp_path)) == 10
+
+
+def test_failed_shard_then_resume_identical(tmp_path):
+    tasks = plan_shards(make_groups(), 3)
+    clean = tmp_path / "clean"
+    write_dataset(clean, tasks, synth_process, progress=False)
+
+    out = tmp_path / "resumed"
+    bad = functools.partial(synth_process, fail_on=tasks[1].name)
+    st = write_dataset(out, tasks, bad, progress=False)
+    assert [f["shard"] for f in st["failed"]] == [tasks[1].name] and not st["complete"]
+    assert not (out / "shards" / f"{tasks[1].name}.json").exists()
+    assert not list((out / "shards").glob("*.tmp"))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.json")}
+    st2 = write_dataset(out, tasks, synth_process, progress=False)
+    assert st2["run"]["skipped_finished"] == len(tasks) - 1 and st2["run"]["written"] == 1
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.json") if p.name in mtimes} == mtimes
+    assert shard_bytes(out) == shard_bytes(clean)
+
+
+def test_killed_run_resumes(tmp_path):
+    """A process that dies midway (os._exit) leaves no finished marker for the shard it was writing."""
+    out = tmp_path / "killed"
+    code = textwrap.dedent(f"""
+        import functools, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_writer import make_groups, synth_process
+        from lapdata.writer import plan_shards, write_dataset
+        tasks = plan_shards(make_groups(), 3)
+        write_dataset({str(out)!r}, tasks, functools.partial(synth_process, exit_on=tasks[2].name), progress=False)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert r.returncode == 3, r.stderr.decode()[-2000:]
+    tasks = plan_shards(make_groups(), 3)
+    done = sorted(p.stem for p in (out / "shards").glob("*.json"))
+    assert done == sorted(t.name for t in tasks[:2])
+    assert not (out / "photos.parquet").exists()
+    st = write_dataset(out, tasks, synth_process, progress=False)
+    assert st["run"]["skipped_finished"] == 2 and st["complete"]
+    clean = tmp_path / "clean"
+    write_dataset(clean, tasks, synth_process, progress=False)
+    assert shard_bytes(out) == shard_bytes(clean)
+
+
+def test_parts_and_workers(tmp_path):
+    tasks = plan_shards(make_groups(12), 2)
+    whole = tmp_path / "whole"
+    write_dataset(whole, tasks, synth_process, progress=False, workers=2)
+    names = []
+    for i in range(2):
+        d = tmp_path / f"part{i}"
+        st = write_dataset(d, tasks, synth_process, part=(i, 2), progress=False)
+        assert not st["complete"]
+        names += [p.name for p in (d / "shards").glob("*")]
+        for n in [p.name for p in (d / "shards").glob("*") if p.suffix != ".json"]:  # json holds timings
+            assert (d / "shards" / n).read_bytes() == (whole / "shards" / n).read_bytes()
+    assert len(names) == len(set(names))
+    assert sorted(names) == sorted(p.name for p in (whole / "shards").glob("*"))
+
+
+def test_extra_rows_kept(tmp_path):
+    tasks = plan_shards(make_groups(3), 3)
+    extra = [{"photo_id": "x1", "identity": "few", "status": "skipped", "reason": "min_images"}]
+    st = write_dataset(tmp_path, tasks, synth_process, progress=False, extra_rows=extra)
+    assert st["reason_counts"] == {"min_images": 1}
+    ids = {r["identity"]: r for r in pq.read_table(tmp_path / "identities.parquet").to_pylist()}
+    assert ids["few"]["status"] == "skipped" and ids["few"]["reason"] == "min_images"
