@@ -49,18 +49,24 @@ def subset_folders(src: Path, dst: Path, per_id: int, ids: int, copies: int = 1)
     return n
 
 
-def time_ingest(kind: str, src: Path, out: Path, **kw) -> tuple[float, dict]:
+def time_ingest(kind: str, src: Path, out: Path, **kw) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of this process, stats) of one in-process ingest (1 worker)."""
     from lapdata.ingest import IngestConfig, run_ingest
 
     if out.exists():
         shutil.rmtree(out)
     cfg = IngestConfig(kind=kind, src=str(src), out=str(out), progress=False, **kw)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     st = run_ingest(cfg)
-    return time.perf_counter() - t0, st
+    return time.perf_counter() - t0, time.process_time() - c0, st
 
 
-def read_shards(out: Path, workers: int) -> tuple[int, float]:
+def rate(n: int, wall: float, cpu: float, unit: str = "photos") -> str:
+    """Throughput per core: n / CPU seconds (robust on a shared machine) and n / wall seconds."""
+    return f"{n / cpu:.1f} {unit}/CPU-s ({n / wall:.1f}/wall-s)"
+
+
+def read_shards(out: Path, workers: int) -> tuple[int, float, float]:
     import webdataset as wds
 
     from lapdata.sample import decode_image
@@ -76,7 +82,7 @@ def read_shards(out: Path, workers: int) -> tuple[int, float]:
                 n += 1
         return n
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if workers <= 1:
         n = sum(decode(d) for d in wds.WebDataset(urls, shardshuffle=False, empty_check=False))
     else:
@@ -86,16 +92,16 @@ def read_shards(out: Path, workers: int) -> tuple[int, float]:
                             workersplitter=wds.split_by_worker).map(decode)
         dl = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
         n = sum(int(x) for x in dl)
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - t0, time.process_time() - c0  # CPU: the parent only when workers > 1
 
 
 def read_loose(files: list[Path]) -> tuple[int, float]:
     from lapdata.sample import decode_image
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for f in files:
         decode_image(f.read_bytes())
-    return len(files), time.perf_counter() - t0
+    return len(files), time.perf_counter() - t0, time.process_time() - c0
 
 
 def peak_rss_of(cmd: list[str]) -> tuple[float, float, list[float]]:
@@ -146,6 +152,7 @@ def main() -> None:
     ap.add_argument("--ids", type=int, default=12)
     ap.add_argument("--filter-per-id", type=int, default=30)
     ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--mem-per-id", type=int, default=0, help="photos per identity in the memory test (0 = all)")
     ap.add_argument("--skip-filter", action="store_true")
     ap.add_argument("--skip-detect", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
@@ -160,54 +167,62 @@ def main() -> None:
 
     # pre-aligned
     n = subset_folders(celeb, work / "celeb-src", a.per_id, a.ids)
-    sec, st = time_ingest("folders", work / "celeb-src", work / "celeb")
-    rows.append(("ingest pre-aligned (celebrity-sets), 1 worker", f"{n} photos, {sec:.1f} s",
-                 f"{n / sec:.1f} photos/s"))
+    sec, cpu, st = time_ingest("folders", work / "celeb-src", work / "celeb")
+    rows.append(("ingest pre-aligned (celebrity-sets), 1 worker", f"{n} photos, {sec:.1f} s wall, {cpu:.1f} s CPU",
+                 rate(n, sec, cpu)))
 
     # read throughput
     files = [p for p in (work / "celeb-src").rglob("*.jpg")]
-    nl, tl = read_loose(files)
-    n1, t1 = read_shards(work / "celeb", 1)
-    n2, t2 = read_shards(work / "celeb", 2)
-    rows.append(("read loose source JPEGs, 1 process", f"{nl} images, {tl:.2f} s", f"{nl / tl:.0f} images/s"))
-    rows.append(("read shards (webdataset), 1 process", f"{n1} images, {t1:.2f} s",
-                 f"{n1 / t1:.0f} images/s (x{(n1 / t1) / (nl / tl):.2f} loose)"))
-    rows.append(("read shards, DataLoader 2 workers", f"{n2} images, {t2:.2f} s",
-                 f"{n2 / t2:.0f} images/s (x{(n2 / t2) / (nl / tl):.2f} loose)"))
+    nl, tl, cl = read_loose(files)
+    n1, t1, c1 = read_shards(work / "celeb", 1)
+    n2, t2, _ = read_shards(work / "celeb", 2)
+    rows.append(("read loose source JPEGs (112 px), 1 process", f"{nl} images, {tl:.2f} s wall, {cl:.2f} s CPU",
+                 rate(nl, tl, cl, "images")))
+    rows.append(("read shards (128 px, webdataset), 1 process", f"{n1} images, {t1:.2f} s wall, {c1:.2f} s CPU",
+                 rate(n1, t1, c1, "images") + f"; ratio shards/loose x{(n1 / t1) / (nl / tl):.2f} wall"))
+    rows.append(("read shards, DataLoader 2 workers", f"{n2} images, {t2:.2f} s wall",
+                 f"{n2 / t2:.0f} images/wall-s; ratio shards/loose x{(n2 / t2) / (nl / tl):.2f} wall"))
 
     if not a.skip_detect:
         csv = data / "wild-photos" / "identities.csv"
-        sec, st = time_ingest("csv", csv, work / "wild", min_images=1)
+        sec, cpu, st = time_ingest("csv", csv, work / "wild", min_images=1)
         n = st["photos"]
-        rows.append(("ingest detect+align (wild-photos, dlib), 1 worker", f"{n} photos, {sec:.1f} s "
-                     f"({st['status_counts'].get('ok', 0)} ok)", f"{n / sec:.2f} photos/s"))
+        rows.append(("ingest detect+align (wild-photos, dlib), 1 worker", f"{n} photos ({st['status_counts'].get('ok', 0)}"
+                     f" ok), {sec:.1f} s wall, {cpu:.1f} s CPU", rate(n, sec, cpu)))
 
     if not a.skip_filter:
         n = subset_folders(celeb, work / "celebf-src", a.filter_per_id, a.ids)
-        sec, st = time_ingest("folders", work / "celebf-src", work / "celebf", id_filter=True)
-        rows.append(("ingest pre-aligned + --id-filter (dlib), 1 worker", f"{n} photos, {sec:.1f} s "
-                     f"({st['reason_counts'].get('id_outlier', 0)} outliers)", f"{n / sec:.2f} photos/s"))
+        sec, cpu, st = time_ingest("folders", work / "celebf-src", work / "celebf", id_filter=True)
+        rows.append(("ingest pre-aligned + --id-filter (dlib), 1 worker", f"{n} photos ({st['reason_counts'].get('id_outlier', 0)}"
+                     f" outliers), {sec:.1f} s wall, {cpu:.1f} s CPU", rate(n, sec, cpu)))
 
     if not a.skip_memory:
         for copies in (1, a.copies):
-            n = subset_folders(celeb, work / f"mem{copies}-src", 10**9, 10**3, copies)
+            n = subset_folders(celeb, work / f"mem{copies}-src", a.mem_per_id or 10**9, 10**3, copies)
             out = work / f"mem{copies}"
             if out.exists():
                 shutil.rmtree(out)
             cmd = [sys.executable, "-m", "lapdata", "ingest", "folders", str(work / f"mem{copies}-src"), "--out",
                    str(out), "--no-progress", "--samples-per-shard", "8"]
+            import resource
+
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             peak, sec, samples = peak_rss_of(cmd)
-            q = [samples[int(len(samples) * f) - 1] for f in (0.25, 0.5, 0.75, 1.0)] if samples else []
-            rows.append((f"peak RSS, ingest {n} photos (celebrity sets x{copies})", f"{sec:.0f} s, "
-                         f"{n / sec:.0f} photos/s", f"{peak:.0f} MiB (RSS at 25/50/75/100%: "
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (c1.ru_utime + c1.ru_stime) - (c0.ru_utime + c0.ru_stime)
+            samples = [v for v in samples if v > 0]
+            q = [samples[max(0, int(len(samples) * f) - 1)] for f in (0.25, 0.5, 0.75, 1.0)] if samples else []
+            rows.append((f"peak RSS, ingest {n} photos (celebrity sets x{copies})", f"{sec:.0f} s wall, {cpu:.0f} s CPU,"
+                         f" {n / max(cpu, 1e-9):.0f} photos/CPU-s", f"{peak:.0f} MiB (RSS at 25/50/75/100%: "
                          + "/".join(f"{v:.0f}" for v in q) + ")"))
 
     w = max(len(r[0]) for r in rows)
     print(f"\nbench_ingest  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  {platform.node()}  "
           f"{os.cpu_count()} cpu  python {platform.python_version()}")
-    print(f"{'case':<{w}}  {'work':<34}  result")
+    w2 = max(len(r[1]) for r in rows)
+    print(f"{'case':<{w}}  {'work':<{w2}}  result")
     for r in rows:
-        print(f"{r[0]:<{w}}  {r[1]:<34}  {r[2]}")
+        print(f"{r[0]:<{w}}  {r[1]:<{w2}}  {r[2]}")
 
 
 if __name__ == "__main__":

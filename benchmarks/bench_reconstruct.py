@@ -81,7 +81,7 @@ def main() -> None:
         rows.append({"what": "model.reconstruct", "batch": b, "ms_per_batch": 1e3 * med, "ms_per_image": 1e3 * med / b})
     if a.writeout:
         imgs = torch.rand(a.writeout, 3, s, s)
-        for tt, label in ((0, "write-out (no turntable)"), (24, "write-out + 24-frame turntable")):
+        for tt, label in ((0, "model + all files, no turntable"), (24, "model + all files + 24-frame turntable")):
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.perf_counter()
                 reconstruct_images(model, imgs.to(dev), d, [f"p{i}" for i in range(a.writeout)], turntable=tt,

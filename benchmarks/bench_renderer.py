@@ -3,6 +3,7 @@
     python benchmarks/bench_renderer.py                         # 64/128/256 px, batch 128, CUDA if present
     python benchmarks/bench_renderer.py --device cpu --batch 16 --sizes 64 128
     python benchmarks/bench_renderer.py --backend nvdiffrast    # optional backend, if installed
+    python benchmarks/bench_renderer.py --mesh-sizes 256 1024      # also: a 26k-vertex mesh (ICT-FaceKit size)
 
 Inputs look like Unsup3D's: a canonical face-like depth in (0.9, 1.1) and random views (yaw within +-30 degrees,
 pitch and roll within +-6 degrees, translations within +-0.05). The loss is image.mean() + depth.mean().
@@ -22,6 +23,8 @@ import time
 
 import torch
 
+from lapdata import geometry as G
+from lapdata.raster import interpolate, rasterize
 from lapmodel.renderer import render
 
 
@@ -65,6 +68,25 @@ def time_render(batch: int, size: int, device: torch.device, backend: str, warmu
     return {"fwd": statistics.median(fwd), "full": statistics.median(full), "cpu": statistics.median(cpu)}
 
 
+def time_mesh(batch: int, size: int, device: torch.device, warmup: int, repeat: int) -> tuple[float, float]:
+    """ms per call of rasterize + interpolate(vertex normals) of a 25k-vertex sphere filling ~60% of the image."""
+    v, f = G.sphere_mesh(128, 198)  # 25,146 vertices, 50,292 faces (ICT-FaceKit: ~26k vertices)
+    cam = (v + torch.tensor([0.0, 0.0, 3.6])).to(device).expand(batch, -1, -1).contiguous()
+    f = f.to(device)
+    K = G.intrinsics(40.0, size, device=device)
+    times, cpu = [], []
+    for it in range(warmup + repeat):
+        _sync(device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        frags = rasterize(G.camera_to_raster(cam, K), f, size, size)
+        interpolate(G.vertex_normals(cam, f), f, frags)
+        _sync(device)
+        if it >= warmup:
+            times.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c0) * 1e3)
+    return statistics.median(times), statistics.median(cpu)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -74,6 +96,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    ap.add_argument("--mesh-sizes", type=int, nargs="*", default=[], help="also time a 25k-vertex mesh at these sizes")
+    ap.add_argument("--mesh-batch", type=int, default=1)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,6 +109,13 @@ def main() -> None:
         r = time_render(args.batch, size, device, args.backend, args.warmup, args.repeat)
         cpu = f"{r['cpu']:15.1f}" if device.type == "cpu" else f"{'-':>15}"
         print(f"{device.type:8} {size:5d} {args.batch:6d} {r['fwd']:10.1f} {r['full']:11.1f} {cpu}", flush=True)
+    if args.mesh_sizes:
+        print("\n25k-vertex mesh, rasterize + interpolate(vertex normals):")
+        print(f"{'device':8} {'size':>5} {'batch':>6} {'ms':>10} {'cpu ms':>15}")
+        for size in args.mesh_sizes:
+            ms, cms = time_mesh(args.mesh_batch, size, device, args.warmup, args.repeat)
+            cpu = f"{cms:15.1f}" if device.type == "cpu" else f"{'-':>15}"
+            print(f"{device.type:8} {size:5d} {args.mesh_batch:6d} {ms:10.1f} {cpu}", flush=True)
 
 
 if __name__ == "__main__":

@@ -390,6 +390,11 @@ def run_ingest(cfg: IngestConfig) -> dict:
             raise LapError(f"{p}: {what} file does not exist")
     records = open_source(cfg.kind, cfg.src, SourceOptions(cfg.identity_file, cfg.path_column, cfg.identity_column))
     groups, extra, counts = group_records(records, cfg)
+    # a bad model file is one clear line before any work (not one failure per shard)
+    if cfg.detector == "insightface" and cfg.mode != "aligned":
+        get_detector(cfg.detector, cfg.det_model)
+    if cfg.id_filter and cfg.id_model:
+        get_embedder(cfg.id_model)
     _check_resume(out, cfg)
     est = max(1, cfg.size * cfg.size * 3 // 8)  # rough JPEG q95 bytes per face crop
     tasks = plan_shards(groups, cfg.samples_per_shard, max_shard_bytes=cfg.shard_bytes,

@@ -43,6 +43,7 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
             raise LapError(f"{d}: --out must differ from the inputs")
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     configs, unsharded = [], []
+    planned: set = set()
     seen: dict[str, str] = {}
     for d in srcs:
         for js in sorted((d / SHARD_DIR).glob("*.json")):
@@ -65,6 +66,10 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
             _place(js, dst_json, False)  # the marker last
         if (d / UNSHARDED).exists():
             unsharded.append(pq.read_table(d / UNSHARDED, schema=PHOTOS))
+        try:
+            planned.add(json.loads((d / "stats.json").read_text())["run"]["planned_shards"])
+        except (OSError, ValueError, KeyError, TypeError):
+            planned.add(None)
         for name in ("ingest.json", "stats.json"):
             if (d / name).exists():
                 try:
@@ -86,5 +91,7 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
         config = dict(config)
         config.pop("part", None)
         config["merged_from"] = [str(d) for d in srcs]
-    return finalize_dataset(out, config=config, extra_rows=extra, run={"merged": len(srcs), "part": [0, 1],
-                                                                      "failed_shards": []})
+    # complete when every part comes from the same plan and all its shards are here
+    plan = planned.pop() if len(planned) == 1 else -1
+    return finalize_dataset(out, config=config, extra_rows=extra,
+                            run={"merged": len(srcs), "part": [0, 1], "failed_shards": [], "planned_shards": plan})

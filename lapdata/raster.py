@@ -10,14 +10,16 @@ Conventions (see also ``lapdata.geometry``):
   camera-space points.
 - A pixel is covered when its centre lies inside the triangle. Pixels exactly on an edge or a vertex follow a
   consistent tie-break (the top-left rule: equivalent to nudging every sample point by an infinitesimal
-  (+1, +eta), so pixels on left and top edges are in, on right and bottom edges out): an edge shared by two triangles belongs to exactly one of them, so a closed mesh has no holes and no
-  double coverage. Edge functions are evaluated from the lower-indexed endpoint of each edge so that the two
+  (+1, +eta), so pixels on left and top edges are in, on right and bottom edges out): an edge shared by two
+  triangles belongs to exactly one of them, so a mesh has neither holes nor double coverage along its shared
+  edges and vertices. Edge functions are evaluated from the lower-indexed endpoint of each edge so that the two
   triangles of a shared edge see exactly negated float values. (The strict side of the rule is implemented as
   ``value >= finfo.tiny``: a value in the subnormal range counts as zero.)
 - Both sides are drawn (no back-face culling, like neural_renderer with ``fill_back=True`` in Unsup3D); the
   nearest surface wins. Triangles with a vertex at depth <= ``near``, degenerate triangles (zero screen area) and
   triangles with non-finite vertices are skipped; triangles partly outside the image are clipped to it.
-- Depth is interpolated perspective-correctly: 1/z is linear in screen space.
+- Depth is interpolated perspective-correctly: 1/z is linear in screen space. The depth test compares float32
+  depths; equal depths go to the lower face index. At most 2**32 faces.
 
 How it works. Visibility (which triangle wins a pixel) is computed without gradients: each triangle's pixel bounding
 box is rounded up to a power-of-two window (Kw x Kh), triangles are grouped by window class, and for each class the
@@ -131,6 +133,7 @@ def _edge_tables(faces: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.where(swap, lj, li), torch.where(swap, li, lj), torch.where(swap, -1, 1)
 
 
+@torch.compiler.disable  # data-dependent shapes (classes, chunks): keep it out of torch.compile graphs
 @torch.no_grad()
 def _rasterize_impl(
     verts: Tensor, faces: Tensor, height: int, width: int, near: float, max_candidates: int | None, count: bool

@@ -430,7 +430,9 @@ def finalize_dataset(
     }
     if run is not None:
         stats["timings"]["run_seconds"] = run.get("seconds")
-        stats["complete"] = not run.get("failed_shards") and run.get("part", [0, 1])[1] == 1
+        planned = run.get("planned_shards")
+        stats["complete"] = (not run.get("failed_shards") and run.get("part", [0, 1])[1] == 1
+                             and (planned is None or planned == len(sstats)))
     _atomic_write_json(out / "stats.json", stats)
     return stats
 

@@ -12,7 +12,8 @@ streams (``split_by_node`` then ``split_by_worker``: stream ``g = rank * workers
 choice of the k-th sample uses ``rng(seed, rank, worker, k)``. The DataLoader takes batches from its workers in
 turn, so the data position is a single number, the batches consumed; on ``--resume`` each worker takes the role
 of the worker whose turn it is and skips the raw samples that role already delivered *before decoding them*, and the run continues exactly as if never stopped (same
-world size and worker count; otherwise the data order differs and train.py says so).
+world size and worker count; otherwise the data order differs and train.py says so). A sample that fails to decode
+is skipped with a warning; the resume is exact as long as no such sample lay in the consumed part of the stream.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class Batch:
             if isinstance(v, Tensor):
                 kw[k] = v.to(device, non_blocking=non_blocking)
         return Batch(**kw)
+
+    def pin_memory(self) -> "Batch":  # called by the DataLoader's pin_memory thread
+        kw = {f.name: getattr(self, f.name) for f in dc_fields(self)}
+        return Batch(**{k: v.pin_memory() if isinstance(v, Tensor) else v for k, v in kw.items()})
 
     @property
     def num_identities(self) -> int:

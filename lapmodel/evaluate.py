@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -251,6 +252,13 @@ def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return res
 
 
+def set_order(identity: str, n: int) -> list[int]:
+    """A fixed pseudo-random order of an identity's n views (seeded by its name): the set of size N is the first N,
+    so sets are nested across N and mix poses even when the shard stores views sorted by pose."""
+    g = torch.Generator().manual_seed(zlib.crc32(identity.encode("utf-8")))
+    return torch.randperm(n, generator=g).tolist()
+
+
 def _extend(acc: dict[str, list[float]], new: dict[str, list[float]]) -> None:
     for k, v in new.items():
         acc.setdefault(k, []).extend(v)
@@ -284,8 +292,8 @@ def evaluate_model(
     """Evaluate ``model`` (anything with ``reconstruct(images[, as_set])``) on EvalSets; writes results to out_dir.
 
     Single-image metrics: every view reconstructed on its own (batched). Set-size curve (models whose reconstruct
-    takes ``as_set``): for each N in ``set_sizes``, the set of an identity's first N views is reconstructed together
-    and scored on those N views; the same identities (those with >= max(N) views) serve every N.
+    takes ``as_set``): for each N in ``set_sizes``, N views of an identity (the first N of `set_order`) are
+    reconstructed together and scored on those N views; the same identities (those with >= max(N) views) serve every N.
     """
     from lapmodel.reconstruct import model_accepts_sets, run_model
 
@@ -322,10 +330,11 @@ def evaluate_model(
                 _extend(base[kind], baseline_metrics(es, kind, erode, rec.fov_deg))
         if set_sizes:
             mine: dict[int, dict[str, list[float]]] = {}
+            order = set_order(es.identity, len(es.images))
             for n in set_sizes:
                 if len(es.images) < n:
                     continue
-                idx = list(range(n))
+                idx = order[:n]
                 srec = run_model(model, es.images[idx], as_set=True)
                 mine[n] = view_metrics(es, srec, embedder, erode, idx)
             per_id_curve.append((len(es.images), mine))
@@ -439,6 +448,8 @@ def format_table(result: EvalResult, title: str = "evaluation"):
         return c + [str(max(summ[k]["n"] for k in METRIC_KEYS))]
 
     for name, summ in result.rows.items():
+        if name != "model" and all(summ[k]["n"] == 0 for k in METRIC_KEYS):
+            continue  # a baseline with nothing to compare (no gt depth in the shards)
         t.add_row(name, *cells(summ))
     for n, summ in sorted(result.set_size.items()):
         t.add_row(f"set N={n}", *cells(summ))

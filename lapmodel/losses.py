@@ -96,6 +96,6 @@ def perceptual_loss(vgg: torch.nn.Module, pred: Tensor, target: Tensor, sigma: T
 
     pred, target: (B, 3, H, W) images in [0, 1]; the VGG runs once on both (concatenated). Returns a scalar.
     """
-    f = vgg(torch.cat([pred, target], 0))
+    f = vgg(torch.cat([pred, target], 0)).float()  # (2B, C, H/4, W/4); the NLL in fp32 under autocast
     f_pred, f_target = f.chunk(2, 0)
     return feature_loss(f_pred, f_target.detach(), sigma, mask, weight, eps)

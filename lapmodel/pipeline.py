@@ -261,20 +261,19 @@ def step_output(step: StepConfig, ctx: StepContext) -> Path | None:
 
 
 def run_build_synthetic(step: StepConfig, ctx: StepContext) -> dict:
-    """args: the synthetic engineer's build config (lapdata.synthetic.build.BuildConfig fields; ``out`` defaults
-    to OUT/data/<step name>)."""
-    from lapdata.synthetic.build import BuildConfig, build_synthetic
+    """args: lapdata.synthetic.build.SynthConfig fields (backend, identities, poses, size, ...; ``out`` defaults to
+    OUT/data/<step name>)."""
+    from lapdata.synthetic.build import SynthConfig, run_synthetic
 
-    args = {"out": str(ctx.out / "data" / step.name), **step.args}
-    bcfg = load_config(BuildConfig, args)
-    return _jsonable(build_synthetic(bcfg, progress=ctx.progress))
+    args = {"out": str(ctx.out / "data" / step.name), "progress": ctx.progress, **step.args}
+    return _jsonable(run_synthetic(load_config(SynthConfig, args)))
 
 
 def run_ingest(step: StepConfig, ctx: StepContext) -> dict:
     """args: lapdata.ingest.IngestConfig fields (kind, src, out, size, ...)."""
     from lapdata.ingest import IngestConfig, run_ingest as _run
 
-    args = {"out": str(ctx.out / "data" / step.name), **step.args}
+    args = {"out": str(ctx.out / "data" / step.name), "progress": ctx.progress, **step.args}
     return _jsonable(_run(load_config(IngestConfig, args)))
 
 

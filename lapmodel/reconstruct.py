@@ -9,7 +9,7 @@ whole set into one identity with a LAP model) -> per photo ``out_dir/<name>/``:
     depth.png + depth.json (16-bit canonical depth, range in the sidecar)  depth.npy  depth_color.png
     view_depth.npy (depth in the photo's view)  normal.png (canonical normals)
     mesh.obj + mesh.mtl + mesh_texture.png (UVs = pixel coordinates)  mesh.ply (vertex colours)
-    turntable.gif  summary.png (input | recon | albedo | depth | normals | shading)
+    turntable.gif (textured face | grey shape, a yaw sweep)  summary.png (input | recon | albedo | depth | normals | shading)
 
 plus ``out_dir/summary.png`` (one row per photo) and ``out_dir/reconstruct.json`` (what was done and skipped).
 """
@@ -256,7 +256,8 @@ def write_reconstruction(
         written.update(m)
     if turntable > 0:
         try:
-            frames = export.turntable_frames(cd, rec.canon_image[i].clamp(0, 1), n_frames=turntable, fov_deg=fov)
+            frames = export.turntable_frames(cd, rec.canon_image[i].clamp(0, 1), n_frames=turntable, fov_deg=fov,
+                                             shape=True)
             written["turntable"] = export.write_gif(out / "turntable.gif", frames)
         except ImportError as e:  # renderer missing (only while the toolkit is being assembled)
             (out / "turntable.txt").write_text(f"turntable not rendered: {e}\n")

@@ -41,7 +41,7 @@ from lapdata.config import to_dict
 from lapdata.errors import LapError
 
 from . import renderer
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import MODEL_KINDS, TrainConfig
 from .data import Batch, count_samples, data_position, expand_shards, make_loader
 from .vgg import load_vgg
@@ -130,16 +130,16 @@ def picture_panels(model: nn.Module, out: Any, n: int = 6, yaws: tuple[float, ..
     k = min(n, out.images.shape[0])
     depth = out.canon_depth[:k].detach().float()
     d = (depth - cfg.min_depth) / (cfg.max_depth - cfg.min_depth)
-    panels = [("input", out.images[:k]), ("recon", out.recon_image[:k]), ("recon flip", out.recon_image_flip[:k]),
+    panels = [("input", out.images[:k]), ("recon", out.recon_image[:k]), ("flip", out.recon_image_flip[:k]),
               ("albedo", out.canon_albedo[:k]), ("depth", (1 - d).unsqueeze(1)),
               ("normal", (out.canon_normal[:k].detach().float().permute(0, 3, 1, 2) + 1) / 2),
-              ("shading", out.canon_shading[:k]), ("canonical", out.canon_image[:k])]
+              ("shading", out.canon_shading[:k]), ("canon", out.canon_image[:k])]
     with torch.no_grad(), torch.autocast(device_type=depth.device.type, enabled=False):
         try:
             tt = renderer.turntable(depth, out.canon_image[:k].detach().float(),
                                     [math.radians(y) for y in yaws], cfg.fov_deg,
                                     depth_range=(cfg.min_depth, cfg.max_depth))  # (k, T, 3, S, S)
-            panels += [(f"yaw {y:+d}", tt[:, i]) for i, y in enumerate(yaws)]
+            panels += [(f"y{y:+d}", tt[:, i]) for i, y in enumerate(yaws)]
         except Exception as e:  # noqa: BLE001 - a picture must never stop training
             warnings.warn(f"turntable failed: {e}", stacklevel=2)
     return [(name, _to_rgb(t)) for name, t in panels]
@@ -324,7 +324,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
         ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         with ctx:
             output = model(batch)
-        loss, logs = raw_model.loss(output, batch)
+            loss, logs = raw_model.loss(output, batch)  # the model keeps its geometry and loss sums in fp32
         opt.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:

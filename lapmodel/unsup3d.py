@@ -163,7 +163,7 @@ class Unsup3D(nn.Module):
         if out.weight is not None:
             weight = out.weight if weight is None else out.weight * (weight if weight.dim() == 4 else
                                                                       weight.unsqueeze(1))
-        x = out.images.float()
+        x = out.images.float()  # outputs are fp32 (see forward), so the sums below are too
         sig = out.conf_l1
         s1, s1f = (sig[:, :1], sig[:, 1:]) if sig is not None else (None, None)
         # photometric terms in Unsup3D's [-1, 1] image range: |2a - 2b|
@@ -197,7 +197,7 @@ class Unsup3D(nn.Module):
                 m.compile()
 
     def reconstruct(self, images: Tensor) -> Reconstruction:
-        """images (B, 3, S, S) in [0, 1] -> Reconstruction (no gradients are taken here only if the caller says so)."""
+        """images (B, 3, S, S) in [0, 1] -> Reconstruction (runs under the caller's grad mode and train/eval mode)."""
         out = self(images)
         return Reconstruction(
             canon_depth=out.canon_depth, canon_albedo=out.canon_albedo, canon_normal=out.canon_normal,

@@ -145,6 +145,9 @@ def test_turntable_gif(tmp_path):
     assert frames.shape == (5, 16, 16, 3) and frames.dtype == np.uint8
     p = export.write_gif(tmp_path / "t.gif", frames)
     assert export.gif_frame_count(p) == 5
+    both = export.turntable_frames(d, img, n_frames=3, shape=True)
+    assert both.shape == (3, 16, 32, 3)
+    assert np.array_equal(both[0, :, :16], frames[0])  # left half: the textured face (yaw 0 in both)
 
 
 def test_pictures(tmp_path):

@@ -135,6 +135,8 @@ def test_parts_merge(tmp_path):
     b = read_dataset(merged).sort_by("photo_id")
     assert a.equals(b)
     assert st["status_counts"] == json.loads((whole / "stats.json").read_text())["status_counts"]
+    assert st["complete"]
+    assert not merge_datasets([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m2")["complete"]
     from lapdata.audit import audit_dataset
 
     assert audit_dataset(merged).ok
@@ -180,6 +182,12 @@ def test_fatal_faults(tmp_path):
     src = make_aligned_folders(tmp_path / "src", n_ids=1, per_id=3, faults=False)
     with pytest.raises(LapError, match="lower --min-images"):
         run_ingest(cfg(src, tmp_path / "o"))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(LapError, match="bad.onnx"):
+        run_ingest(cfg(src, tmp_path / "o", min_images=1, id_filter=True, id_model=str(bad)))
+    with pytest.raises(LapError, match="does not exist"):
+        run_ingest(cfg(src, tmp_path / "o", min_images=1, detector="insightface", det_model=str(tmp_path / "no.onnx")))
 
 
 def test_detect_mode_no_face(tmp_path):

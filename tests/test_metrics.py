@@ -307,3 +307,11 @@ def test_evaluate_cli_lap_set_sizes(tmp_path):
     doc = json.loads((tmp_path / "o" / "set_size.json").read_text())
     assert sorted(doc) == ["1", "2", "3"] and doc["3"]["sets"]["n"] == 2 and doc["3"]["side"]["n"] == 6
     assert (tmp_path / "o" / "set_size.png").exists()
+
+
+def test_set_order():
+    from lapmodel.evaluate import set_order
+
+    a = set_order("alice", 6)
+    assert sorted(a) == list(range(6)) and a == set_order("alice", 6)
+    assert any(set_order(f"id{i}", 6) != list(range(6)) for i in range(5))

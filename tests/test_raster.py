@@ -131,7 +131,8 @@ def test_rotated_depth_grid_exactly_once():
     # the model renderer's case: a grid mesh from a depth map, seen after a small rotation (no folds)
     S = 32
     K = G.intrinsics(10.0, S)
-    depth = 1.0 + 0.02 * torch.randn(1, S, S).cumsum(1).cumsum(2) / S
+    g = torch.Generator().manual_seed(0)
+    depth = 1.0 + 0.02 * torch.randn(1, S, S, generator=g).cumsum(1).cumsum(2) / S
     pts = G.depth_to_points(depth, K)
     R = G.euler_to_rotation(torch.tensor([[0.05, -0.1, 0.2]]))
     pts = G.transform_points(pts, R, torch.tensor([[0.01, 0.0, 0.0]]), center=torch.tensor([0.0, 0.0, 1.0]))
@@ -139,6 +140,16 @@ def test_rotated_depth_grid_exactly_once():
     cnt = count_coverage(verts, G.grid_faces(S, S), S, S)[0]
     assert cnt.max() <= 1
     assert cnt.sum() > 0.6 * S * S
+
+
+def test_closed_mesh_is_covered_twice():
+    # both sides are drawn: a closed mesh covers its silhouette with its front and its back, without gaps
+    v, f = G.sphere_mesh(16, 32)
+    K = G.intrinsics(40.0, 48)
+    verts = G.camera_to_raster((v + torch.tensor([0.0, 0.0, 4.0]))[None], K)
+    cnt = count_coverage(verts, f, 48, 48)[0]
+    inside = rasterize_face_ids(verts, f, 48, 48)[0] >= 0
+    assert inside.sum() > 300 and (cnt[inside] == 2).all() and (cnt[~inside] == 0).all()
 
 
 def test_perspective_correct_plane():

@@ -189,7 +189,6 @@ def test_gradcheck_render_parts():
     depth = (1.0 + 0.02 * torch.rand(1, S, S, dtype=torch.float64)).requires_grad_()
     view = _view(0.03, 0.07, 0.05, 0.001, 0.002, 0.0).requires_grad_()
     mask = R.valid_mask(R.render_depth(depth, view, FOV)) > 0
-    fid = None
 
     def depth_fn(d, v):
         out = R.render_depth(d, v, FOV)
@@ -207,7 +206,6 @@ def test_gradcheck_render_parts():
     light = torch.tensor([[0.3, 0.6, 0.2, -0.1]], dtype=torch.float64, requires_grad=True)
     alb = torch.rand(1, 3, S, S, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(R.shade, (alb, normal, light))
-    del fid
 
 
 def test_turntable():

@@ -226,6 +226,7 @@ def _ddp_worker(rank: int, world: int, port: int, images: torch.Tensor, state: d
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_combined_batch(tmp_path):
     torch.manual_seed(0)
     # a frontal view (ranges 0) covers every pixel, so each rank's masked mean has the same weight
@@ -261,3 +262,14 @@ def test_cli(tmp_path, shards):
     assert r.exit_code == 2 and "shard does not exist" in r.output
     r = CliRunner().invoke(app, ["train", "--shards", shards[0], "--set", "model.bogus=1"])
     assert r.exit_code == 2 and "bogus" in r.output
+
+
+def test_init_and_epochs(tmp_path, shards):
+    first = train(tiny_cfg(tmp_path / "a", shards, steps=1), progress=False)
+    # --init copies the weights (lr 0 keeps them), epochs=1 over 8 identities at batch 4 = 2 steps
+    res = train(tiny_cfg(tmp_path / "b", shards, steps=99, epochs=1.0, init=str(first.checkpoint),
+                         optim={"lr": 0.0}), progress=False)
+    a, b = load_checkpoint(first.checkpoint), load_checkpoint(res.checkpoint)
+    assert b["step"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

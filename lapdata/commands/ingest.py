@@ -25,15 +25,21 @@ class Detector(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
+    import dataclasses
+
+    from ..ingest import IngestConfig
+
+    D = {f.name: f.default for f in dataclasses.fields(IngestConfig)}  # defaults are defined once, in IngestConfig
+
     @app.command("ingest")
     @cli_guard
     def ingest_cmd(
         kind: Kind = typer.Argument(..., help="source layout: celeba | casia | folders | csv | celebamask-hq | rec"),
         src: str = typer.Argument(..., help="source folder, CSV file or .rec file"),
         out: str = typer.Option(..., "--out", "-o", help="output dataset folder (rerun the same command to resume)"),
-        size: int = typer.Option(128, help="output face size in pixels"),
-        min_images: int = typer.Option(6, help="keep identities with at least this many (good) photos"),
-        max_per_sample: int = typer.Option(64, help="photos per WebDataset sample (larger identities are chunked)"),
+        size: int = typer.Option(D["size"], help="output face size in pixels"),
+        min_images: int = typer.Option(D["min_images"], help="keep identities with at least this many (good) photos"),
+        max_per_sample: int = typer.Option(D["max_per_sample"], help="photos per WebDataset sample (larger identities are chunked)"),
         id_filter: bool = typer.Option(False, "--id-filter", help="drop photos far from their identity's robust centre"),
         id_model: Optional[str] = typer.Option(None, help="ArcFace .onnx for --id-filter (default: dlib 128-D)"),
         id_threshold: Optional[float] = typer.Option(None, help="cosine-to-centre threshold (default: the embedder's)"),
@@ -43,15 +49,15 @@ def register(app: typer.Typer) -> None:
             None, "--aligned/--detect",
             help="force the pre-aligned crop rule / force detection (default: by source layout and image size)"),
         dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="skip exact and near duplicates inside an identity"),
-        workers: int = typer.Option(1, help="worker processes"),
+        workers: int = typer.Option(D["workers"], help="worker processes"),
         part: str = typer.Option("0/1", help="build part I of N (disjoint, deterministic); join with lapdata merge"),
-        seed: int = typer.Option(0, help="split seed"),
+        seed: int = typer.Option(D["seed"], help="split seed"),
         split_manifest: Optional[str] = typer.Option(None, help="identity->split parquet, e.g. manifests/celeba_split.parquet"),
-        samples_per_shard: int = typer.Option(64, help="identities per shard"),
-        shard_bytes: int = typer.Option(512 * 2**20, help="estimated bytes per shard"),
+        samples_per_shard: int = typer.Option(D["samples_per_shard"], help="identities per shard"),
+        shard_bytes: int = typer.Option(D["shard_bytes"], help="estimated bytes per shard"),
         identity_file: Optional[str] = typer.Option(None, help="identity_CelebA.txt (celeba, celebamask-hq)"),
-        path_column: str = typer.Option("file", help="csv: column with the photo path"),
-        identity_column: str = typer.Option("identity", help="csv: column with the identity"),
+        path_column: str = typer.Option(D["path_column"], help="csv: column with the photo path"),
+        identity_column: str = typer.Option(D["identity_column"], help="csv: column with the identity"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
         """Photos -> identity-grouped WebDataset shards + Parquet manifests (resumable)."""

@@ -16,8 +16,8 @@ give the iBUG-68 points; parts are drawn as polygons (PIL ImageDraw) in this ord
 
 "l_" / "r_" are the image's left / right (person's right / left), as ``lapdata.faces`` orders points. Ears, hair,
 neck, cloth, hat and glasses are not modelled (background). Small crops are upscaled so the shorter side is at
-least ``min_side`` before detection (dlib's HOG finds faces down to ~40 px with one upsampling); landmarks are
-scaled back. An image where no face is found gives ``ParseResult(seg=None, error="no_face: ...")``.
+least ``min_side`` before detection (dlib's HOG finds faces down to ~40 px with one upsampling); where HOG finds
+no face, dlib's CNN detector is tried (``cnn_fallback``); landmarks are scaled back. An image where no face is found gives ``ParseResult(seg=None, error="no_face: ...")``.
 """
 
 from __future__ import annotations
@@ -45,12 +45,15 @@ LIP_INNER = list(range(60, 68))
 @dataclass(frozen=True)
 class LandmarkParserConfig:
     """forehead: forehead height above the brows, in brow-to-nose-base distances. brow_thickness: in eye widths.
-    min_side: upscale images whose shorter side is smaller, for detection. upsample: dlib HOG upsampling count."""
+    min_side: upscale images whose shorter side is smaller, for detection. upsample: dlib HOG upsampling count.
+    cnn_fallback: when HOG finds no face, try dlib's CNN (mmod) detector (finds faces with sunglasses, strong
+    shadows, profiles; ~1 s per 256 px image on one CPU core, so only used for the HOG misses)."""
 
     forehead: float = 0.6
     brow_thickness: float = 0.35
     min_side: int = 256
     upsample: int = 1
+    cnn_fallback: bool = True
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -118,11 +121,22 @@ class LandmarkParser:
 
     def __init__(self, config: LandmarkParserConfig = LandmarkParserConfig(), detector=None) -> None:
         self.config = config
+        self._own_detector = detector is None
         if detector is None:
             from ..faces import DlibDetector
 
             detector = DlibDetector(upsample=config.upsample)
         self.detector = detector
+        self._cnn = None
+
+    def _fallback(self, img: np.ndarray) -> list:
+        if not (self.config.cnn_fallback and self._own_detector):
+            return []
+        if self._cnn is None:
+            from ..faces import DlibDetector
+
+            self._cnn = DlibDetector(upsample=0, cnn=True)
+        return self._cnn(img)
 
     def landmarks(self, image: np.ndarray) -> tuple[np.ndarray | None, int]:
         """(68, 2) landmarks of the largest face in the image's pixels (None when none), and the number of faces."""
@@ -132,7 +146,7 @@ class LandmarkParser:
         if min(h, w) < self.config.min_side:
             s = self.config.min_side / min(h, w)
             img = np.array(Image.fromarray(image).resize((round(w * s), round(h * s)), Image.BICUBIC))
-        faces = self.detector(img)
+        faces = self.detector(img) or self._fallback(img)
         if not faces:
             return None, 0
         f = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))

@@ -340,33 +340,46 @@ def face_fraction_figure(fractions: Sequence[float], threshold: float, path: str
     os.replace(tmp, path)
 
 
-def _sheet_items(dataset: Path, n: int) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """Up to n views for the contact sheet: one view per sample (more identities), about a quarter hard views."""
-    items: list = []
-    hard: list = []
+def _sheet_items(dataset: Path, n: int, max_shards: int = 4) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Up to n views for the contact sheet from the first ``max_shards`` shards: identities taken in turn (one view
+    each per round, spread over their views), about a quarter of the slots for hard views when there are any."""
     if n <= 0:
-        return items
-    n_hard = n // 4
-    for st in shard_stats(dataset):
+        return []
+    shards = shard_stats(dataset)[:max_shards]
+    cands: dict[str, list[tuple[str, str, int, bool]]] = {}  # identity -> (tar, key, view, hard)
+    for st in shards:
         for d in iter_tar_samples(dataset / st["path"]):
-            metas = sample_json(d)["views"]
-            want = [i for i, m in enumerate(metas) if "seg" in m.get("fields", [])]
-            hard_i = [i for i in want if metas[i].get("hard")]
-            pick = []
-            if hard_i and len(hard) < n_hard:
-                pick.append((hard_i[0], True))
-            easy = [i for i in want if not metas[i].get("hard")]
-            if easy and len(items) < n:
-                pick.append((easy[len(items) % len(easy)], False))
-            for i, is_hard in pick:
-                v = decode_sample(d, views=[i], fields=("image", "seg")).views[0]
+            doc = sample_json(d)
+            for i, m in enumerate(doc["views"]):
+                if "seg" in m.get("fields", []):
+                    cands.setdefault(doc["identity"], []).append((st["path"], d["__key__"], i, bool(m.get("hard"))))
+    hard = [c for cs in cands.values() for c in cs if c[3]]
+    hard = hard[:: max(1, len(hard) // max(1, n // 4))][: n // 4]
+    easy_by_id = {k: [c for c in cs if not c[3]] for k, cs in cands.items()}
+    easy: list = []
+    rnd = 0
+    while len(easy) < n - len(hard) and any(len(v) > rnd for v in easy_by_id.values()):
+        for k in sorted(easy_by_id):
+            v = easy_by_id[k]
+            if len(v) > rnd:
+                step = max(1, len(v) // 8)
+                easy.append(v[(rnd * step) % len(v)])
+        rnd += 1
+    chosen = hard + easy[: n - len(hard)]
+    want: dict[tuple[str, str], list[int]] = {}
+    for path, key, i, _ in chosen:
+        want.setdefault((path, key), []).append(i)
+    got: dict[tuple[str, str, int], tuple] = {}
+    for path in sorted({c[0] for c in chosen}):
+        for d in iter_tar_samples(dataset / path):
+            idx = want.get((path, d["__key__"]))
+            if not idx:
+                continue
+            for i, v in zip(idx, decode_sample(d, views=idx, fields=("image", "seg")).views):
                 m = v.meta
-                cap = f"{str(m.get('parser', '?'))[:5]} f={m.get('face_fraction', 0):.2f}" + (" HARD" if is_hard else "")
-                (hard if is_hard else items).append((v.image, v.seg, cap))
-        if len(items) >= n and len(hard) >= n_hard:
-            break
-    k = min(len(hard), n_hard)
-    return hard[:k] + items[: n - k]
+                cap = f"{str(m.get('parser', '?'))[:5]} f={m.get('face_fraction', 0):.2f}" + (" HARD" if m.get("hard") else "")
+                got[(path, d["__key__"], i)] = (v.image, v.seg, cap)
+    return [got[(p, k, i)] for p, k, i, _ in chosen if (p, k, i) in got]
 
 
 # ------------------------------------------------------------------------------------------------ the step

@@ -99,13 +99,13 @@ def _to_px(pts: np.ndarray, T: int) -> list[tuple[float, float]]:
 
 def _poly_mask(poly: np.ndarray, T: int, ss: int = 2) -> np.ndarray:
     im = Image.new("L", (T * ss, T * ss), 0)
-    ImageDraw.Draw(im).polygon([(x * ss, y * ss) for x, y in _to_px(poly, T)], fill=255)
+    ImageDraw.Draw(im).polygon([((x + 0.5) * ss - 0.5, (y + 0.5) * ss - 0.5) for x, y in _to_px(poly, T)], fill=255)
     return np.asarray(im.resize((T, T), Image.BILINEAR), np.float32) / 255.0
 
 
 def _line_mask(line: np.ndarray, width_px: float, T: int, ss: int = 2) -> np.ndarray:
     im = Image.new("L", (T * ss, T * ss), 0)
-    pts = [(x * ss, y * ss) for x, y in _to_px(line, T)]
+    pts = [((x + 0.5) * ss - 0.5, (y + 0.5) * ss - 0.5) for x, y in _to_px(line, T)]
     w = max(1, int(round(width_px * ss)))
     ImageDraw.Draw(im).line(pts, fill=255, width=w, joint="curve")
     r = w / 2
@@ -209,6 +209,8 @@ def paint_texture(layout: FaceLayout, app: dict[str, Any], size: int = 512) -> n
         upper = upper[np.argsort(upper[:, 0])]
         lash = _line_mask(upper, 0.035 * iod_px, T) if len(upper) > 1 else 0 * outline
         blend(np.maximum(outline * 0.6, _blur(lash, 0.01 * iod_px)), np.array([0.08, 0.06, 0.05]), 0.85)
+    if layout.symmetric:  # PIL's polygon fill is not exactly mirror-symmetric: make the texture so
+        tex = 0.5 * (tex + tex[:, :, ::-1])
     return np.clip(tex, 0, 1).astype(np.float32)
 
 

@@ -291,9 +291,10 @@ def process_shard(task, *, cfg: SynthConfig, backend: Backend, filt: IdentityFil
 
     from lapdata.writer import ShardResult
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    # one intra-op thread per worker: on a busy CPU, multi-threaded small ops get ~40x slower (spin-waits);
+    # scale with --workers instead
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     res = ShardResult()
     for identity, index in task.items:
         sample, rows = render_identity(cfg, backend, filt, identity, task.split, int(index))

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from lapdata.errors import LapError
 
@@ -473,7 +474,7 @@ class ICTBackend:
             return np.zeros(len(v))
 
         def sig(t: np.ndarray, w: float) -> np.ndarray:
-            return 1 / (1 + np.exp(-t / w))
+            return expit(t / w)
 
         depth = front_z - z  # distance behind the tip of the nose
         top = sig(y - (brow_y + 5.0 + 0.03 * x**2), 0.4)

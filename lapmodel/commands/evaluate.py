@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
         res = evaluate_checkpoint(checkpoint, shards, out, set_sizes=_parse_sizes(set_sizes), baselines=baselines,
                                   id_model=id_model, identity=not no_identity, device=device, size=size,
                                   max_identities=max_identities, batch_size=batch_size, erode=erode)
-        con = Console()
+        con = Console() if sys.stdout.isatty() else Console(width=140)  # logs: no wrapped table cells
         con.print(format_table(res, title=f"{checkpoint} on {res.counts['views']} views "
                                           f"({res.counts['views_with_gt']} with gt depth)"))
         for n in res.notes:

@@ -5,6 +5,7 @@ Works under torchrun: `torchrun --nproc-per-node 8 -m lapmodel train ...` (DDP, 
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import typer
@@ -59,4 +60,5 @@ def register(app: typer.Typer) -> None:
             res = train_stage(cfg, stage or cfg.model.lap.stage, resume=resume, progress=progress)
         else:
             res = train(cfg, resume=resume, stage=stage, progress=progress)
-        typer.echo(f"trained {res.step} steps; checkpoint {res.checkpoint}; pictures {res.out / 'pictures'}")
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"trained {res.step} steps; checkpoint {res.checkpoint}; pictures {res.out / 'pictures'}")
