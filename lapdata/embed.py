@@ -42,10 +42,10 @@ from lapdata.faces import (
 
 # dlib cosine with the same false-accept rate as ArcFace cosine 0.6 -- see docs/id-threshold.md and
 # benchmarks/calibrate_id_threshold.py
-DLIB_DEFAULT_THRESHOLD = 0.93
+DLIB_DEFAULT_THRESHOLD = 0.94
 ARCFACE_DEFAULT_THRESHOLD = 0.6
 # robust-centre (ingest) thresholds: cosine of a photo to its identity's robust centre
-DLIB_CENTRE_THRESHOLD = 0.92  # calibrated, docs/id-threshold.md
+DLIB_CENTRE_THRESHOLD = 0.90  # calibrated, docs/id-threshold.md
 ARCFACE_CENTRE_THRESHOLD = 0.45  # not calibrated here (no ArcFace weights offline); see docs/id-threshold.md
 
 # where dlib's HOG detector box lies relative to the eyes of a face (inter-ocular distance units, eye midpoint origin)

@@ -27,7 +27,7 @@ SPLITS = ("train", "val", "test")
 
 PHOTOS = pa.schema(
     [
-        pa.field("photo_id", pa.string(), nullable=False),  # stable id: sha256 of source bytes [:16] or generator id
+        pa.field("photo_id", pa.string(), nullable=False),  # stable id: sha256("{source}:{path}")[:16], or the generator's view id
         pa.field("identity", pa.string(), nullable=False),
         pa.field("split", pa.string()),  # train/val/test (null when the identity was dropped before splitting)
         pa.field("source", pa.string()),  # dataset name, e.g. "celeba", "folders", "synthetic:procedural"

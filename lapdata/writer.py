@@ -28,7 +28,6 @@ Each written view's json metadata gets ``image_sha256`` (sha256 of the encoded v
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing as mp
 import os
@@ -475,8 +474,6 @@ def iter_samples(out_dir: str | Path, split: str | None = None) -> Iterable[dict
 
     Reads the tars with Python's tarfile (same grouping rule as WebDataset: key = name up to the first dot).
     """
-    import tarfile
-
     splits = [split] if split else sorted({p.name.split("-")[0] for p in (Path(out_dir) / SHARD_DIR).glob("*.json")})
     for sp in splits:
         for url in shard_urls(out_dir, sp):

@@ -335,7 +335,7 @@ def run_reconstruct(step: StepConfig, ctx: StepContext) -> dict:
                            turntable=int(a.get("turntable", 12)))
         r, lab = compare_rows(model, images, gt)
         rows += r
-        labels += [f"{slug[:8]} {x}" for x in lab]
+        labels += lab
         doc["identities"].append({"identity": ident, "views": len(images)})
     if rows:
         from .report import image_grid, save_png

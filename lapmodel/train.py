@@ -72,6 +72,10 @@ def build_model(cfg: TrainConfig, training: bool = True) -> nn.Module:
         from .unsup3d import Unsup3D
 
         return Unsup3D(cfg.model, vgg)
+    if kind == "lap":
+        from .lap import LAPModel
+
+        return LAPModel(cfg.model, vgg)
     if kind == "lap":  # LAP engineer (additive): the aggregate-and-personalize model, lapmodel/lap.py
         from .lap import LAPModel
 
@@ -205,6 +209,10 @@ def plot_loss_curve(log_path: Path, png: Path) -> None:
 def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train ``cfg`` into ``cfg.out``. ``resume``: continue from ``cfg.out/last.pt`` (exactly)."""
+    # -- a stage given on the command line is recorded in the config (so checkpoints rebuild that stage)
+    if stage is not None and hasattr(cfg.model, "lap"):
+        cfg = replace(cfg, model=replace(cfg.model, lap=replace(cfg.model.lap, stage=stage)))
+
     # -- distributed, device, precision
     rank, world, device = setup_distributed(cfg.device)
     master = rank == 0
@@ -232,6 +240,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
         say("WARNING " + "!" * 60 + "\nWARNING: no vgg_weights given: the perceptual loss is OFF (the paper uses it)."
             "\nWARNING: pass --set vgg_weights=/path/to/vgg16-397923af.pth (torchvision's file) to enable it.\n"
             "WARNING " + "!" * 60)
+    if stage is not None and hasattr(model, "set_stage"):
+        model.set_stage(stage)
     params = model.trainable_parameters(stage) if hasattr(model, "trainable_parameters") else \
         [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)

@@ -270,3 +270,26 @@ def test_insightface_errors(tmp_path):
     with pytest.raises(LapError, match="cannot load .*bad.onnx") as e:
         InsightFaceDetector(bad)
     assert "\n" not in str(e.value)
+
+
+def test_crop_prealigned_celeba_matches_align():
+    """CelebA img_align_celeba mean points land on the lap template."""
+    from lapdata.faces import CELEBA_ALIGN_5
+
+    got = []
+    for x, y in CELEBA_ALIGN_5:
+        img = (_blob(218, 178, x, y, 2.0) * 255).astype(np.uint8)
+        crop, rule = crop_prealigned(np.repeat(img[..., None], 3, axis=2), 128)
+        got.append(_centroid(crop[..., 0].astype(np.float32)))
+    assert rule.startswith("prealigned:celeba-align;")
+    np.testing.assert_allclose(np.array(got), lap_template(128), atol=0.8)
+
+
+def test_dlib_cnn_detector():
+    from conftest import shared_path
+
+    img = _load(shared_path("faces", "wild-photos", "selfie-many-people.jpg"))
+    faces = DlibDetector(upsample=0, cnn=True)(img)
+    assert len(faces) >= 3
+    assert [f.area for f in faces] == sorted((f.area for f in faces), reverse=True)
+    assert all(f.landmarks.shape == (68, 2) for f in faces)

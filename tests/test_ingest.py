@@ -217,6 +217,13 @@ def test_cli_ingest_and_audit(tmp_path):
     assert r.exit_code == 2
     r = CliRunner().invoke(app, ["ingest", "folders", str(src), "--out", str(tmp_path / "o3"), "--part", "5/2"])
     assert r.exit_code == 2
+    for i in range(2):
+        r = CliRunner().invoke(app, ["ingest", "folders", str(src), "--out", str(tmp_path / f"part{i}"), "--part",
+                                     f"{i}/2", "--no-progress", "--samples-per-shard", "2"])
+        assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["merge", str(tmp_path / "part0"), str(tmp_path / "part1"), "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0 and "42 ok" in r.output, r.output
+    assert CliRunner().invoke(app, ["audit", str(tmp_path / "m")]).exit_code == 0
 
 
 # ------------------------------------------------------------------------------------------------ real data
@@ -260,3 +267,38 @@ def test_real_wild_photos_detect(tmp_path):
     assert len(ok) >= len(sub) // 2, st
     assert all(r["crop_rule"].startswith("sim5:") and len(r["landmarks"]) == 136 for r in ok)
     assert {r["identity"] for r in ok} <= set(keep_ids)
+
+
+def test_celebamask_hq_ingest_keeps_ground_truth_seg(tmp_path):
+    from lapdata.audit import audit_dataset
+
+    root = tmp_path / "hq"
+    (root / "CelebA-HQ-img").mkdir(parents=True)
+    md = root / "CelebAMask-HQ-mask-anno" / "0"
+    md.mkdir(parents=True)
+    lines, ids = ["idx orig_idx orig_file"], ["image identity"]
+    for idx in range(6):
+        save_jpeg(root / "CelebA-HQ-img" / f"{idx}.jpg", pattern(idx, 96))
+        lines.append(f"{idx} {idx + 10} {idx + 10:06d}.jpg")
+        ids.append(f"{idx + 10:06d}.jpg 7")
+        skin = np.zeros((48, 48), np.uint8)
+        skin[10:40, 12:36] = 255
+        Image.fromarray(skin).save(md / f"{idx:05d}_skin.png")
+        hair = np.zeros((48, 48), np.uint8)
+        hair[:10] = 255
+        Image.fromarray(hair).save(md / f"{idx:05d}_hair.png")
+    (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(lines) + "\n")
+    (root / "identity_CelebA.txt").write_text("\n".join(ids) + "\n")
+    out = tmp_path / "out"
+    st = run_ingest(cfg(root, out, kind="celebamask-hq", size=64))
+    assert st["status_counts"] == {"ok": 6}
+    n = 0
+    for d in iter_samples(out):
+        s = decode_sample(d)
+        for v in s.views:
+            assert v.seg.shape == (64, 64) and set(np.unique(v.seg)) == {0, 1, 13}
+            assert v.seg[0, 32] == 13 and v.seg[40, 32] == 1
+            assert "prealigned:resize" in v.meta["crop_rule"]
+            n += 1
+    assert n == 6
+    assert audit_dataset(out).ok

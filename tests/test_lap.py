@@ -261,3 +261,23 @@ def test_train_stage_errors(tmp_path):
         train_stage(cfg, "aggregate")
     with pytest.raises(LapError, match="model.kind: lap"):
         train_stage(replace(cfg, model=replace(cfg.model, kind="unsup3d")), "aggregate")
+
+
+def test_train_command_stage_option(shards, tmp_path):
+    """`lapmodel train --config X --stage aggregate` runs the stage's phases (CLI -> pipeline.train_stage)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from lapdata.config import to_dict
+    from lapmodel.cli import app
+
+    cfg = tiny_cfg(**{"stages.aggregate.phases": [{"name": "only", "steps": 1}]})
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(to_dict(cfg)))
+    res = CliRunner().invoke(app, ["train", "--config", str(p), "--stage", "aggregate", "--shards", str(shards),
+                                   "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run/aggregate/only/done.json").exists() and (tmp_path / "run/aggregate/last.pt").exists()
+    res = CliRunner().invoke(app, ["train", "--config", str(p), "--stage", "stage9", "--shards", str(shards),
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "unknown LAP stage" in res.output

@@ -170,6 +170,11 @@ def test_ground_truth_synthetic(tmp_path):
             assert by[pid]["parser"] == "ground-truth" and np.array_equal(v.seg, before[pid].seg)
         else:
             assert by[pid]["parser"] == "landmarks"
+    # exact synthetic masks are not marked hard by face fraction (a profile is not a quality problem)
+    rep = P.parse_masks(root, P.ParseConfig(min_face_fraction=0.9), progress=False)
+    by = {r["photo_id"]: r for r in pq.read_table(root / "photos.parquet").to_pylist()}
+    assert by["person_0-0"]["face_fraction"] < 0.9 and not by["person_0-0"]["hard"]
+    assert by["person_0-1"]["hard"] and by["person_0-2"]["hard"]
     # --parser ground-truth: views without ground truth get an empty label map, marked hard
     rep = P.parse_masks(root, P.ParseConfig(parser="ground-truth"), progress=False)
     assert rep.swapped

@@ -184,3 +184,19 @@ def test_runner_markers_from_force_and_report(tmp_path):
     assert any("removing" in line and "reconstruct" in line for line in logs)
     with pytest.raises(LapError, match="no such step"):
         run_pipeline(p, start="nope", progress=False, log=logs.append)
+
+
+@pytest.mark.slow
+def test_quickstart_runs_and_writes_report(tmp_path):
+    """The README's main command at its real (toy) scale: every step done, the report and its pictures exist."""
+    out = tmp_path / "qs"
+    res = run_pipeline(PIPELINES / "quickstart.yaml", out, progress=False, log=lambda _m: None)
+    assert all(d["status"] == "done" for d in res.values()), {k: d["status"] for k, d in res.items()}
+    html = (out / "report/index.html").read_text()
+    for piece in ("loss_curves.png", "contact_synthetic.png", "compare.png", "summary.png", "set_size.png",
+                  "Metrics", "mesh.obj"):
+        assert piece in html, piece
+    srcs = [s.split("'")[1] for s in html.split("src=")[1:]]
+    assert srcs and all((out / "report" / s).exists() for s in srcs)
+    assert list((out / "reconstruct/reconstruct/set").glob("*/*/mesh.obj"))
+    assert (out / "train/finetune/last.pt").exists()

@@ -30,7 +30,9 @@ cannot be read fails alone (counted, the others go on) and the new version is th
 
 Hard samples: a view whose face fraction (pixels of the RCL face group / all pixels) is under ``min_face_fraction``
 gets view meta ``hard: true`` and ``hard_reason`` (PHOTOS hard / hard_reason); it stays in the data, training skips
-it. The default 0.25 is justified in docs/parse-masks.md.
+it. The default 0.25 is justified in docs/parse-masks.md. Views labelled from a synthetic backend's exact face
+mask are never marked hard by face fraction: their masks are exact, a small face there is a pose (a profile), not
+a quality problem, and multi-pose views are what LAP needs.
 """
 
 from __future__ import annotations
@@ -120,20 +122,23 @@ class ParseConfig:
 # ------------------------------------------------------------------------------------------------ ground truth
 
 
-def has_ground_truth(view: View) -> bool:
-    """A view has ground truth: a stored seg not made by a parse-masks model parser, or a synthetic face mask."""
-    if view.seg is not None and view.meta.get("parser") not in MODEL_PARSERS:
-        return True
-    return view.mask is not None
+def ground_truth(view: View) -> tuple[np.ndarray | None, str | None]:
+    """The view's ground-truth label map (H, W) uint8 and its source ("mask" or "annotation"), or (None, None).
 
-
-def ground_truth_seg(view: View) -> np.ndarray | None:
-    """The view's ground-truth label map (H, W) uint8, or None."""
-    if view.seg is not None and view.meta.get("parser") not in MODEL_PARSERS:
-        return np.asarray(view.seg, dtype=np.uint8)
+    A synthetic face ``mask`` gives face -> skin (1), rest background (0) (also when an earlier parse-masks run
+    stored that as seg: ``seg_source`` "mask"); a stored seg that no parse-masks model parser made is an annotation
+    (CelebAMask-HQ via ingest, or a backend's part labels).
+    """
+    from_mask = view.meta.get("seg_source") == "mask"
+    if view.seg is not None and not from_mask and view.meta.get("parser") not in MODEL_PARSERS:
+        return np.asarray(view.seg, dtype=np.uint8), "annotation"
     if view.mask is not None:
-        return np.where(np.asarray(view.mask, dtype=bool), CLASS_ID["skin"], 0).astype(np.uint8)
-    return None
+        return np.where(np.asarray(view.mask, dtype=bool), CLASS_ID["skin"], 0).astype(np.uint8), "mask"
+    return None, None
+
+
+def has_ground_truth(view: View) -> bool:
+    return ground_truth(view)[0] is not None
 
 
 # ------------------------------------------------------------------------------------------------ parser cache
@@ -213,9 +218,9 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
                 continue
             v.encoded = (ext, data)
             v.meta.pop("image_sha256", None)
-            gt = ground_truth_seg(v) if cfg.parser in ("auto", "ground-truth") else None
+            gt, gt_source = ground_truth(v) if cfg.parser in ("auto", "ground-truth") else (None, None)
             if gt is not None:
-                results[(si, vi)] = (ParseResult(gt), GROUND_TRUTH)
+                results[(si, vi)] = (ParseResult(gt, info={"seg_source": gt_source}), GROUND_TRUTH)
             elif cfg.model_parser is None:
                 results[(si, vi)] = (ParseResult(None, error="no_ground_truth: the view has no seg or mask"), GROUND_TRUTH)
             else:
@@ -252,10 +257,12 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
                 hard_reason = f"parse_failed: {error}"
             seg = r.seg
             ff = face_fraction(seg, cfg.masks)
-            if hard_reason is None and ff < cfg.min_face_fraction:
+            seg_source = (r.info or {}).get("seg_source", pname)
+            exact_mask = seg_source == "mask"
+            if hard_reason is None and ff < cfg.min_face_fraction and not exact_mask:
                 hard_reason = f"face_fraction {ff:.3f} < {cfg.min_face_fraction:g}"
             v.seg = seg
-            v.meta.update(parser=pname, face_fraction=round(ff, 5), hard=hard_reason is not None)
+            v.meta.update(parser=pname, seg_source=seg_source, face_fraction=round(ff, 5), hard=hard_reason is not None)
             for k in ("hard_reason", "parse_error"):
                 v.meta.pop(k, None)
             if hard_reason is not None:
