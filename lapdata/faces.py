@@ -153,17 +153,59 @@ def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 _BORDERS = ("replicate", "reflect", "constant")
 
 
+def _cv2():
+    """OpenCV when installed (opencv-python-headless), else None: numpy/scipy/PIL fallbacks are used."""
+    try:
+        import cv2
+
+        return cv2
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+
+
+def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Area-averaging (down) / bilinear (up) resize of (H, W[, C]) uint8 -> (height, width[, C])."""
+    cv2 = _cv2()
+    down = width * height < img.shape[0] * img.shape[1]
+    if cv2 is not None:
+        return cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((int(width), int(height)), Image.BOX if down else Image.BILINEAR))
+
+
+def _warp_numpy(img: np.ndarray, m: np.ndarray, w: int, h: int, border: str) -> np.ndarray:
+    """Bilinear inverse warp with scipy (same convention as cv2.warpAffine, pixel centres at integers)."""
+    from scipy.ndimage import map_coordinates
+
+    a = np.vstack([np.asarray(m, np.float64), [0, 0, 1]])
+    inv = np.linalg.inv(a)
+    ys, xs = np.mgrid[:h, :w].astype(np.float64)
+    sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
+    sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
+    mode = {"replicate": "nearest", "reflect": "mirror", "constant": "constant"}[border]
+    src = img.astype(np.float64)
+    chans = [src] if src.ndim == 2 else [src[..., c] for c in range(src.shape[2])]
+    out = [map_coordinates(c, [sy, sx], order=1, mode=mode, cval=0.0) for c in chans]
+    res = out[0] if img.ndim == 2 else np.stack(out, -1)
+    if np.issubdtype(img.dtype, np.integer):
+        res = np.clip(np.rint(res), np.iinfo(img.dtype).min, np.iinfo(img.dtype).max)
+    return res.astype(img.dtype)
+
+
 def warp_affine(image: np.ndarray, m: np.ndarray, size: int | tuple[int, int], border: str = DEFAULT_BORDER) -> np.ndarray:
     """Bilinear warp: output pixel q takes image at M^-1 q. image (H, W, C) or (H, W) -> (h, w[, C]) same dtype.
 
-    size: int (square) or (width, height)."""
-    import cv2
-
+    size: int (square) or (width, height). border: replicate | reflect | constant (0). OpenCV when installed,
+    else scipy (same result up to rounding)."""
     if border not in _BORDERS:
         raise ValueError(f"border must be one of {_BORDERS}, got {border!r}")
     w, h = (size, size) if isinstance(size, int) else size
-    mode = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}[border]
     img = np.ascontiguousarray(image)
+    cv2 = _cv2()
+    if cv2 is None:
+        return _warp_numpy(img, m, int(w), int(h), border)
+    mode = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}[border]
     return cv2.warpAffine(img, np.asarray(m, np.float64), (int(w), int(h)), flags=cv2.INTER_LINEAR, borderMode=mode, borderValue=0)
 
 
@@ -365,10 +407,8 @@ class DlibDetector:
         scale = 1.0
         small = img
         if max(h, w) > self.max_side:
-            import cv2
-
             scale = self.max_side / max(h, w)
-            small = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            small = resize_image(img, max(1, round(w * scale)), max(1, round(h * scale)))
         out = []
         if self.cnn:
             for d in self.detector(small, self.upsample):
@@ -488,15 +528,13 @@ class InsightFaceDetector:
         return self._centers[key]
 
     def __call__(self, image: np.ndarray) -> list[Face]:
-        import cv2
-
         img = _as_rgb_uint8(image)
         ih, iw = self.input_hw
         h, w = img.shape[:2]
         det_scale = min(ih / h, iw / w)
         nh, nw = max(1, int(round(h * det_scale))), max(1, int(round(w * det_scale)))
         canvas = np.zeros((ih, iw, 3), np.uint8)
-        canvas[:nh, :nw] = cv2.resize(img, (nw, nh))
+        canvas[:nh, :nw] = resize_image(img, nw, nh)
         blob = ((canvas.astype(np.float32) - 127.5) / 128.0).transpose(2, 0, 1)[None]
         outs = self.session.run(self.output_names, {self.input_name: blob})
         boxes, scores, kpss = [], [], []

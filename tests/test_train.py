@@ -137,6 +137,7 @@ def recon_error(model, batch) -> float:
         return float(((out.recon_image - out.images).abs().mean(1) * out.recon_mask).sum() / out.recon_mask.sum())
 
 
+@pytest.mark.slow
 def test_overfits_a_few_shards(tmp_path, shards):
     """A tiny model on 8 identities: the masked reconstruction L1 error falls by >= 30% in 60 steps."""
     cfg = tiny_cfg(tmp_path, shards, steps=60, log_every=10, ckpt_every=60, picture_every=60,
