@@ -546,7 +546,8 @@ def build_report(cfg: PipelineConfig, run_out: Path, out: Path, title: str | Non
                                 "depth baseline, 'gt' the ground truth itself (sanity: 0).", eval_imgs, table=table))
 
     # steps
-    steps_table = [{"step": s.name, "kind": s.kind, "status": markers.get(s.name, {}).get("status", "not run"),
+    steps_table = [{"step": s.name, "kind": s.kind,
+                    "status": markers.get(s.name, {}).get("status", "this page" if s.kind == "report" else "not run"),
                     "seconds": markers.get(s.name, {}).get("seconds", "")} for s in cfg.steps]
     sections.append(Section("Steps", f"Pipeline {cfg.name}: {cfg.description}", table=steps_table))
     return write_report(out, title or f"LAP toolkit: {cfg.name}", sections,

@@ -383,10 +383,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
 
         # pictures
         if master and (done % cfg.picture_every == 0 or done == steps):
-            grid = picture_grid(picture_panels(raw_model, output))
-            save_png(out / "pictures" / f"step-{done:06d}.png", grid)
-            if tb is not None:
-                tb.add_image("pictures", grid, done, dataformats="HWC")
+            try:  # a picture must never stop training
+                grid = picture_grid(picture_panels(raw_model, output))
+                save_png(out / "pictures" / f"step-{done:06d}.png", grid)
+                if tb is not None:
+                    tb.add_image("pictures", grid, done, dataformats="HWC")
+            except Exception as e:  # noqa: BLE001
+                say(f"note: step {done}: picture grid failed ({type(e).__name__}: {e})")
             if log_path.exists():
                 plot_loss_curve(log_path, out / "loss.png")
 

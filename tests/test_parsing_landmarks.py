@@ -68,14 +68,15 @@ def test_parts_land_on_landmarks(parser):
 
 @pytest.mark.shared
 def test_small_crops_are_upsampled(parser):
-    p = sorted(shared_path("faces", "celebrity-sets").glob("*/*.jpg"))[0]
-    img = np.array(Image.open(p).convert("RGB"))
-    assert img.shape[:2] == (112, 112)
-    no_up = LandmarkParser(LandmarkParserConfig(min_side=0, upsample=0), detector=None)
-    up = parser.parse_one(img)
-    assert up.ok
-    # the same detector without upscaling misses (or at best equals) it: upscaling is what finds 112 px faces
-    assert no_up.parse_one(img).ok in (False, True)
+    # 64 px faces (Unsup3D's resolution): dlib's HOG misses them at their size; the parser upscales for detection
+    files = sorted(shared_path("faces", "lap-demo").glob("*.png"))[:6]
+    imgs = [np.array(Image.open(p).convert("RGB").resize((64, 64), Image.BILINEAR)) for p in files]
+    plain = LandmarkParser(LandmarkParserConfig(min_side=0, upsample=0, cnn_fallback=False))
+    found_plain = sum(r.ok for r in plain(imgs))
+    res = LandmarkParser(LandmarkParserConfig(cnn_fallback=False))(imgs)
+    assert sum(r.ok for r in res) == len(imgs) > found_plain + 3
+    for r in res:  # landmarks scaled back: the label map has the 64 px size and a sane face
+        assert r.seg.shape == (64, 64) and 0.3 < face_fraction(r.seg) < 0.85
 
 
 def test_no_face_is_an_error_not_a_crash(parser):
