@@ -31,7 +31,6 @@ the environment, then ``vars``. An unset variable stops the run before any step 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -496,7 +495,7 @@ def build_report(cfg: PipelineConfig, run_out: Path, out: Path, title: str | Non
             except LapError:
                 continue
             rows = [[im.numpy() for im in imgs] for _, imgs, _ in sets]
-            p = save_png(image_grid(rows, [i[:12] for i, _, _ in sets]), out / f"contact_{s.name}.png")
+            p = save_png(image_grid(rows, [i[-12:] for i, _, _ in sets]), out / f"contact_{s.name}.png")
             sections.append(Section(f"Data: {s.name}", f"First identities of {d} (one row per identity, its views).",
                                     [(p, f"contact sheet of {s.name}")]))
 
