@@ -3,7 +3,8 @@
     python benchmarks/bench_parsing.py                       # CPU: bisenet (random weights) + landmarks
     python benchmarks/bench_parsing.py --device cuda --batch-sizes 1 8 32
     python benchmarks/bench_parsing.py --weights 79999_iter.pth   # real weights (same speed, real labels)
-    python benchmarks/bench_parsing.py --face-fractions docs/parse-masks-face-fraction.png
+    python benchmarks/bench_parsing.py --face-fractions docs/parse-masks-face-fraction.png \
+        [--celeb-dataset /tmp/lap/parse-celeb]   # read the celebrity fractions from a parse-masks output
 
 BiSeNet runs at 512 px (as trained) on 128 px inputs, batched; the landmark parser runs per image (dlib HOG +
 68 landmarks, 128 px images upscaled to 256 for detection). Prints a table; no assertion on speed.
@@ -68,9 +69,28 @@ def bench_landmarks(n: int, size: int):
     return [(f"landmarks ({ok}/{n} found)", "cpu", 1, n, n / dt)]
 
 
-def face_fractions(out_png: str) -> None:
+def _dataset_fractions(root: str) -> tuple[list[float], int]:
+    """Face fractions of the parsed ok views of a parse-masks output (parse failures excluded), and the failures."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(Path(root) / "photos.parquet", columns=["status", "parser", "face_fraction", "hard_reason"])
+    d = t.to_pydict()
+    ff, miss = [], 0
+    for st, p, f, hr in zip(d["status"], d["parser"], d["face_fraction"], d["hard_reason"]):
+        if st != "ok" or p is None:
+            continue
+        if (hr or "").startswith("parse_failed"):
+            miss += 1
+        else:
+            ff.append(f)
+    return ff, miss
+
+
+def face_fractions(out_png: str, celeb_dataset: str | None = None) -> None:
     """Landmark-parse face fractions on the shared real photos, cropped as ingest stores them (128 px, lap framing:
-    crop_prealigned's arcface112 rule for the celebrity sets, resize for lap-demo); histogram PNG with both sets."""
+    crop_prealigned's arcface112 rule for the celebrity sets, resize for lap-demo); histogram PNG with both sets.
+    celeb_dataset: take the celebrity fractions from a parse-masks output of their ingest instead (same numbers
+    without the ingest's duplicates, no re-parse)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,16 +107,20 @@ def face_fractions(out_png: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=110)
     for (name, files), colour in zip(sets.items(), ("#4477aa", "#ee7733")):
         ff, miss = [], 0
-        for f in files:
-            crop, _ = crop_prealigned(np.array(Image.open(f).convert("RGB")), 128)
-            r = p.parse_one(crop)
-            if r.ok:
-                ff.append(face_fraction(r.seg))
-            else:
-                miss += 1
+        if name == "celebrity-sets" and celeb_dataset:
+            ff, miss = _dataset_fractions(celeb_dataset)
+            files = [None] * (len(ff) + miss)
+        else:
+            for f in files:
+                crop, _ = crop_prealigned(np.array(Image.open(f).convert("RGB")), 128)
+                r = p.parse_one(crop)
+                if r.ok:
+                    ff.append(face_fraction(r.seg))
+                else:
+                    miss += 1
         f = np.array(ff)
-        q = np.percentile(f, [0, 1, 5, 25, 50, 75, 95, 100])
-        print(f"{name}: {len(files)} photos, {miss} no face; face fraction percentiles 0/1/5/25/50/75/95/100: "
+        q = np.percentile(f, [0, 1, 5, 25, 50, 75, 95, 99, 100])
+        print(f"{name}: {len(files)} photos, {miss} no face; face fraction percentiles 0/1/5/25/50/75/95/99/100: "
               + " ".join(f"{x:.3f}" for x in q))
         for th in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4):
             print(f"  < {th:.2f}: {(f < th).sum()} ({100 * (f < th).mean():.2f} %)")
@@ -122,9 +146,11 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", default=None)
     ap.add_argument("--skip-landmarks", action="store_true")
     ap.add_argument("--face-fractions", metavar="PNG", default=None)
+    ap.add_argument("--celeb-dataset", default=None, help="with --face-fractions: a parse-masks output of the "
+                    "ingested celebrity sets to read instead of re-parsing")
     a = ap.parse_args(argv)
     if a.face_fractions:
-        face_fractions(a.face_fractions)
+        face_fractions(a.face_fractions, a.celeb_dataset)
         return
     rows = bench_bisenet(a.device, a.batch_sizes, a.n, a.size, a.weights, a.input_size)
     if not a.skip_landmarks:

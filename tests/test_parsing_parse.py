@@ -27,11 +27,12 @@ class FakeParser:
     an all-black image has 'no face'."""
 
     name = "landmarks"
+    black_is_face = False
 
     def __call__(self, images):
         out = []
         for im in images:
-            if im.max() < 10:
+            if im.max() < 10 and not self.black_is_face:
                 out.append(ParseResult(None, error="no_face: dlib found no face for the landmark parser"))
                 continue
             h, w = im.shape[:2]
@@ -189,6 +190,11 @@ def test_reparse_replaces_model_labels(tmp_path, fake_parser):
     rep = P.parse_masks(root, P.ParseConfig(min_face_fraction=0.0), progress=False)
     assert rep.swapped and rep.stats["hard"] == 1  # only the black image (parse failed) is hard now
     assert audit_dataset(root).ok
+    fake_parser.black_is_face = True  # a better parser finds the face: the earlier failure is cleared
+    rep = P.parse_masks(root, P.ParseConfig(min_face_fraction=0.0), progress=False)
+    r = {x["photo_id"]: x for x in pq.read_table(root / "photos.parquet").to_pylist()}["person_1-1"]
+    assert rep.stats["hard"] == 0 and r["error"] is None and not r["hard"]
+    assert "parse_error" not in _views(root)["person_1-1"].meta
 
 
 def test_resume_after_kill(tmp_path, monkeypatch):
@@ -301,3 +307,20 @@ def test_cli(tmp_path):
     assert "hard 6" in res.output and "contact sheet" in res.output
     res = CliRunner().invoke(app, ["parse-masks", str(root), "--parser", "bisenet", "--no-progress"])
     assert res.exit_code == 2 and "needs --weights" in res.output
+
+
+def test_bisenet_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real parsers
+    import torch
+
+    from lapdata.parsing.bisenet import BiSeNet
+
+    torch.manual_seed(0)
+    w = tmp_path / "79999_iter.pth"
+    torch.save(BiSeNet().state_dict(), w)
+    root = make_dataset(tmp_path / "ds", n_ids=2, per_shard=1)
+    rep = P.parse_masks(root, P.ParseConfig(weights=str(w), input_size=64, batch_size=4), progress=False)
+    assert rep.swapped and audit_dataset(root).ok
+    rows = [r for r in pq.read_table(root / "photos.parquet").to_pylist() if r["status"] == "ok"]
+    assert len(rows) == 6 and all(r["parser"] == "bisenet" for r in rows)  # auto + --weights -> bisenet
+    assert all(sum(r["class_counts"]) == S * S for r in rows)

@@ -12,6 +12,9 @@ How a run goes:
    A run killed at any point resumes with the same command: finished shards of DIR.parse-tmp are skipped, and an
    interrupted swap is completed. With other options than the interrupted run, DIR.parse-tmp is started over.
 
+View metadata written per parsed view: ``parser``, ``seg_source`` ("annotation", "mask" or the model parser),
+``face_fraction``, ``hard``, ``hard_reason`` (when hard), ``parse_error`` (when the parse failed and the view was kept).
+
 Parsers per view (``parser``):
 
 * ``ground-truth``: the view's stored ``seg`` when it did not come from a parse-masks model parser (CelebAMask-HQ
@@ -195,7 +198,7 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
     by_pid = {str(r["photo_id"]): r for r in rows}
 
     samples: list[IdentitySample] = []
-    todo: list[tuple[int, int, np.ndarray]] = []  # (sample index, view index, image) for the model parser
+    todo: list[tuple[int, int, bytes]] = []  # (sample index, view index, image bytes) for the model parser
     results: dict[tuple[int, int], tuple[ParseResult, str]] = {}
     failed_rows: dict[str, tuple[str, str]] = {}  # photo_id -> (reason, error)
     for d in iter_tar_samples(src / f"{task.name}.tar"):
@@ -224,14 +227,17 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
             elif cfg.model_parser is None:
                 results[(si, vi)] = (ParseResult(None, error="no_ground_truth: the view has no seg or mask"), GROUND_TRUTH)
             else:
-                try:
-                    todo.append((si, vi, decode_image(data, "RGB")))
-                except Exception as e:
-                    results[(si, vi)] = (ParseResult(None, error=f"bad_image: {_one_line(e)}"), "none")
-    if todo:
-        name = cfg.model_parser
-        parsed = parse_views([t[2] for t in todo], get_parser(name, cfg), cfg.batch_size)
-        for (si, vi, img), r in zip(todo, parsed):
+                todo.append((si, vi, data))
+    name = cfg.model_parser
+    for i in range(0, len(todo), cfg.batch_size):  # images decoded one batch at a time
+        chunk = []
+        for si, vi, data in todo[i : i + cfg.batch_size]:
+            try:
+                chunk.append((si, vi, decode_image(data, "RGB")))
+            except Exception as e:
+                results[(si, vi)] = (ParseResult(None, error=f"bad_image: {_one_line(e)}"), name)
+        parsed = parse_views([c[2] for c in chunk], get_parser(name, cfg), cfg.batch_size) if chunk else []
+        for (si, vi, img), r in zip(chunk, parsed):
             if r.ok and r.seg.shape != img.shape[:2]:
                 r = ParseResult(None, error=f"parser_error: label map {r.seg.shape} for image {img.shape[:2]}")
             results[(si, vi)] = (r, name)
@@ -263,8 +269,8 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
                 hard_reason = f"face_fraction {ff:.3f} < {cfg.min_face_fraction:g}"
             v.seg = seg
             v.meta.update(parser=pname, seg_source=seg_source, face_fraction=round(ff, 5), hard=hard_reason is not None)
-            for k in ("hard_reason", "parse_error"):
-                v.meta.pop(k, None)
+            v.meta.pop("hard_reason", None)
+            prev_error = v.meta.pop("parse_error", None)
             if hard_reason is not None:
                 v.meta["hard_reason"] = hard_reason
             if error is not None:
@@ -274,6 +280,8 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
                            hard=hard_reason is not None, hard_reason=hard_reason)
                 if error is not None:
                     row["error"] = error
+                elif prev_error is not None and row.get("error") == prev_error:
+                    row["error"] = None  # an earlier run's parse failure, parsed now
             kept.append(v)
         if kept:
             s.views = kept

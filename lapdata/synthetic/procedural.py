@@ -30,7 +30,7 @@ from .mesh import FaceMesh, composite_view, frame_for_eyes, render_mesh
 @dataclass(frozen=True)
 class ProceduralConfig:
     fov_deg: float = 10.0
-    rows: int = 0  # mesh rows (latitude); 0 = automatic from the image size
+    rows: int = 0  # mesh rows (latitude); 0 = automatic: 0.4 x size in 64..200
     cols: int = 0  # mesh columns (longitude), even; 0 = automatic
     texture: int = 0  # texture side; 0 = automatic (2 x size, 256..2048)
     ssaa: int = 1  # supersampling factor (anti-aliased edges, costs ssaa^2)
@@ -258,7 +258,7 @@ class ProceduralBackend:
     # ---------------------------------------------------------------------------------------------- geometry
     def _sizes(self, size: int) -> tuple[int, int, int]:
         c = self.config
-        rows = c.rows or int(np.clip(size * 0.75, 96, 320))
+        rows = c.rows or int(np.clip(size * 0.4, 64, 200))
         cols = c.cols or 2 * rows
         cols += cols % 2
         tex = c.texture or int(np.clip(2 * size, 256, 2048))
