@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import gc
 import os
 import socket
 from pathlib import Path
@@ -224,6 +225,11 @@ def _ddp_worker(rank: int, world: int, port: int, images: torch.Tensor, state: d
     loss.backward()
     if rank == 0:
         torch.save({k: p.grad for k, p in m.named_parameters()}, out)
+    # free DDP's reducer (it holds the process group) before destroying the group: dropping the last reference to
+    # a gloo group while holding the GIL can deadlock against gloo's worker thread at exit
+    del ddp, o, loss
+    gc.collect()
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
