@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from .errors import LapError
 from .sample import EXTRA_FIELDS
 from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, STATUSES, check_schema
-from .writer import SHARD_DIR, iter_tar_samples
+from .writer import SHARD_DIR, iter_tar_samples, sha256_file
 
 NUM_CLASSES = 19
 
@@ -50,14 +50,6 @@ class AuditReport:
     def to_json(self) -> dict:
         return {"dataset": self.root, "ok": self.ok, "num_faults": len(self.faults), "faults": self.faults,
                 "summary": self.summary}
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:
@@ -154,7 +146,7 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         size = tar.stat().st_size
         if r["bytes"] is not None and size != r["bytes"]:
             fault(f"{tar}: {size} bytes, shards.parquet says {r['bytes']}")
-        digest = _sha256_file(tar)
+        digest = sha256_file(tar)
         if r["sha256"] is not None and digest != r["sha256"]:
             fault(f"{tar}: sha256 does not match shards.parquet (tampered or rewritten)")
         if not contents:

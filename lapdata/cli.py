@@ -3,29 +3,36 @@
 from __future__ import annotations
 
 import importlib
+from typing import Sequence
 
 import typer
 
-app = typer.Typer(
-    name="lapdata",
-    help="Build identity-grouped WebDataset archives for LAP: ingest photo collections, synthesize multi-pose sets, "
+
+def make_app(name: str, help: str, package: str, modules: Sequence[str]) -> typer.Typer:
+    """A typer app whose commands come from ``{package}.commands.<module>.register(app)``.
+
+    Command modules import their heavy dependencies inside the commands, so ``--help`` stays fast.
+    """
+    app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False)
+    for mod_name in modules:
+        try:
+            mod = importlib.import_module(f"{package}.commands.{mod_name}")
+        except ModuleNotFoundError as e:  # an optional command module that is not there
+            if e.name != f"{package}.commands.{mod_name}":
+                raise
+            continue
+        mod.register(app)
+    return app
+
+
+app = make_app(
+    "lapdata",
+    "Build identity-grouped WebDataset archives for LAP: ingest photo collections, synthesize multi-pose sets, "
     "parse face masks, audit and merge.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+    "lapdata",
+    ("ingest", "audit", "synthetic", "parse"),
 )
-
-# Each module defines register(app: typer.Typer) and imports its heavy dependencies inside the commands.
-COMMAND_MODULES = ("ingest", "audit", "synthetic", "parse")
-
-for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"lapdata.commands.{_name}")
-    except ModuleNotFoundError as _e:  # a command module not written yet
-        if _e.name != f"lapdata.commands.{_name}":
-            raise
-        continue
-    _mod.register(app)
 
 
 def main() -> None:

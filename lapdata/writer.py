@@ -146,7 +146,8 @@ def _atomic_write_json(path: Path, doc: Any) -> None:
     _atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8"))
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -218,7 +219,7 @@ def write_shard(
         "num_images": num_images,
         "num_rows": len(rows),
         "bytes": tar_path.stat().st_size,
-        "sha256": _sha256_file(tar_path),
+        "sha256": sha256_file(tar_path),
         "status_counts": dict(sorted(status.items())),
         "reason_counts": dict(sorted(reason.items())),
         "seconds": round(seconds, 4),

@@ -87,7 +87,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Read a checkpoint (weights_only); LapError naming the file when it is missing or not a lapmodel checkpoint."""
     p = Path(path)
     if not p.is_file():
-        raise LapError(f"{p}: checkpoint does not exist")
+        raise LapError(f"{p}: checkpoint not found")
     try:
         doc = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001

@@ -477,17 +477,9 @@ def evaluate_checkpoint(
     from lapmodel.reconstruct import model_image_size
 
     if model is None:
-        ck = Path(checkpoint)
-        if not ck.is_file():
-            raise LapError(f"{ck}: checkpoint not found")
         from lapmodel.checkpoint import load_model
 
-        try:
-            model = load_model(ck, device=device)
-        except TypeError:
-            model = load_model(ck)
-            if hasattr(model, "to"):
-                model = model.to(device)
+        model = load_model(checkpoint, device=device)  # LapError naming the file when missing or not a checkpoint
     if id_model is not None and not Path(id_model).is_file():
         raise LapError(f"{id_model}: identity model (ArcFace ONNX) not found")
     s = size or model_image_size(model)

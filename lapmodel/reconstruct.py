@@ -357,17 +357,9 @@ def reconstruct_paths(
     Returns the report written to ``out_dir/reconstruct.json``: counts, skipped files with reasons, outputs.
     """
     if model is None:
-        ck = Path(checkpoint)
-        if not ck.is_file():
-            raise LapError(f"{ck}: checkpoint not found")
         from lapmodel.checkpoint import load_model
 
-        try:
-            model = load_model(ck, device=device)
-        except TypeError:  # load_model(path) without a device argument
-            model = load_model(ck)
-            if hasattr(model, "to"):
-                model = model.to(device)
+        model = load_model(checkpoint, device=device)  # LapError naming the file when missing or not a checkpoint
     if as_set and not model_accepts_sets(model):
         raise LapError(f"{checkpoint}: --set needs a LAP checkpoint (this model reconstructs single images)")
     s = size or model_image_size(model)
