@@ -13,18 +13,20 @@ Detectors (``__call__(image) -> list[Face]``, all faces, sorted by box area, lar
 
 Alignment: :func:`align_face` estimates the least-squares similarity transform (Umeyama) from 5 points -- eye
 centres, nose tip, mouth corners, in image order left-to-right -- to a fixed template and warps with bilinear
-sampling. The default ``lap`` template frames the whole face with a margin, close to the CelebA/Unsup3D framing
-LAP trains on: inter-ocular distance ``iod`` = 0.28 of the crop side, eye midpoint at ``(0.5, eye_y=0.37)`` of the
-crop; the five points keep the proportions of the ArcFace mean face. The rule string recorded in the manifest is
-e.g. ``"sim5:template=lap,iod=0.28,eye_y=0.37,size=128,border=replicate"``.
+sampling. The default ``lap`` template is the framing of the crops Unsup3D and LAP train on (the face fills the
+frame, forehead to chin): inter-ocular distance ``iod`` = 0.35 of the crop side, eye midpoint at
+``(0.5, eye_y=0.33)`` of the crop, measured with dlib's 68 landmarks on Unsup3D's CelebA demo crops (iod 0.31-0.39,
+mean 0.35; eye line 0.29-0.37, mean 0.33) and LAP's demo faces (0.35 / 0.33); the five points keep the proportions
+of the ArcFace mean face. The synthetic sets (``lapdata.synthetic``) frame their frontal views with this template
+too. The rule string recorded in the manifest is e.g. ``"sim5:template=lap,iod=0.35,eye_y=0.33,size=128,border=replicate"``.
 
 Pre-aligned sources (:func:`crop_prealigned`) use the same template: each known layout has fixed source
 points (its own mean 5 points), so the framing matches :func:`align_face`:
 
 * ``arcface112`` -- insightface/ArcFace 112x112 crops (celebrity sets, CASIA/Glint .rec). The lap framing reaches
-  beyond the ArcFace crop (~6 % each side, ~15 % below the chin), filled by edge replication.
-* ``celeba-align`` -- CelebA ``img_align_celeba`` 178x218: the lap framing is the fixed box of side 132 px at
-  (x=22.2, y=62.5) (inside the image; :func:`prealigned_box`), resized.
+  ~7 % below the ArcFace crop (under the chin), filled by edge replication.
+* ``celeba-align`` -- CelebA ``img_align_celeba`` 178x218: the lap framing is the fixed box of side 105.6 px at
+  (x=35.5, y=76.5) (inside the image; :func:`prealigned_box`), resized.
 * ``resize`` -- already framed the lap way (e.g. LAP/Unsup3D demo faces): centre square crop, resize.
 * ``auto`` -- picks ``arcface112`` for 112x112 images, ``celeba-align`` for 178x218, else ``resize``.
 """
@@ -53,8 +55,8 @@ CELEBA_ALIGN_5 = np.array(
     [[69.0, 111.5], [107.5, 111.5], [88.0, 134.8], [71.6, 152.2], [105.8, 152.0]], dtype=np.float64
 )
 
-DEFAULT_IOD = 0.28
-DEFAULT_EYE_Y = 0.37
+DEFAULT_IOD = 0.35
+DEFAULT_EYE_Y = 0.33
 DEFAULT_BORDER = "replicate"
 
 
@@ -287,7 +289,7 @@ def crop_prealigned(
     """Crop a pre-aligned face with a fixed rule giving the ``lap`` framing of :func:`align_face`.
 
     image (H, W, 3) uint8 -> (size, size, 3) uint8 and the full rule string for the manifest, e.g.
-    ``"prealigned:arcface112;sim5:template=lap,iod=0.28,eye_y=0.37,size=128,border=replicate"``.
+    ``"prealigned:arcface112;sim5:template=lap,iod=0.35,eye_y=0.33,size=128,border=replicate"``.
     Rules: ``arcface112`` (ArcFace 112x112 crops; any square size, scaled), ``celeba-align`` (178x218
     img_align_celeba), ``resize`` (centre square crop + resize), ``auto`` (by image size, see module doc)."""
     if rule not in PREALIGNED_RULES:

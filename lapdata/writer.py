@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import LapError
 from .sample import IdentitySample, encode_sample
 from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, table_from_rows
 
@@ -245,6 +246,30 @@ def _run_task(args: tuple) -> dict:
         return {"ok": False, "shard": task.name, "error": f"{type(e).__name__}: {e}"}
 
 
+# options that may change between the runs of one dataset (they do not change what is written)
+RESUMABLE_OPTIONS = frozenset({"workers", "part", "progress", "out", "device"})
+
+
+def check_same_run(out: Path, config: Mapping | None) -> None:
+    """A rerun into an existing dataset must be the same command (up to ``RESUMABLE_OPTIONS``): its finished shards
+    are kept, so other options (a different source, split fractions, size, ...) would mix two datasets.
+    LapError naming the first differing option."""
+    if config is None or not (out / "stats.json").is_file():
+        return
+    try:
+        old = json.loads((out / "stats.json").read_text()).get("config") or {}
+    except (OSError, ValueError):
+        return  # an unreadable stats.json is audit's finding; the shards decide what is finished
+    new = json.loads(json.dumps(dict(config), default=str))
+    for k in sorted(set(old) | set(new)):
+        if k in RESUMABLE_OPTIONS or k == "parse_masks":
+            continue
+        if old.get(k) != new.get(k):
+            short = lambda v: (lambda t: t if len(t) <= 60 else t[:57] + "...")(repr(v))  # noqa: E731
+            raise LapError(f"{out}: holds a dataset written with other options ({k}: {short(old.get(k))} there, "
+                           f"{short(new.get(k))} now); rerun with the same options to resume, or use another --out")
+
+
 def write_dataset(
     out_dir: str | Path,
     tasks: Sequence[ShardTask],
@@ -265,6 +290,7 @@ def write_dataset(
     Returns the stats dict written to DIR/stats.json (plus ``failed``: list of {shard, error} of this run).
     """
     out = Path(out_dir)
+    check_same_run(out, config)
     shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     mine = select_part(tasks, part)
@@ -444,7 +470,6 @@ def read_dataset(out_dir: str | Path, columns: Sequence[str] | None = None) -> p
     """The photos table of a finalized dataset (all rows, ok/skipped/error)."""
     p = Path(out_dir) / "photos.parquet"
     if not p.exists():
-        from .errors import LapError
 
         raise LapError(f"{p}: no photos manifest (not a finalized lapdata dataset)")
     return pq.read_table(p, columns=list(columns) if columns else None)

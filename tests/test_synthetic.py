@@ -182,7 +182,7 @@ def test_build_with_filter_writes_skipped_rows(tmp_path):
     assert stats["status_counts"] == {"ok": 16, "skipped": 4}
     photos = pq.read_table(tmp_path / "ds" / "photos.parquet").to_pandas()
     sk = photos[photos.status == "skipped"]
-    assert set(sk.reason) == {"id_similarity"} and (sk.id_score < 0.6).all() and (sk.yaw == -60).all()
+    assert set(sk.reason) == {"id_similarity"} and (sk.id_score < 0.6).all() and (sk.yaw == -45).all()
     rep = audit_dataset(tmp_path / "ds")
     assert rep.ok, rep.faults[:5]
 
@@ -204,7 +204,7 @@ def test_build_procedural_end_to_end(tmp_path):
     assert rep.ok, rep.faults[:5]
     assert (out / "contact_sheet.png").is_file()
     photos = pq.read_table(out / "photos.parquet").to_pandas()
-    assert sorted(set(np.round(photos.yaw, 3))) == [-60.0, 0.0, 60.0]
+    assert sorted(set(np.round(photos.yaw, 3))) == [-45.0, 0.0, 45.0]
     assert photos.pitch.abs().max() <= 5 and photos.roll.abs().max() <= 3
     # ground truth decodes: depth finite where the mask is, canonical depth present, pose in the metadata
     tar = sorted((out / "shards").glob("*.tar"))[0]

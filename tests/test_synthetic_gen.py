@@ -83,7 +83,7 @@ def test_stylegan_end_to_end(gan_files, tmp_path):
     assert stats["status_counts"] == {"ok": 15}
     assert audit_dataset(out).ok
     photos = pq.read_table(out / "photos.parquet").to_pandas()
-    assert sorted(set(photos.yaw)) == [-60, -30, 0, 30, 60] and (photos.pitch == 0).all()
+    assert sorted(set(photos.yaw)) == [-45, -22.5, 0, 22.5, 45] and (photos.pitch == 0).all()
 
 
 @pytest.mark.parametrize("what", ["boundary_size", "not_image", "missing", "not_script", "no_boundary"])

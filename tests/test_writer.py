@@ -209,3 +209,19 @@ def test_extra_rows_kept(tmp_path):
     assert st["reason_counts"] == {"min_images": 1}
     ids = {r["identity"]: r for r in pq.read_table(tmp_path / "identities.parquet").to_pylist()}
     assert ids["few"]["status"] == "skipped" and ids["few"]["reason"] == "min_images"
+
+
+def test_rerun_with_other_options_is_refused(tmp_path):
+    """A rerun keeps finished shards, so one with other options would silently mix two datasets: refused in one
+    line naming the option; options that do not change the data (workers, part, progress, ...) may differ."""
+    from lapdata.errors import LapError
+
+    tasks = plan_shards(make_groups(), 3)
+    write_dataset(tmp_path, tasks, synth_process, progress=False, config={"fractions": [0.8, 0.1, 0.1], "workers": 1})
+    st = write_dataset(tmp_path, tasks, synth_process, progress=False,
+                       config={"fractions": [0.8, 0.1, 0.1], "workers": 2})
+    assert st["run"]["skipped_finished"] == len(tasks)
+    with pytest.raises(LapError, match=r"fractions: \[0\.8, 0\.1, 0\.1\] there, \[0\.5, 0\.25, 0\.25\] now") as e:
+        write_dataset(tmp_path, tasks, synth_process, progress=False,
+                      config={"fractions": [0.5, 0.25, 0.25], "workers": 1})
+    assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)

@@ -92,7 +92,7 @@ class Backend(Protocol):
 
 def default_poses(
     n: int = 15,
-    yaw_range: tuple[float, float] = (-60.0, 60.0),
+    yaw_range: tuple[float, float] = (-45.0, 45.0),
     rng: np.random.Generator | None = None,
     pitch_jitter: float = 5.0,
     roll_jitter: float = 3.0,

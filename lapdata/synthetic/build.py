@@ -51,7 +51,7 @@ class SynthConfig:
     identities: int = 100
     poses: int = 15
     size: int = 256
-    yaw_range: tuple[float, float] = (-60.0, 60.0)
+    yaw_range: tuple[float, float] = (-45.0, 45.0)  # inside the model's +-60 degree rotation range
     pitch_jitter: float = 5.0  # uniform +- degrees (3D backends)
     roll_jitter: float = 3.0
     seed: int = 0
@@ -70,6 +70,9 @@ class SynthConfig:
     ssaa: int = 1
     expression_scale: float = 1.0
     light: str = "random"
+    background: str = "random"  # random (per view) | gray
+    iod: float = 0.0  # framing: inter-ocular distance / side of a frontal view (0 = lapdata.faces' template)
+    eye_y: float = 0.0  # framing: eye line / side from the top (0 = lapdata.faces' template)
     fov_deg: float = 10.0
     model: str = ""  # ict: the FaceXModel folder
     # stylegan
@@ -104,23 +107,38 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _framing(cfg: SynthConfig) -> dict[str, float]:
+    """The 3D backends' framing (iod, eye_y), validated; lapdata.faces' alignment template where 0."""
+    from lapdata.faces import DEFAULT_EYE_Y, DEFAULT_IOD
+
+    iod, eye_y = cfg.iod or DEFAULT_IOD, cfg.eye_y or DEFAULT_EYE_Y
+    if not (0.05 <= iod <= 0.8 and 0.05 <= eye_y <= 0.8):
+        raise LapError(f"framing: need 0.05 <= iod, eye_y <= 0.8 (fractions of the side), got iod={iod}, eye_y={eye_y}")
+    return {"iod": float(iod), "eye_y": float(eye_y)}
+
+
 def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backend:
     """The configured backend, validated (files, shapes) before any work."""
     dev = resolve_device(cfg.device)
     if cfg.light not in ("random", "frontal"):
         raise LapError(f"light must be random or frontal, got {cfg.light!r}")
+    if cfg.background not in ("random", "gray"):
+        raise LapError(f"background must be random or gray, got {cfg.background!r}")
+    frame = _framing(cfg)
     if cfg.backend == "procedural":
         from .procedural import ProceduralBackend, ProceduralConfig
 
         return ProceduralBackend(ProceduralConfig(fov_deg=cfg.fov_deg, ssaa=cfg.ssaa, light=cfg.light,
-                                                  expression_scale=cfg.expression_scale, device=dev))
+                                                  expression_scale=cfg.expression_scale, device=dev,
+                                                  background=cfg.background, **frame))
     if cfg.backend == "ict":
         from .ict import ICTBackend, ICTConfig
 
         if not cfg.model:
             raise LapError("--backend ict needs --model DIR (the ICT-FaceKit FaceXModel folder)")
         return ICTBackend(cfg.model, ICTConfig(fov_deg=cfg.fov_deg, ssaa=cfg.ssaa, light=cfg.light,
-                                               expression_scale=cfg.expression_scale, device=dev),
+                                               expression_scale=cfg.expression_scale, device=dev,
+                                               background=cfg.background, **frame),
                           cache_dir=cache_dir, progress=cfg.progress)
     if cfg.backend == "stylegan":
         from .stylegan import StyleGANBackend, StyleGANConfig

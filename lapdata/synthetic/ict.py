@@ -38,7 +38,7 @@ from lapdata.errors import LapError
 
 from .albedo import FaceLayout, paint_texture, random_background, sample_appearance
 from .base import IdentityParams, Pose, SynthView, sample_light
-from .mesh import FaceMesh, composite_view, frame_for_eyes, render_mesh, vertex_normals
+from .mesh import FRAME_EYE_Y, FRAME_IOD, FaceMesh, composite_view, frame_for_eyes, render_mesh, vertex_normals
 
 NEUTRAL = "generic_neutral_mesh.obj"
 INDICES = "vertex_indices.json"
@@ -71,6 +71,8 @@ class ICTConfig:
     expression_scale: float = 1.0  # 0 = neutral expression in every view
     light: str = "random"  # random | frontal
     background: str = "random"  # random | gray
+    iod: float = FRAME_IOD  # framing of a frontal view: inter-ocular distance / image side (lapdata.faces)
+    eye_y: float = FRAME_EYE_Y  # eye line / image side, from the top
     device: str = "cpu"
 
 
@@ -583,7 +585,7 @@ class ICTBackend:
             span = vn.max(0) - vn.min(0)
             eye_l, eye_r = c + np.array([-0.2, 0.15, 0]) * span, c + np.array([0.2, 0.15, 0]) * span
         iod = float(np.linalg.norm(eye_r[:2] - eye_l[:2]))
-        extent, ay = frame_for_eyes(iod, 0.5 * (eye_l[1] + eye_r[1]))
+        extent, ay = frame_for_eyes(iod, 0.5 * (eye_l[1] + eye_r[1]), self.config.iod, self.config.eye_y)
         front = vn[m.face_area]
         anchor = np.array([0.5 * (eye_l[0] + eye_r[0]), ay, float(np.percentile(front[:, 2], 90))])
         head = vn[~m.face_area] if (~m.face_area).any() else vn

@@ -16,6 +16,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from lapdata import geometry
+from lapdata.faces import DEFAULT_EYE_Y, DEFAULT_IOD
 from lapdata.raster import interpolate, rasterize
 
 from .base import Pose
@@ -73,15 +74,18 @@ def frame_distance(extent: float, fov_deg: float) -> float:
     return extent / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
 
 
-FRAME_IOD = 0.28  # inter-ocular distance / image side of a frontal view (lapdata.faces' ``lap`` template)
-FRAME_EYE_Y = 0.37  # eye line / image side, from the top
+# a frontal view is framed like a real photo aligned by lapdata.faces (its ``lap`` template): FRAME_IOD is the
+# inter-ocular distance / image side, FRAME_EYE_Y the eye line / image side from the top (one definition)
+FRAME_IOD, FRAME_EYE_Y = DEFAULT_IOD, DEFAULT_EYE_Y
 
 
-def frame_for_eyes(iod: float, eye_y: float) -> tuple[float, float]:
+def frame_for_eyes(iod: float, eye_y: float, frame_iod: float = FRAME_IOD, frame_eye_y: float = FRAME_EYE_Y
+                   ) -> tuple[float, float]:
     """(extent, anchor_y): the frame height and the anchor height (object units) that put a frontal face with
-    inter-ocular distance ``iod`` and eye line ``eye_y`` where the ``lap`` template has them."""
-    extent = iod / FRAME_IOD
-    return extent, eye_y - (0.5 - FRAME_EYE_Y) * extent
+    inter-ocular distance ``iod`` and eye line ``eye_y`` (object units) at ``frame_iod`` x side and
+    ``frame_eye_y`` x side from the top (the ``lap`` template of ``lapdata.faces`` by default)."""
+    extent = iod / frame_iod
+    return extent, eye_y - (0.5 - frame_eye_y) * extent
 
 
 def camera_points(mesh: FaceMesh, verts: Tensor, pose: Pose, fov_deg: float = 10.0) -> tuple[Tensor, Tensor]:

@@ -24,7 +24,7 @@ from scipy.interpolate import PchipInterpolator
 
 from .albedo import FaceLayout, hair_from_uv_region, paint_texture, random_background, sample_appearance
 from .base import IdentityParams, Pose, SynthView, sample_light
-from .mesh import FaceMesh, composite_view, frame_for_eyes, render_mesh
+from .mesh import FRAME_EYE_Y, FRAME_IOD, FaceMesh, composite_view, frame_for_eyes, render_mesh
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class ProceduralConfig:
     expression_scale: float = 1.0  # 0 = neutral face in every view
     light: str = "random"  # random | frontal
     background: str = "random"  # random | gray
+    iod: float = FRAME_IOD  # framing of a frontal view: inter-ocular distance / image side (lapdata.faces)
+    eye_y: float = FRAME_EYE_Y  # eye line / image side, from the top
     identity_scale: float = 1.0  # std-dev multiplier of the identity parameters
     device: str = "cpu"
 
@@ -291,7 +293,7 @@ class ProceduralBackend:
         front = (np.cos(P.reshape(-1)) > 0.3)
         d = ((head[:, :2][None] - lm_xy[:, None]) ** 2).sum(-1) + 1e3 * (~front)[None]
         lms = d.argmin(1)
-        extent, ay = frame_for_eyes(2 * sh.eye_x, sh.eye_y)
+        extent, ay = frame_for_eyes(2 * sh.eye_x, sh.eye_y, self.config.iod, self.config.eye_y)
         anchor = np.array([0.0, ay, float(sh.zf(ay))])
         dev = torch.device(self.config.device)
         f32 = dict(dtype=torch.float32, device=dev)
