@@ -96,6 +96,13 @@ class ModelConfig:
     lam_perc: float = 1.0                # weight of the perceptual (VGG relu3_3) loss
     lam_flip: float = 0.5                # weight of the flipped-reconstruction losses
     lam_flip_start_step: int = 0         # before this step the flip weight is 1 (Unsup3D's lam_flip_start_epoch)
+    # deviations from the official code that make depth learnable at CPU budgets (lapmodel/photogeo.py; 0 / default
+    # = the official behaviour); measured on the quality ladder (benchmarks/quality.py, BENCHMARKS.md)
+    depth_prior: float = 1.0             # ellipsoid cap added to the raw depth before the tanh (0 = none)
+    depth_prior_axes: tuple[float, float] = (0.75, 0.9)  # its semi-axes x, y as fractions of the half side
+    depth_init: Literal["flat", "default"] = "flat"  # flat: the depth decoder's last conv starts at zero
+    lam_depth_sm: float = 2.0            # depth smoothness (Unsup3D's lam_depth_sm, 0 there for faces)
+    uncovered: Literal["grey", "ignore"] = "grey"  # photometric loss at pixels the re-render misses (ignore: Unsup3D)
     lap: LAPConfig = field(default_factory=LAPConfig)  # LAP fields (model.kind: lap)
 
 
@@ -138,7 +145,9 @@ class TrainConfig:
     picture_every: int = 500             # picture grids (TensorBoard + OUT/pictures/step-XXXXXX.png)
     ckpt_every: int = 500                # OUT/last.pt
     keep_every: int | None = None        # also keep OUT/checkpoints/step-XXXXXX.pt every this many steps
-    vgg_weights: str | None = None       # local torchvision vgg16-397923af.pth; None = perceptual loss off
+    perceptual: Literal["auto", "vgg", "mobilenet", "none"] = "auto"  # auto: vgg with vgg_weights, else none
+    vgg_weights: str | None = None       # local torchvision vgg16-397923af.pth (the paper's perceptual network)
+    mobilenet_weights: str | None = None  # torchvision mobilenet_v2-b0353104.pth; None: the packaged file
     init: str | None = None              # checkpoint whose model weights initialise this run (--init)
     out: str = "runs/unsup3d"            # output folder (--out)
     stages: StagesConfig = field(default_factory=StagesConfig)  # LAP: curriculum phases per stage (lapmodel/lap.py)

@@ -239,6 +239,27 @@ def baseline_metrics(es: EvalSet, kind: str, erode: int = 1, fov_deg: float = 10
     return out
 
 
+EXAMPLE_COLUMNS = ("input", "re-render", "pred normal", "gt normal", "pred depth", "gt depth")
+
+
+def example_row(es: EvalSet, rec: Reconstruction, i: int) -> list[Any]:
+    """One row of examples.png: input, re-render, normals and depth (in the input's view) of prediction and ground
+    truth on the evaluated pixels; None where the view has no ground truth."""
+    from lapdata.geometry import depth_to_normals
+
+    pm = rec.recon_mask[i] > 0.5
+    pd = _fill_nan(rec.recon_depth[i:i + 1].double(), pm[None])
+    row = [es.images[i], rec.recon_image[i].clamp(0, 1)]
+    pn = depth_to_normals(pd, rec.fov_deg)[0]
+    if bool(es.has_gt[i]):
+        gm = es.mask[i] & torch.isfinite(es.depth[i])
+        m = metrics.eval_mask(gm[None], pm[None])[0]
+        gn = depth_to_normals(_fill_nan(es.depth[i:i + 1].double(), gm[None]), es.fov_deg or rec.fov_deg)[0]
+        return row + [export.normal_to_image(pn, m), export.normal_to_image(gn, m),
+                      export.depth_to_color(rec.recon_depth[i], m), export.depth_to_color(es.depth[i], m)]
+    return row + [export.normal_to_image(pn, pm), None, export.depth_to_color(rec.recon_depth[i], pm), None]
+
+
 def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     """{metric: per-view values} -> {metric: {mean, std, n}} over finite values; SIDE scaled x100 (x1e-2)."""
     res = {}
@@ -339,13 +360,10 @@ def evaluate_model(
                 mine[n] = view_metrics(es, srec, embedder, erode, idx)
             per_id_curve.append((len(es.images), mine))
         if len(ex_rows) < examples:
-            for i in range(min(len(es.images), examples - len(ex_rows))):
-                gtd = es.depth[i]
-                ex_rows.append([
-                    es.images[i], rec.recon_image[i].clamp(0, 1),
-                    export.depth_to_color(rec.recon_depth[i], rec.recon_mask[i] > 0.5),
-                    export.depth_to_color(gtd, es.mask[i]) if bool(es.has_gt[i]) else None,
-                ])
+            # views spread over the identity's poses, shown with normals and depth of prediction and ground truth
+            n_ex = min(len(es.images), examples - len(ex_rows), max(1, examples // 2))
+            for i in np.linspace(0, len(es.images) - 1, n_ex).round().astype(int).tolist():
+                ex_rows.append(example_row(es, rec, i))
     if counts["views"] == 0:
         raise LapError("no samples in the shards")
     if counts["views_with_gt"] == 0:
@@ -392,7 +410,7 @@ def evaluate_model(
         _write_json(out / "set_size.json", doc["set_size"])
         plot_set_size(set_res, out / "set_size.png")
     if ex_rows:
-        export.save_grid(out / "examples.png", ex_rows, ["input", "re-render", "pred depth", "gt depth"])
+        export.save_grid(out / "examples.png", ex_rows, EXAMPLE_COLUMNS, cell=max(96, es.images.shape[-1]))
     return result
 
 

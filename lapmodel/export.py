@@ -441,7 +441,8 @@ SHAPE_LIGHT = (0.25, 0.75, 0.4, -0.4)  # [ambient, diffuse, dx, dy] of the grey 
 
 
 def turntable_frames(canon_depth: Any, canon_image: Any, n_frames: int = 24, max_yaw_deg: float = 45.0,
-                     fov_deg: float = 10.0, shape: bool = False) -> np.ndarray:
+                     fov_deg: float = 10.0, shape: bool = False,
+                     depth_range: tuple[float, float] = (0.9, 1.1)) -> np.ndarray:
     """Turntable of one canonical face via `lapmodel.renderer.turntable`: (H, W), (3, H, W) -> (T, H, W', 3) uint8.
 
     Yaws sweep 0 -> +max -> -max -> 0 (a smooth loop), ``n_frames`` in all. ``shape``: each frame also shows the
@@ -461,7 +462,7 @@ def turntable_frames(canon_depth: Any, canon_image: Any, n_frames: int = 24, max
             light = torch.tensor([SHAPE_LIGHT], dtype=torch.float32)
             _, grey = renderer.shade(torch.full_like(im, 0.8), normal, light)
             d, im = d.expand(2, -1, -1), torch.cat([im, grey.clamp(0, 1)])
-        fr = renderer.turntable(d, im, yaws, fov_deg=fov_deg)  # (B, T, C, H, W)
+        fr = renderer.turntable(d, im, yaws, fov_deg=fov_deg, depth_range=depth_range)  # (B, T, C, H, W)
     fr = torch.cat(list(fr), dim=-1) if shape else fr[0]  # side by side: (T, C, H, B*W)
     return np.stack([to_uint8_image(f) for f in fr.clamp(0, 1)])
 

@@ -18,10 +18,8 @@ Stages (``model.lap.stage`` in the config; ``lapmodel train --stage``):
   + perceptual) on the re-render of (a_t, d_t).
 * ``finetune``: every network trained jointly; loss = RCL on (a_c, d_c) + Eq. 3 on (a_t, d_t).
 
-Conventions follow Unsup3D: networks see images in [-1, 1]; albedo is tanh; the raw depth is mean-centred, tanh'd
-and rescaled into [min_depth, max_depth] with a fixed 2-pixel border; view = tanh * (rotation range in degrees ->
-radians, xy translation range, z translation range); light = [ambient, diffuse] mapped into their ranges and the
-direction (x, y) as predicted.
+The photo-geometric core (depth / light / view mappings, the render of (albedo, depth) into each photo's view and
+its flipped version, Eq. 3 + perceptual + smoothness) is ``lapmodel.photogeo``, the same code as Unsup3D's.
 """
 
 from __future__ import annotations
@@ -35,96 +33,19 @@ from torch import Tensor, nn
 
 from lapdata.errors import LapError
 
-from . import losses
+from . import photogeo
 from .aggregate import Aggregator
+from .photogeo import RenderOut
 from .networks import ConfNet, Encoder
 from .outputs import Reconstruction
 from .refine import Refiner
-from .unsup3d import depth_border as border_width
 
 STAGES = ("aggregate", "personalize", "finetune")
 
 
-# --------------------------------------------------------------------------------------------- Unsup3D mappings
-
-
-def depth_border(size: int, device=None) -> Tensor:
-    """(S, S) float: 1 on the left/right border columns (``unsup3d.depth_border``: S // 32) pinned to the border
-    depth, as Unsup3D."""
-    k = border_width(size)
-    m = torch.zeros(size, size, device=device)
-    m[:, :k] = 1
-    m[:, size - k:] = 1
-    return m
-
-
-def process_depth(raw: Tensor, min_depth: float, max_depth: float, border_depth: float | None) -> Tensor:
-    """Raw depth (B, 1, S, S) or (B, S, S) -> canonical depth (B, S, S) in [min_depth, max_depth] (Unsup3D)."""
-    d = raw.squeeze(1) if raw.dim() == 4 else raw
-    d = d - d.flatten(1).mean(1)[:, None, None]
-    d = d.tanh()
-    d = (1 + d) / 2 * (max_depth - min_depth) + min_depth
-    bd = 0.7 * max_depth + 0.3 * min_depth if border_depth is None else border_depth
-    m = depth_border(d.shape[-1], d.device)
-    return d * (1 - m) + bd * m
-
-
-def map_view(v: Tensor, rot_deg: float, xy: float, z: float) -> Tensor:
-    """Tanh output (B, 6) -> view (B, 6): rotations in radians, translations in camera units."""
-    scale = v.new_tensor([math.radians(rot_deg)] * 3 + [xy, xy, z])
-    return v * scale
-
-
-def map_light(l: Tensor, amb: tuple[float, float], diff: tuple[float, float]) -> Tensor:
-    """Tanh output (B, 4) -> [ambient, diffuse, dir_x, dir_y] with ambient/diffuse in their ranges."""
-    a = (l[:, :1] + 1) / 2 * (amb[1] - amb[0]) + amb[0]
-    d = (l[:, 1:2] + 1) / 2 * (diff[1] - diff[0]) + diff[0]
-    return torch.cat([a, d, l[:, 2:4]], dim=1)
-
-
-@dataclass
-class RenderOut:
-    """A photo-geometric render of M canonical (albedo, depth) pairs into M views.
-
-    albedo (M, 3, S, S) [0, 1]; depth (M, S, S); normal (M, S, S, 3); shading (M, 1, S, S); canon_image (M, 3, S, S)
-    [0, 1]; recon (M, 3, S, S) [0, 1]; recon_depth (M, S, S); mask (M, S, S) 0/1; recon_flip / mask_flip: the
-    same with the canonical maps mirrored (None when not asked).
-    """
-
-    albedo: Tensor
-    depth: Tensor
-    normal: Tensor
-    shading: Tensor
-    canon_image: Tensor
-    recon: Tensor
-    recon_depth: Tensor
-    mask: Tensor
-    recon_flip: Tensor | None = None
-    mask_flip: Tensor | None = None
-
-
-def photo_geometric_render(albedo: Tensor, depth: Tensor, light: Tensor, view: Tensor, fov_deg: float,
-                           flip: bool = True) -> RenderOut:
-    """albedo (M, 3, S, S) in [0, 1], depth (M, S, S), light (M, 4) mapped, view (M, 6) -> RenderOut."""
-    from . import renderer
-
-    m = albedo.shape[0]
-    with torch.autocast(device_type=albedo.device.type, enabled=False):  # geometry in fp32 (as unsup3d.py)
-        albedo, depth, light, view = albedo.float(), depth.float(), light.float(), view.float()
-        if flip:  # the canonical maps and their mirror images, rendered in one batch
-            depth2 = torch.cat([depth, depth.flip(-1)], 0)  # (2M, S, S)
-            albedo2 = torch.cat([albedo, albedo.flip(-1)], 0)  # (2M, 3, S, S)
-            light2, view2 = light.repeat(2, 1), view.repeat(2, 1)
-        else:
-            depth2, albedo2, light2, view2 = depth, albedo, light, view
-        normal = renderer.depth_to_normal(depth2, fov_deg)  # (2M, S, S, 3)
-        shading, canon_image = renderer.shade(albedo2, normal, light2)  # (2M, 1, S, S), (2M, 3, S, S)
-        r = renderer.render(depth2, canon_image, view2, fov_deg)
-    out = RenderOut(albedo, depth, normal[:m], shading[:m], canon_image[:m], r.image[:m], r.depth[:m],
-                    r.mask[:m].detach())
-    if flip:
-        out.recon_flip, out.mask_flip = r.image[m:], r.mask[m:].detach()
-    return out
+def process_depth(raw: Tensor, cfg) -> Tensor:
+    """Raw depth (B, 1, S, S) or (B, S, S) -> canonical depth (B, S, S) (``photogeo.map_depth``, prior included)."""
+    return photogeo.map_depth(raw, cfg)
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -181,6 +102,8 @@ class LAPModel(nn.Module):
         self.light_net = Encoder(3, 4, s, cfg.nf_encoder)  # (M, 3, S, S) -> (M, 4)
         self.view_net = Encoder(3, 6, s, cfg.nf_encoder)  # (M, 3, S, S) -> (M, 6)
         self.conf_net = ConfNet(3, s, cfg.nf, cfg.zdim_conf) if cfg.use_conf else None
+        if cfg.depth_init == "flat":
+            photogeo.init_flat_depth(self.depth_agg.decoder)
         self.refiner = Refiner(lap.refine_size, lap.refine_nf, lap.target_size, lap.filtered_connection,
                                lap.injection) if lap.refiner else None
         self.vgg = vgg  # frozen VGG16 relu3_3 or None (perceptual loss off)
@@ -220,9 +143,8 @@ class LAPModel(nn.Module):
 
     def _per_view(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x (M, 3, S, S) in [-1, 1] -> view (M, 6), light (M, 4), conf (M, 2, S, S), conf_perc (M, 2, S/4, S/4)."""
-        c = self.cfg
-        view = map_view(self.view_net(x), c.xyz_rotation_range, c.xy_translation_range, c.z_translation_range)
-        light = map_light(self.light_net(x), (c.min_amb_light, c.max_amb_light), (c.min_diff_light, c.max_diff_light))
+        view = photogeo.map_view(self.view_net(x), self.cfg)
+        light = photogeo.map_light(self.light_net(x), self.cfg)
         if self.conf_net is not None:
             conf, conf_perc = self.conf_net(x)
         else:
@@ -273,12 +195,12 @@ class LAPModel(nn.Module):
             view, light, conf, conf_perc = self._per_view(xv)
         canon_albedo = a_out.canon / 2 + 0.5  # (B, 3, S, S) in [0, 1]
         c = self.cfg
-        canon_depth = process_depth(d_out.canon, c.min_depth, c.max_depth, c.border_depth)  # (B, S, S)
+        canon_depth = process_depth(d_out.canon, c)  # (B, S, S)
         weights, frac = self._loss_weights(images, valid, getattr(batch, "seg", None), getattr(batch, "hard", None))
         agg = None
         if stage != "personalize" or not self.training:
             with torch.set_grad_enabled(base_grad):
-                agg = photo_geometric_render(canon_albedo[index], canon_depth[index], light, view, c.fov_deg)
+                agg = photogeo.render(canon_albedo[index], canon_depth[index], light, view, c)
         ref = None
         if stage != "aggregate":
             ref = self._refine(a_out.canon[index], d_out.canon[index], xv, light, view)
@@ -294,44 +216,19 @@ class LAPModel(nn.Module):
         c = self.cfg
         r = self.refiner(albedo_raw, depth_raw, xv)
         a_t = (r.albedo.clamp(-1, 1) / 2 + 0.5)  # (M, 3, R, R)
-        d_t = process_depth(r.depth, c.min_depth, c.max_depth, c.border_depth)  # (M, R, R)
-        return photo_geometric_render(a_t, d_t, light, view, c.fov_deg, flip=flip)
+        d_t = process_depth(r.depth, c)  # (M, R, R)
+        return photogeo.render(a_t, d_t, light, view, c, flip=flip)
 
     # ----------------------------------------------------------------------------------------- losses
 
     def flip_weight(self) -> float:
-        c = self.cfg
-        return 1.0 if self.step < c.lam_flip_start_step else c.lam_flip
+        return photogeo.flip_weight(self.cfg, self.step)
 
     def _render_loss(self, r: RenderOut, images: Tensor, conf: Tensor, conf_perc: Tensor, weight: Tensor | None,
-                     prefix: str) -> tuple[Tensor, dict[str, float]]:
-        """Eq. 3 (+ flip, + perceptual) of one RenderOut against the input views (resized to the render's size)."""
-        s = r.recon.shape[-1]
-        if images.shape[-1] != s:
-            images = F.interpolate(images, size=(s, s), mode="bilinear", align_corners=False)
-            conf = F.interpolate(conf, size=(s, s), mode="bilinear", align_corners=False)
-            conf_perc = F.interpolate(conf_perc, size=(s // 4, s // 4), mode="bilinear", align_corners=False)
-            if weight is not None:
-                weight = F.interpolate(weight[:, None], size=(s, s), mode="nearest")[:, 0]
-        lam_flip = self.flip_weight()
-        mask = (r.mask * r.mask_flip) if r.mask_flip is not None else r.mask  # Unsup3D: both renders cover it
-        # photometric losses on [-1, 1] images as Unsup3D
-        l1 = losses.photometric_loss(r.recon * 2 - 1, images * 2 - 1, conf[:, :1], mask, weight)
-        total = l1
-        logs = {f"{prefix}l1": l1.detach()}
-        if r.recon_flip is not None:
-            l1f = losses.photometric_loss(r.recon_flip * 2 - 1, images * 2 - 1, conf[:, 1:], mask, weight)
-            total = total + lam_flip * l1f
-            logs[f"{prefix}l1_flip"] = l1f.detach()
-        if self.vgg is not None and self.cfg.lam_perc > 0:
-            perc = losses.perceptual_loss(self.vgg, r.recon, images, conf_perc[:, :1], mask, weight)
-            total = total + self.cfg.lam_perc * perc
-            logs[f"{prefix}perc"] = perc.detach()
-            if r.recon_flip is not None:
-                percf = losses.perceptual_loss(self.vgg, r.recon_flip, images, conf_perc[:, 1:], mask, weight)
-                total = total + self.cfg.lam_perc * lam_flip * percf
-                logs[f"{prefix}perc_flip"] = percf.detach()
-        return total, logs
+                     prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
+        """``photogeo.reconstruction_loss`` of one RenderOut against the input views."""
+        return photogeo.reconstruction_loss(r, images, self.cfg, conf=conf, conf_perc=conf_perc, perceptual=self.vgg,
+                                            lam_flip=self.flip_weight(), weight=weight, prefix=prefix)
 
     def loss(self, out: LAPOutput, batch=None) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss of the stage and a dict of detached scalars to log."""
@@ -394,7 +291,8 @@ class LAPModel(nn.Module):
             try:
                 with torch.autocast(device_type=r.depth.device.type, enabled=False):
                     tt = renderer.turntable(r.depth[:k].float(), r.canon_image[:k].float(),
-                                            [math.radians(y) for y in yaws], c.fov_deg)  # (k, T, 3, S, S)
+                                            [math.radians(y) for y in yaws], c.fov_deg,
+                                            depth_range=photogeo.depth_range(c))  # (k, T, 3, S, S)
                 panels += [(f"yaw {y:+d}", rgb(tt[:, i])) for i, y in enumerate(yaws)]
             except Exception:  # noqa: BLE001 - a picture never stops training
                 pass
@@ -440,12 +338,13 @@ class LAPModel(nn.Module):
                     a_raw = F.interpolate(a_raw, size=(s, s), mode="bilinear", align_corners=False)
                     d_raw = F.interpolate(d_raw, size=(s, s), mode="bilinear", align_corners=False)
             albedo = a_raw / 2 + 0.5
-            depth = process_depth(d_raw, c.min_depth, c.max_depth, c.border_depth)
-            r = photo_geometric_render(albedo, depth, light, view, c.fov_deg, flip=False)
+            depth = process_depth(d_raw, c)
+            r = photogeo.render(albedo, depth, light, view, c, flip=False)
             return Reconstruction(
                 canon_depth=depth, canon_albedo=albedo, canon_normal=r.normal, canon_shading=r.shading,
                 canon_image=r.canon_image.clamp(0, 1), view=view, light=light, recon_image=r.recon.clamp(0, 1),
                 recon_depth=r.recon_depth, recon_mask=r.mask, fov_deg=c.fov_deg,
+                depth_range=photogeo.depth_range(c),
             )
         finally:
             self.train(was)

@@ -27,6 +27,7 @@ class Reconstruction:
     recon_depth:   (B, S, S)     depth in the input's view
     recon_mask:    (B, S, S)     1 where the re-render has a surface
     fov_deg:       float         camera field of view used
+    depth_range:   (lo, hi)      the model's canonical depth range (the renderer's background lies beyond it)
     """
 
     canon_depth: Tensor
@@ -40,3 +41,4 @@ class Reconstruction:
     recon_depth: Tensor
     recon_mask: Tensor
     fov_deg: float = 10.0
+    depth_range: tuple[float, float] = (0.9, 1.1)

@@ -215,7 +215,7 @@ def cat_reconstructions(recs: Sequence[Reconstruction], n_total: int | None = No
             n = r.recon_image.shape[0]
             parts.append(_rows(getattr(r, f).detach().float().cpu(), n))
         vals[f] = torch.cat(parts)
-    return Reconstruction(**vals, fov_deg=float(recs[0].fov_deg))
+    return Reconstruction(**vals, fov_deg=float(recs[0].fov_deg), depth_range=tuple(recs[0].depth_range))
 
 
 def write_reconstruction(
@@ -257,7 +257,7 @@ def write_reconstruction(
     if turntable > 0:
         try:
             frames = export.turntable_frames(cd, rec.canon_image[i].clamp(0, 1), n_frames=turntable, fov_deg=fov,
-                                             shape=True)
+                                             shape=True, depth_range=rec.depth_range)
             written["turntable"] = export.write_gif(out / "turntable.gif", frames)
         except ImportError as e:  # renderer missing (only while the toolkit is being assembled)
             (out / "turntable.txt").write_text(f"turntable not rendered: {e}\n")

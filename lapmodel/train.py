@@ -44,7 +44,7 @@ from . import renderer
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .config import MODEL_KINDS, TrainConfig
 from .data import Batch, count_samples, data_position, expand_shards, make_loader
-from .vgg import load_vgg
+from .perceptual import load_perceptual
 
 
 class TrainingDiverged(LapError):
@@ -63,20 +63,17 @@ class TrainResult:
 
 
 def build_model(cfg: TrainConfig, training: bool = True) -> nn.Module:
-    """The model ``cfg.model.kind`` names. ``training``: load the perceptual VGG (cfg.vgg_weights) when given."""
+    """The model ``cfg.model.kind`` names. ``training``: load the perceptual network (``cfg.perceptual``)."""
     kind = cfg.model.kind
     if kind not in MODEL_KINDS:
         raise LapError(f"model.kind {kind!r} is not one of {list(MODEL_KINDS)}")
-    vgg = load_vgg(cfg.vgg_weights) if training and cfg.vgg_weights else None
+    vgg = load_perceptual(cfg.perceptual, cfg.vgg_weights, cfg.mobilenet_weights) \
+        if training and cfg.model.lam_perc > 0 else None
     if kind == "unsup3d":
         from .unsup3d import Unsup3D
 
         return Unsup3D(cfg.model, vgg)
     if kind == "lap":
-        from .lap import LAPModel
-
-        return LAPModel(cfg.model, vgg)
-    if kind == "lap":  # LAP engineer (additive): the aggregate-and-personalize model, lapmodel/lap.py
         from .lap import LAPModel
 
         return LAPModel(cfg.model, vgg)
@@ -236,10 +233,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = build_model(cfg).to(device)
-    if getattr(model, "vgg", "absent") is None and cfg.model.lam_perc > 0:
-        say("WARNING " + "!" * 60 + "\nWARNING: no vgg_weights given: the perceptual loss is OFF (the paper uses it)."
-            "\nWARNING: pass --set vgg_weights=/path/to/vgg16-397923af.pth (torchvision's file) to enable it.\n"
-            "WARNING " + "!" * 60)
+    if getattr(model, "vgg", "absent") is None and cfg.model.lam_perc > 0 and cfg.perceptual == "auto":
+        say("note: the perceptual loss is off (no vgg_weights: give torchvision's vgg16-397923af.pth for the paper's "
+            "VGG16, or perceptual: mobilenet for the packaged MobileNetV2)")
     if stage is not None and hasattr(model, "set_stage"):
         model.set_stage(stage)
     params = model.trainable_parameters(stage) if hasattr(model, "trainable_parameters") else \

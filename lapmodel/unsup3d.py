@@ -2,30 +2,25 @@
 
 Per image, five networks predict the canonical (frontal, symmetric) depth and albedo, a light and a viewpoint, and
 two confidence maps. The canonical depth/albedo are also flipped horizontally; both versions are shaded, rendered
-into the input's view by ``lapmodel.renderer`` and compared with the input (Eq. 3 of LAP: confidence-calibrated
-L1 + a perceptual loss on VGG16 relu3_3 with its own confidence). The flipped reconstruction is what makes the
-model learn symmetric shape.
+into the input's view and compared with the input (Eq. 3 of LAP: confidence-calibrated L1 + a perceptual loss with
+its own confidence, + depth smoothness). The flipped reconstruction is what makes the model learn symmetric shape.
 
-Mappings (Unsup3D): depth = tanh(raw - mean(raw)) rescaled into [min_depth, max_depth], with a fixed border of
-``S // 32`` columns on the left and right at ``border_depth``; rotation angles = tanh * xyz_rotation_range
-(degrees); translations = tanh * ranges; ambient / diffuse light = tanh rescaled into [min, max] (>= 0); light
-direction (dx, dy) = tanh output (the renderer normalises (dx, dy, 1)). Networks see images in [-1, 1]; the
-photometric loss is computed in that range (as Unsup3D); pictures and outputs are in [0, 1].
+Everything between the networks' raw outputs and the loss (mappings, render, loss, and the deviations from the
+official code with their reasons) is ``lapmodel.photogeo``, shared with the LAP model. Networks see images in
+[-1, 1]; the photometric loss is computed in that range (as Unsup3D); pictures and outputs are in [0, 1].
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from lapmodel import renderer
+from lapmodel import photogeo
 from lapmodel.outputs import Reconstruction
 
 from .config import ModelConfig
-from .losses import perceptual_loss, photometric_loss
 from .networks import ConfNet, EDDeconv, Encoder, num_stages
 from .vgg import VGG16Relu33
 
@@ -52,11 +47,6 @@ class Unsup3DOutput:
     weight: Tensor | None = None  # (B, 1, S, S) per-pixel loss weight carried from a Batch (hard views -> 0)
 
 
-def depth_border(size: int) -> int:
-    """Columns fixed at the border depth on each side (2 at 64 px as Unsup3D)."""
-    return max(1, size // 32)
-
-
 class Unsup3D(nn.Module):
     """Photo-geometric autoencoder. ``forward(images (B, 3, S, S) in [0, 1] | Batch) -> Unsup3DOutput``.
 
@@ -74,39 +64,24 @@ class Unsup3D(nn.Module):
         self.netL = Encoder(3, 4, s, cfg.nf_encoder)                      # (B, 3, S, S) -> (B, 4) tanh
         self.netV = Encoder(3, 6, s, cfg.nf_encoder)                      # (B, 3, S, S) -> (B, 6) tanh
         self.netC = ConfNet(3, s, cfg.nf, cfg.zdim_conf) if cfg.use_conf else None
+        if cfg.depth_init == "flat":
+            photogeo.init_flat_depth(self.netD)
         self.vgg = vgg
         self.step = 0  # set by the training loop (flip-weight schedule)
 
-    # ----------------------------------------------------------------------------------------- mappings
     @property
     def border_depth(self) -> float:
-        c = self.cfg
-        return c.border_depth if c.border_depth is not None else 0.7 * c.max_depth + 0.3 * c.min_depth
+        return photogeo.border_depth(self.cfg)
 
     def map_depth(self, raw: Tensor) -> Tensor:
-        """(B, S, S) raw network output -> canonical depth in [min, max] with the border fixed."""
-        c = self.cfg
-        d = torch.tanh(raw - raw.mean(dim=(1, 2), keepdim=True))
-        d = (1 + d) / 2 * c.max_depth + (1 - d) / 2 * c.min_depth
-        k = depth_border(d.shape[-1])
-        border = torch.zeros_like(d[:1])
-        border[..., :k] = 1
-        border[..., -k:] = 1
-        return d * (1 - border) + border * self.border_depth
+        """(B, S, S) raw network output -> canonical depth in [min, max] (``photogeo.map_depth``)."""
+        return photogeo.map_depth(raw, self.cfg)
 
     def map_light(self, raw: Tensor) -> Tensor:
-        """(B, 4) tanh output -> [ambient, diffuse, dx, dy] with ambient/diffuse in their [min, max] ranges."""
-        c = self.cfg
-        amb = (1 + raw[:, :1]) / 2 * c.max_amb_light + (1 - raw[:, :1]) / 2 * c.min_amb_light
-        dif = (1 + raw[:, 1:2]) / 2 * c.max_diff_light + (1 - raw[:, 1:2]) / 2 * c.min_diff_light
-        return torch.cat([amb, dif, raw[:, 2:4]], 1)
+        return photogeo.map_light(raw, self.cfg)
 
     def map_view(self, raw: Tensor) -> Tensor:
-        """(B, 6) tanh output -> rotations (radians) and translations within the configured ranges."""
-        c = self.cfg
-        return torch.cat([raw[:, :3] * (math.pi / 180 * c.xyz_rotation_range),
-                          raw[:, 3:5] * c.xy_translation_range,
-                          raw[:, 5:6] * c.z_translation_range], 1)
+        return photogeo.map_view(raw, self.cfg)
 
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor | "Batch") -> Unsup3DOutput:  # noqa: F821
@@ -131,58 +106,36 @@ class Unsup3D(nn.Module):
         else:
             conf_l1 = conf_perc = None
 
-        with torch.autocast(device_type=images.device.type, enabled=False):  # geometry in fp32
-            depth2 = torch.cat([canon_depth, canon_depth.flip(2)], 0)               # (2B, S, S)
-            albedo2 = torch.cat([canon_albedo, canon_albedo.flip(3)], 0)            # (2B, 3, S, S)
-            light2, view2 = light.repeat(2, 1), view.repeat(2, 1)
-            normal2 = renderer.depth_to_normal(depth2, c.fov_deg)                   # (2B, S, S, 3)
-            shading2, canon_image2 = renderer.shade(albedo2, normal2, light2)       # (2B,1,S,S), (2B,3,S,S)
-            r = renderer.render(depth2, canon_image2, view2, c.fov_deg, depth_range=(c.min_depth, c.max_depth))
-            mask = (r.mask[:b] * r.mask[b:]).detach()                               # (B, S, S) both valid
-            recon = r.image * mask.repeat(2, 1, 1).unsqueeze(1)                     # (2B, 3, S, S)
-
+        r = photogeo.render(canon_albedo, canon_depth, light, view, c, flip=True)
         return Unsup3DOutput(
-            images=images, canon_depth=canon_depth, canon_albedo=canon_albedo, canon_normal=normal2[:b],
-            canon_shading=shading2[:b], canon_image=canon_image2[:b], light=light, view=view,
-            recon_image=recon[:b], recon_depth=r.depth[:b], recon_mask=mask, recon_image_flip=recon[b:],
-            recon_depth_flip=r.depth[b:], conf_l1=conf_l1, conf_perc=conf_perc, weight=weight)
+            images=images, canon_depth=canon_depth, canon_albedo=canon_albedo, canon_normal=r.normal,
+            canon_shading=r.shading, canon_image=r.canon_image, light=light, view=view,
+            recon_image=r.recon, recon_depth=r.recon_depth, recon_mask=r.mask, recon_image_flip=r.recon_flip,
+            recon_depth_flip=r.recon_depth_flip, conf_l1=conf_l1, conf_perc=conf_perc, weight=weight)
 
     # ----------------------------------------------------------------------------------------- loss
     def flip_weight(self) -> float:
-        return 1.0 if self.step < self.cfg.lam_flip_start_step else self.cfg.lam_flip
+        return photogeo.flip_weight(self.cfg, self.step)
 
     def loss(self, out: Unsup3DOutput, batch: object = None, weight: Tensor | None = None
              ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Total loss and detached scalars for the log.
+        """Total loss (``photogeo.reconstruction_loss``) and detached scalars for the log.
 
         ``weight`` (B, S, S) / (B, 1, S, S): optional per-pixel weight (multiplied with the hard-view weight that
         a Batch carries in ``out.weight``). ``batch`` is accepted for the generic training loop (unused: the
         forward pass already took what it needs from it).
         """
-        c = self.cfg
+        if weight is not None and weight.dim() == 4:
+            weight = weight[:, 0]
         if out.weight is not None:
-            weight = out.weight if weight is None else out.weight * (weight if weight.dim() == 4 else
-                                                                      weight.unsqueeze(1))
-        x = out.images.float()  # outputs are fp32 (see forward), so the sums below are too
-        sig = out.conf_l1
-        s1, s1f = (sig[:, :1], sig[:, 1:]) if sig is not None else (None, None)
-        # photometric terms in Unsup3D's [-1, 1] image range: |2a - 2b|
-        l1 = photometric_loss(out.recon_image * 2, x * 2, s1, out.recon_mask, weight)
-        l1_flip = photometric_loss(out.recon_image_flip * 2, x * 2, s1f, out.recon_mask, weight)
-        lam_flip = self.flip_weight()
-        total = l1 + lam_flip * l1_flip
-        logs = {"loss_l1": l1.detach(), "loss_l1_flip": l1_flip.detach()}
-        if self.vgg is not None and c.lam_perc > 0:
-            sp = out.conf_perc
-            s2, s2f = (sp[:, :1], sp[:, 1:]) if sp is not None else (None, None)
-            perc = perceptual_loss(self.vgg, out.recon_image, x, s2, out.recon_mask, weight).float()
-            perc_flip = perceptual_loss(self.vgg, out.recon_image_flip, x, s2f, out.recon_mask, weight).float()
-            total = total + c.lam_perc * (perc + lam_flip * perc_flip)
-            logs.update(loss_perc=perc.detach(), loss_perc_flip=perc_flip.detach())
-        elif out.conf_perc is not None:
-            # perceptual loss off: keep the quarter-size confidence head in the graph (zero gradient), so that
-            # DDP sees every parameter used and all-reduces every gradient bucket
-            total = total + 0.0 * out.conf_perc.sum()
+            weight = out.weight[:, 0] if weight is None else out.weight[:, 0] * weight
+        r = photogeo.RenderOut(albedo=out.canon_albedo, depth=out.canon_depth, normal=out.canon_normal,
+                               shading=out.canon_shading, canon_image=out.canon_image, recon=out.recon_image,
+                               recon_depth=out.recon_depth, mask=out.recon_mask, recon_flip=out.recon_image_flip,
+                               recon_depth_flip=out.recon_depth_flip)
+        total, logs = photogeo.reconstruction_loss(r, out.images, self.cfg, conf=out.conf_l1, conf_perc=out.conf_perc,
+                                                   perceptual=self.vgg, lam_flip=self.flip_weight(), weight=weight)
+        logs = {("loss_" + k): v for k, v in logs.items()}
         logs["loss"] = total.detach()
         return total, logs
 
@@ -203,4 +156,4 @@ class Unsup3D(nn.Module):
             canon_depth=out.canon_depth, canon_albedo=out.canon_albedo, canon_normal=out.canon_normal,
             canon_shading=out.canon_shading, canon_image=out.canon_image, view=out.view, light=out.light,
             recon_image=out.recon_image, recon_depth=out.recon_depth, recon_mask=out.recon_mask,
-            fov_deg=self.cfg.fov_deg)
+            fov_deg=self.cfg.fov_deg, depth_range=photogeo.depth_range(self.cfg))
