@@ -113,16 +113,16 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
 
 
 def count_samples(urls: Sequence[str]) -> int:
-    """Identities in the shards: from each shard's stats .json (``samples``) when present, else by reading the
-    tar headers (no decoding)."""
+    """Identities in the shards: from each shard's stats .json (``num_samples``, as ``lapdata.writer`` writes it)
+    when present, else by reading the tar headers (no decoding)."""
     total = 0
     for u in urls:
         stats = Path(u).with_suffix(".json")
         if stats.is_file():
             try:
                 doc = json.loads(stats.read_text())
-                if isinstance(doc.get("samples"), int):
-                    total += doc["samples"]
+                if isinstance(doc.get("num_samples"), int):
+                    total += doc["num_samples"]
                     continue
             except (ValueError, OSError):
                 pass

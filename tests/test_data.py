@@ -168,3 +168,17 @@ def test_expand_shards(tmp_path):
 def test_bad_set_config(tmp_path):
     with pytest.raises(LapError, match="min_set"):
         D.ShardStream([], cfg(min_set=3, max_set=2), 16)
+
+
+def test_count_samples_reads_the_writers_shard_json(tmp_path):
+    """The writer's per-shard json is the count (no tar is opened): the key names of writer and reader agree."""
+    from test_writer import make_groups, synth_process  # noqa: E402  (tests/ is on sys.path)
+
+    from lapdata.writer import plan_shards, shard_urls, write_dataset
+
+    write_dataset(tmp_path, plan_shards(make_groups(n_ids=7), 3), synth_process, progress=False)
+    urls = [u for split in ("train", "val", "test") for u in shard_urls(tmp_path, split)]
+    assert D.count_samples(urls) == 7
+    for u in urls:  # tars no longer readable: only the json can give the count
+        Path(u).write_bytes(b"")
+    assert D.count_samples(urls) == 7
