@@ -138,7 +138,6 @@ def test_gif_frames(tmp_path):
 
 
 def test_turntable_gif(tmp_path):
-    pytest.importorskip("lapmodel.renderer", reason="lapmodel.renderer (renderer engineer) not there yet")
     d, _ = _sphere_depth(16)
     img = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
     frames = export.turntable_frames(d, img, n_frames=5)
