@@ -308,7 +308,8 @@ def write_dataset(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(mine), initial=skipped, unit="shard", desc=f"writing {out.name}", dynamic_ncols=True)
+        bar = tqdm(total=len(mine), initial=skipped, unit="shard", desc=f"writing {out.name}", dynamic_ncols=True,
+                   disable=None)  # None: no bar when stderr is not a terminal (a log file)
     args = [(process, t, str(out), image_ext, quality) for t in todo]
 
     def consume(results: Iterable[dict]) -> None:

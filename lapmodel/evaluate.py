@@ -339,7 +339,7 @@ def evaluate_model(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(evalsets, desc="evaluate", unit="identity")
+        it = tqdm(evalsets, desc="evaluate", unit="identity", disable=None)
     for es in it:
         counts["identities"] += 1
         counts["views"] += len(es.images)

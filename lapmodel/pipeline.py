@@ -171,7 +171,8 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
                 log: Callable[[str], None] = print):
     """Train one LAP stage of ``cfg`` (a TrainConfig with ``model.kind: lap``): its curriculum phases in order.
 
-    Phase k trains into ``cfg.out/<stage>/<phase name>/`` (``lapmodel.train.train``, resumed from its last.pt),
+    Phase k trains into ``cfg.out/<stage>/<phase name>/`` (``lapmodel.train.train``, resumed from its last.pt
+    whenever one exists, whatever ``resume`` says: rerunning a curriculum continues it),
     initialised from phase k-1 (phase 1 from ``cfg.init``); a finished phase has ``done.json`` and is skipped. The
     stage's result is copied to ``cfg.out/<stage>/last.pt`` (what the next stage's ``--init`` names).
     Per-stage settings (``stages.<stage>``): batch, lr, max_set override the top-level ones.
@@ -218,7 +219,7 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
                        batch=sc.batch or cfg.batch, out=str(pout), init=init)
         log(f"LAP stage {stage}, phase {i + 1}/{len(sc.phases)} ({ph.name}): {len(data.shards)} shard pattern(s), "
             + (f"{steps} steps" if epochs is None else f"{epochs} epochs") + f", out {pout}")
-        res = train(pcfg, resume=resume or (pout / "last.pt").exists(), stage=stage, progress=progress, log=log)
+        res = train(pcfg, resume=(pout / "last.pt").exists(), stage=stage, progress=progress, log=log)
         _write_json(done, {"stage": stage, "phase": ph.name, "step": res.step, "finished": time.time(),
                            "last_logs": res.last_logs})
         init = str(pout / "last.pt")

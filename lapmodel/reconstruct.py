@@ -190,7 +190,7 @@ def run_model(model: Any, images: Tensor, as_set: bool = False, batch_size: int 
     if progress and len(chunks) > 1:
         from tqdm import tqdm
 
-        it = tqdm(chunks, desc="reconstruct", unit="batch")
+        it = tqdm(chunks, desc="reconstruct", unit="batch", disable=None)
     with torch.no_grad():
         for x in it:
             x = x.to(dev)
@@ -322,7 +322,7 @@ def reconstruct_images(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="write", unit="photo", total=len(images))
+        it = tqdm(it, desc="write", unit="photo", total=len(images), disable=None)
     for i in it:
         outputs[names[i]] = write_reconstruction(out / names[i], images[i], rec, i, turntable=turntable, mesh=mesh)
         if i < summary_rows:
@@ -374,7 +374,7 @@ def reconstruct_paths(
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(starts, desc="reconstruct", unit="chunk") if len(starts) > 1 else starts
+        it = tqdm(starts, desc="reconstruct", unit="chunk", disable=None) if len(starts) > 1 else starts
     for k, a in enumerate(it):
         if detector is None and aligned is not True:
             from lapdata.faces import DlibDetector

@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     model = build_model(cfg).to(device)
     if getattr(model, "vgg", "absent") is None and cfg.model.lam_perc > 0 and cfg.perceptual == "auto":
         say("note: the perceptual loss is off (no vgg_weights: give torchvision's vgg16-397923af.pth for the paper's "
-            "VGG16, or perceptual: mobilenet for the packaged MobileNetV2)")
+            "VGG16; perceptual: mobilenet, the packaged MobileNetV2, measured worse: BENCHMARKS.md)")
     if stage is not None and hasattr(model, "set_stage"):
         model.set_stage(stage)
     params = model.trainable_parameters(stage) if hasattr(model, "trainable_parameters") else \
@@ -318,7 +318,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     if master and progress:
         from tqdm import tqdm
 
-        pbar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        pbar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None)
     t0, seen = time.time(), 0
     step = start
     for step in range(start, steps):
@@ -374,8 +374,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
                 if tb is not None:
                     for k, v in last_logs.items():
                         tb.add_scalar(f"train/{k}", v, done)
-                if pbar is not None:
+                if pbar is not None and not pbar.disable:
                     pbar.set_postfix(loss=f"{last_logs['loss']:.4f}")
+                elif progress:  # no terminal (a log file): one plain line per log step instead of the bar
+                    say(f"step {done}/{steps} loss {last_logs['loss']:.4f} "
+                        f"{last_logs['identities_per_s']:.1f} identities/s")
 
         # pictures
         if master and (done % cfg.picture_every == 0 or done == steps):

@@ -305,7 +305,7 @@ def build_model(files: ICTFiles, progress: bool = False) -> ICTModel:
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(it), desc="parsing ICT-FaceKit", unit="mesh", dynamic_ncols=True)
+        bar = tqdm(total=len(it), desc="parsing ICT-FaceKit", unit="mesh", dynamic_ncols=True, disable=None)
     for p in it:
         bases.append((read_obj_vertices(p) - base)[used].astype(np.float32))
         if bar:
