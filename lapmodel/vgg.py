@@ -63,16 +63,7 @@ class VGG16Relu33(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | Path) -> "VGG16Relu33":
-        p = Path(path)
-        if not p.is_file():
-            raise LapError(f"{p}: VGG16 weight file does not exist (give torchvision's vgg16-397923af.pth)")
-        try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unpickling fault is a wrong file
-            raise LapError(f"{p}: cannot be read as a PyTorch state dict ({type(e).__name__})") from None
-        if not isinstance(sd, dict):
-            raise LapError(f"{p}: holds a {type(sd).__name__}, not a state dict")
-        return cls(sd, str(p))
+        return cls(read_state_dict(path, "VGG16", "give torchvision's vgg16-397923af.pth"), str(path))
 
     def forward(self, x: Tensor) -> Tensor:
         h = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)  # (B, 3, H, W)
@@ -93,3 +84,17 @@ class VGG16Relu33(nn.Module):
 def load_vgg(path: str | Path | None) -> VGG16Relu33 | None:
     """The perceptual network from a local file, or None (perceptual loss off) when no path is given."""
     return None if path is None else VGG16Relu33.from_file(path)
+
+
+def read_state_dict(path: str | Path, what: str, hint: str) -> dict:
+    """A weight file's state dict (``weights_only``: no code runs), or a LapError naming the file and the fault."""
+    p = Path(path)
+    if not p.is_file():
+        raise LapError(f"{p}: {what} weight file does not exist ({hint})")
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling fault is a wrong file
+        raise LapError(f"{p}: cannot be read as a PyTorch state dict ({type(e).__name__})") from None
+    if not isinstance(sd, dict):
+        raise LapError(f"{p}: holds a {type(sd).__name__}, not a state dict")
+    return sd
