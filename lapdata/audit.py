@@ -30,9 +30,24 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from .errors import LapError
-from .sample import EXTRA_FIELDS
 from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, STATUSES, check_schema
-from .writer import SHARD_DIR, iter_tar_samples, sha256_file
+from .shards import (
+    EXTRA_FIELDS,
+    JSON,
+    KEY,
+    NUM_IMAGES,
+    NUM_SAMPLES,
+    SHARD,
+    SHARD_BYTES,
+    SHARD_DIR,
+    SHARD_PATH,
+    SHARD_SHA256,
+    SHARD_SPLIT,
+    field_member,
+    image_member,
+    iter_tar_samples,
+)
+from .writer import sha256_file
 
 NUM_CLASSES = 19
 
@@ -127,7 +142,7 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
 
     # ------------------------------------------------------------------ shards
     srows = tables["shards"].to_pylist()
-    listed = {r["shard"] for r in srows}
+    listed = {r[SHARD] for r in srows}
     on_disk = {p.stem for p in (root / SHARD_DIR).glob("*.json")} if (root / SHARD_DIR).is_dir() else set()
     for s in sorted(on_disk - listed):
         fault(f"{SHARD_DIR}/{s}: finished on disk but not in shards.parquet (rerun the command to finalize)")
@@ -135,8 +150,8 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
     keys_seen: dict[str, str] = {}
     n_images = n_samples = 0
     for r in srows:
-        name = r["shard"]
-        tar = root / (r["path"] or f"{SHARD_DIR}/{name}.tar")
+        name = r[SHARD]
+        tar = root / (r[SHARD_PATH] or f"{SHARD_DIR}/{name}.tar")
         if not tar.exists():
             fault(f"{tar}: shard in shards.parquet is missing")
             continue
@@ -144,10 +159,10 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
             if not tar.with_suffix(ext).exists():
                 fault(f"{tar.with_suffix(ext)}: missing")
         size = tar.stat().st_size
-        if r["bytes"] is not None and size != r["bytes"]:
-            fault(f"{tar}: {size} bytes, shards.parquet says {r['bytes']}")
+        if r[SHARD_BYTES] is not None and size != r[SHARD_BYTES]:
+            fault(f"{tar}: {size} bytes, shards.parquet says {r[SHARD_BYTES]}")
         digest = sha256_file(tar)
-        if r["sha256"] is not None and digest != r["sha256"]:
+        if r[SHARD_SHA256] is not None and digest != r[SHARD_SHA256]:
             fault(f"{tar}: sha256 does not match shards.parquet (tampered or rewritten)")
         if not contents:
             continue
@@ -155,29 +170,29 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         try:
             for d in iter_tar_samples(tar):
                 ns += 1
-                k = d["__key__"]
+                k = d[KEY]
                 where = f"{name}/{k}"
                 if "." in k:
                     fault(f"{where}: key contains a dot")
                 if k in keys_seen:
                     fault(f"{where}: sample key also in shard {keys_seen[k]}")
                 keys_seen[k] = name
-                if "json" not in d:
+                if JSON not in d:
                     fault(f"{where}: no json")
                     continue
                 try:
-                    doc = json.loads(d["json"])
+                    doc = json.loads(d[JSON])
                     views = doc["views"]
                 except (ValueError, KeyError) as e:
                     fault(f"{where}: bad json ({e})")
                     continue
-                if doc.get("split") != r["split"]:
-                    fault(f"{where}: split {doc.get('split')!r} in a {r['split']} shard")
-                expected = {"json"}
+                if doc.get("split") != r[SHARD_SPLIT]:
+                    fault(f"{where}: split {doc.get('split')!r} in a {r[SHARD_SPLIT]} shard")
+                expected = {JSON}
                 for i, vm in enumerate(views):
                     ni += 1
                     ext = vm.get("image_ext", "jpg")
-                    img_field = f"{i:03d}.{ext}"
+                    img_field = image_member(i, ext)
                     expected.add(img_field)
                     data = d.get(img_field)
                     if data is None:
@@ -189,7 +204,7 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
                         if fname not in EXTRA_FIELDS:
                             fault(f"{where}: view {i} lists unknown field {fname!r}")
                             continue
-                        fk = f"{i:03d}.{fname}.png"
+                        fk = field_member(i, fname)
                         expected.add(fk)
                         if fk not in d:
                             fault(f"{where}: view {i} field {fname} listed but {fk} missing")
@@ -213,20 +228,23 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
                               f"view_index={vidx[row]}")
                     if ident[row] != doc.get("identity"):
                         fault(f"{where}: photo {p} identity {ident[row]!r} but the sample is {doc.get('identity')!r}")
-                    if split[row] != r["split"]:
-                        fault(f"{where}: photo {p} split {split[row]!r} in a {r['split']} shard")
+                    if split[row] != r[SHARD_SPLIT]:
+                        fault(f"{where}: photo {p} split {split[row]!r} in a {r[SHARD_SPLIT]} shard")
                     if parser[row] is not None and "seg" not in vm.get("fields", []):
                         fault(f"{where}: photo {p} was parsed ({parser[row]}) but its view has no seg")
                 extra = sorted(set(f for f in d if not f.startswith("__")) - expected)
                 if extra:
                     fault(f"{where}: fields not described by its json: {extra}")
-        except Exception as e:  # unreadable tar
+        except LapError as e:  # damaged tar (lapdata.shards names the file and the fault)
+            fault(str(e))
+            continue
+        except Exception as e:
             fault(f"{tar}: unreadable ({type(e).__name__}: {e})")
             continue
-        if r["num_samples"] is not None and ns != r["num_samples"]:
-            fault(f"{tar}: {ns} samples, shards.parquet says {r['num_samples']}")
-        if r["num_images"] is not None and ni != r["num_images"]:
-            fault(f"{tar}: {ni} images, shards.parquet says {r['num_images']}")
+        if r[NUM_SAMPLES] is not None and ns != r[NUM_SAMPLES]:
+            fault(f"{tar}: {ns} samples, shards.parquet says {r[NUM_SAMPLES]}")
+        if r[NUM_IMAGES] is not None and ni != r[NUM_IMAGES]:
+            fault(f"{tar}: {ni} images, shards.parquet says {r[NUM_IMAGES]}")
         n_images += ni
         n_samples += ns
     if contents:
@@ -296,10 +314,10 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         "identities_by_split": {s: len({k for k, v in id_splits.items() if s in v and ok_by_id.get(k)})
                                 for s in sorted({x for v in id_splits.values() for x in v})},
         "shards": len(srows),
-        "shards_by_split": dict(sorted(Counter(r["split"] for r in srows).items())),
-        "samples": n_samples if contents else sum(r["num_samples"] or 0 for r in srows),
-        "images": n_images if contents else sum(r["num_images"] or 0 for r in srows),
-        "bytes": sum(r["bytes"] or 0 for r in srows),
+        "shards_by_split": dict(sorted(Counter(r[SHARD_SPLIT] for r in srows).items())),
+        "samples": n_samples if contents else sum(r[NUM_SAMPLES] or 0 for r in srows),
+        "images": n_images if contents else sum(r[NUM_IMAGES] or 0 for r in srows),
+        "bytes": sum(r[SHARD_BYTES] or 0 for r in srows),
         "contents_checked": contents,
     }
     return rep

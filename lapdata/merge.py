@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import LapError
-from .schema import PHOTOS
-from .writer import SHARD_DIR, UNSHARDED, finalize_dataset
+from .schema import PHOTOS, SHARD_DIR, SHARD_SHA256
+from .writer import UNSHARDED, finalize_dataset
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:
@@ -50,16 +50,16 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
             st = json.loads(js.read_text())
             name = js.stem
             if name in seen:
-                if seen[name] != st.get("sha256"):
+                if seen[name] != st.get(SHARD_SHA256):
                     raise LapError(f"{js}: shard {name} differs from the one in another part (different plans?)")
                 continue
-            seen[name] = st.get("sha256")
+            seen[name] = st.get(SHARD_SHA256)
             for ext in (".tar", ".parquet"):
                 p = js.with_suffix(ext)
                 if not p.exists():
                     raise LapError(f"{p}: missing (the part's shard {name} is incomplete)")
             dst_json = out / SHARD_DIR / js.name
-            if dst_json.exists() and json.loads(dst_json.read_text()).get("sha256") == st.get("sha256"):
+            if dst_json.exists() and json.loads(dst_json.read_text()).get(SHARD_SHA256) == st.get(SHARD_SHA256):
                 continue  # already merged (rerun)
             _place(js.with_suffix(".tar"), out / SHARD_DIR / f"{name}.tar", link)
             _place(js.with_suffix(".parquet"), out / SHARD_DIR / f"{name}.parquet", link)

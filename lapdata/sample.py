@@ -27,8 +27,23 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTS = ("jpg", "png")
-EXTRA_FIELDS = ("depth", "cdepth", "normal", "mask", "seg")
+# The member names of a sample, defined once (writer, readers, audit and lapmodel use these; see lapdata.shards).
+KEY = "__key__"  # the sample key (the member names' prefix up to the first dot)
+URL = "__url__"  # added by the readers: the shard a sample came from
+JSON = "json"  # the sample's metadata member
+IMAGE_EXTS = ("jpg", "png")  # the view image's suffix: "{i:03d}.jpg" | "{i:03d}.png"
+EXTRA_FIELDS = ("depth", "cdepth", "normal", "mask", "seg")  # "{i:03d}.{field}.png"
+FIELD_EXT = "png"
+
+
+def image_member(i: int, ext: str = "jpg") -> str:
+    """Member name of view ``i``'s image: ``"003.jpg"``."""
+    return f"{i:03d}.{ext}"
+
+
+def field_member(i: int, name: str) -> str:
+    """Member name of view ``i``'s extra field ``name`` (one of EXTRA_FIELDS): ``"003.depth.png"``."""
+    return f"{i:03d}.{name}.{FIELD_EXT}"
 
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -140,7 +155,7 @@ def encode_sample(s: IdentitySample, image_ext: str = "jpg", quality: int = 95) 
     """IdentitySample -> dict for webdataset.TarWriter (``__key__``, ``json`` and per-view byte fields)."""
     if "." in s.key:
         raise ValueError(f"sample key {s.key!r} contains a dot")
-    out: dict[str, Any] = {"__key__": s.key}
+    out: dict[str, Any] = {KEY: s.key}
     views_meta = []
     for i, v in enumerate(s.views):
         meta = dict(v.meta)
@@ -151,34 +166,34 @@ def encode_sample(s: IdentitySample, image_ext: str = "jpg", quality: int = 95) 
             if v.image is None:
                 raise ValueError(f"{s.key} view {i}: no image")
             ext, data = image_ext, encode_image(v.image, image_ext, quality)
-        out[f"{i:03d}.{ext}"] = data
+        out[image_member(i, ext)] = data
         meta["image_ext"] = ext
         fields = []
         if v.depth is not None:
-            out[f"{i:03d}.depth.png"], meta["depth_range"] = encode_depth(v.depth)
+            out[field_member(i, "depth")], meta["depth_range"] = encode_depth(v.depth)
             fields.append("depth")
         if v.canon_depth is not None:
-            out[f"{i:03d}.cdepth.png"], meta["cdepth_range"] = encode_depth(v.canon_depth)
+            out[field_member(i, "cdepth")], meta["cdepth_range"] = encode_depth(v.canon_depth)
             fields.append("cdepth")
         if v.normal is not None:
-            out[f"{i:03d}.normal.png"] = encode_normal(v.normal)
+            out[field_member(i, "normal")] = encode_normal(v.normal)
             fields.append("normal")
         if v.mask is not None:
-            out[f"{i:03d}.mask.png"] = encode_image(np.asarray(v.mask).astype(np.uint8) * 255, "png")
+            out[field_member(i, "mask")] = encode_image(np.asarray(v.mask).astype(np.uint8) * 255, "png")
             fields.append("mask")
         if v.seg is not None:
-            out[f"{i:03d}.seg.png"] = encode_image(np.asarray(v.seg, dtype=np.uint8), "png")
+            out[field_member(i, "seg")] = encode_image(np.asarray(v.seg, dtype=np.uint8), "png")
             fields.append("seg")
         meta["fields"] = fields
         views_meta.append(meta)
     doc = dict(s.meta)
     doc.update({"identity": s.identity, "split": s.split, "views": views_meta})
-    out["json"] = json.dumps(doc, sort_keys=True).encode("utf-8")
+    out[JSON] = json.dumps(doc, sort_keys=True).encode("utf-8")
     return out
 
 
 def sample_json(d: Mapping[str, Any]) -> dict[str, Any]:
-    j = d["json"]
+    j = d[JSON]
     if isinstance(j, (bytes, bytearray)):
         return json.loads(j.decode("utf-8"))
     if isinstance(j, str):
@@ -207,19 +222,19 @@ def decode_sample(
         have = set(m.get("fields", []))
         v = View(image=None, meta=m)
         if "image" in fields:
-            v.image = decode_image(d[f"{i:03d}.{m.get('image_ext', 'jpg')}"], "RGB")
+            v.image = decode_image(d[image_member(i, m.get("image_ext", "jpg"))], "RGB")
         if "depth" in fields and "depth" in have:
-            v.depth = decode_depth(d[f"{i:03d}.depth.png"], m["depth_range"])
+            v.depth = decode_depth(d[field_member(i, "depth")], m["depth_range"])
         if "cdepth" in fields and "cdepth" in have:
-            v.canon_depth = decode_depth(d[f"{i:03d}.cdepth.png"], m["cdepth_range"])
+            v.canon_depth = decode_depth(d[field_member(i, "cdepth")], m["cdepth_range"])
         if "normal" in fields and "normal" in have:
-            v.normal = decode_normal(d[f"{i:03d}.normal.png"])
+            v.normal = decode_normal(d[field_member(i, "normal")])
         if "mask" in fields and "mask" in have:
-            v.mask = decode_image(d[f"{i:03d}.mask.png"], "L") > 127
+            v.mask = decode_image(d[field_member(i, "mask")], "L") > 127
         if "seg" in fields and "seg" in have:
-            v.seg = decode_image(d[f"{i:03d}.seg.png"], "L")
+            v.seg = decode_image(d[field_member(i, "seg")], "L")
         out_views.append(v)
-    key = d.get("__key__", "")
+    key = d.get(KEY, "")
     return IdentitySample(key=key, identity=identity, split=split, views=out_views, meta=doc)
 
 

@@ -25,6 +25,22 @@ STATUSES = (STATUS_OK, STATUS_SKIPPED, STATUS_ERROR)
 
 SPLITS = ("train", "val", "test")
 
+SHARD_DIR = "shards"  # DIR/shards/{split}-{index:06d}.{tar,parquet,json}
+
+# The shard stats DIR/shards/NAME.json (written last by lapdata.writer.write_shard: its presence marks the shard
+# finished) hold the shard's SHARDS row (these names are also its columns) and the run counters after it.
+SHARD = "shard"  # e.g. train-000003
+SHARD_PATH = "path"  # relative to DIR: shards/train-000003.tar
+SHARD_SPLIT = "split"
+NUM_SAMPLES = "num_samples"  # samples (identity chunks) in the tar
+NUM_IMAGES = "num_images"  # views in the tar
+SHARD_BYTES = "bytes"
+SHARD_SHA256 = "sha256"
+NUM_ROWS = "num_rows"  # PHOTOS rows of the shard
+STATUS_COUNTS = "status_counts"
+REASON_COUNTS = "reason_counts"
+SECONDS = "seconds"
+
 PHOTOS = pa.schema(
     [
         pa.field("photo_id", pa.string(), nullable=False),  # stable id: sha256("{source}:{path}")[:16], or the generator's view id
@@ -68,7 +84,7 @@ IDENTITIES = pa.schema(
         pa.field("split", pa.string()),
         pa.field("num_photos", pa.int32()),  # input photos of this identity
         pa.field("num_ok", pa.int32()),  # photos written to shards
-        pa.field("num_samples", pa.int32()),  # WebDataset samples (chunks of at most max_per_sample photos)
+        pa.field(NUM_SAMPLES, pa.int32()),  # WebDataset samples (chunks of at most max_per_sample photos)
         pa.field("status", pa.string()),  # ok / skipped (e.g. under min_images after filtering)
         pa.field("reason", pa.string()),
         pa.field("shards", pa.list_(pa.string())),
@@ -77,13 +93,13 @@ IDENTITIES = pa.schema(
 
 SHARDS = pa.schema(
     [
-        pa.field("shard", pa.string(), nullable=False),  # e.g. train-000003
-        pa.field("path", pa.string()),  # relative to the dataset dir, e.g. shards/train-000003.tar
-        pa.field("split", pa.string()),
-        pa.field("num_samples", pa.int32()),
-        pa.field("num_images", pa.int32()),
-        pa.field("bytes", pa.int64()),
-        pa.field("sha256", pa.string()),
+        pa.field(SHARD, pa.string(), nullable=False),
+        pa.field(SHARD_PATH, pa.string()),
+        pa.field(SHARD_SPLIT, pa.string()),
+        pa.field(NUM_SAMPLES, pa.int32()),
+        pa.field(NUM_IMAGES, pa.int32()),
+        pa.field(SHARD_BYTES, pa.int64()),
+        pa.field(SHARD_SHA256, pa.string()),
     ]
 )
 

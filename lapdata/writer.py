@@ -23,6 +23,9 @@ deterministic and independent of the encoder; the real bytes are in shards.parqu
 
 Each written view's json metadata gets ``image_sha256`` (sha256 of the encoded view bytes as stored in the tar), so
 ``lapdata audit`` can check every image against the manifest.
+
+Reading shards back is ``lapdata.shards`` (``iter_tar_samples``, ``iter_samples`` and ``shard_urls`` are re-exported
+here for old callers); the manifests are read by ``read_dataset`` / ``read_table`` / ``read_stats`` below.
 """
 
 from __future__ import annotations
@@ -41,10 +44,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import LapError
-from .sample import IdentitySample, encode_sample
-from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, table_from_rows
+from .sample import JSON, IdentitySample, encode_sample, image_member
+from .schema import (
+    IDENTITIES,
+    NUM_IMAGES,
+    NUM_ROWS,
+    NUM_SAMPLES,
+    PHOTOS,
+    REASON_COUNTS,
+    SECONDS,
+    SHARD,
+    SHARD_BYTES,
+    SHARD_DIR,
+    SHARD_PATH,
+    SHARD_SHA256,
+    SHARD_SPLIT,
+    SHARDS,
+    STATUS_COUNTS,
+    STATUS_OK,
+    table_from_rows,
+)
+from .shards import iter_samples, iter_tar_samples, shard_urls  # noqa: F401  (the readers live in lapdata.shards)
 
-SHARD_DIR = "shards"
 UNSHARDED = "unsharded.parquet"
 MANIFESTS = ("photos.parquet", "identities.parquet", "shards.parquet", "stats.json")
 
@@ -185,14 +206,14 @@ def write_shard(
                 raise ValueError(f"{task.name}: duplicate sample key {s.key}")
             keys.add(s.key)
             d = encode_sample(s, image_ext=image_ext, quality=quality)
-            doc = json.loads(d["json"])
+            doc = json.loads(d[JSON])
             for i, vm in enumerate(doc["views"]):
-                data = d[f"{i:03d}.{vm['image_ext']}"]
+                data = d[image_member(i, vm["image_ext"])]
                 vm["image_sha256"] = hashlib.sha256(data).hexdigest()
                 pid = vm.get("photo_id")
                 if pid is not None:
                     placed[str(pid)] = (s.key, i, s.split)
-            d["json"] = json.dumps(doc, sort_keys=True).encode("utf-8")
+            d[JSON] = json.dumps(doc, sort_keys=True).encode("utf-8")
             num_images += len(s.views)
             sink.write(d)
         sink.close()
@@ -213,17 +234,17 @@ def write_shard(
     status = Counter(r.get("status") for r in rows)
     reason = Counter(r.get("reason") for r in rows if r.get("reason"))
     stats = {
-        "shard": task.name,
-        "path": f"{SHARD_DIR}/{task.name}.tar",
-        "split": task.split,
-        "num_samples": len(result.samples),
-        "num_images": num_images,
-        "num_rows": len(rows),
-        "bytes": tar_path.stat().st_size,
-        "sha256": sha256_file(tar_path),
-        "status_counts": dict(sorted(status.items())),
-        "reason_counts": dict(sorted(reason.items())),
-        "seconds": round(seconds, 4),
+        SHARD: task.name,
+        SHARD_PATH: f"{SHARD_DIR}/{task.name}.tar",
+        SHARD_SPLIT: task.split,
+        NUM_SAMPLES: len(result.samples),
+        NUM_IMAGES: num_images,
+        NUM_ROWS: len(rows),
+        SHARD_BYTES: tar_path.stat().st_size,
+        SHARD_SHA256: sha256_file(tar_path),
+        STATUS_COUNTS: dict(sorted(status.items())),
+        REASON_COUNTS: dict(sorted(reason.items())),
+        SECONDS: round(seconds, 4),
     }
     _atomic_write_json(shard_dir / f"{task.name}.json", stats)
     return stats
@@ -316,7 +337,7 @@ def write_dataset(
         nonlocal images
         for res in results:
             if res["ok"]:
-                images += res["stats"]["num_images"]
+                images += res["stats"][NUM_IMAGES]
             else:
                 failed.append({"shard": res["shard"], "error": res["error"]})
             if bar is not None:
@@ -385,7 +406,7 @@ def _identity_rows(photos: pa.Table) -> list[dict]:
             "split": a["split"],
             "num_photos": a["n"],
             "num_ok": a["ok"],
-            "num_samples": len(a["keys"]),
+            NUM_SAMPLES: len(a["keys"]),
             "status": "ok" if ok else "skipped",
             "reason": None if ok else (a["reasons"].most_common(1)[0][0] if a["reasons"] else "no_photos"),
             "shards": sorted(a["shards"]),
@@ -414,7 +435,7 @@ def finalize_dataset(
     # photos: stream the per-shard tables (memory flat in the number of shards)
     tmp = out / "photos.parquet.tmp"
     writer = pq.ParquetWriter(tmp, PHOTOS)
-    sources = [shard_dir / f"{s['shard']}.parquet" for s in sstats]
+    sources = [shard_dir / f"{s[SHARD]}.parquet" for s in sstats]
     if (out / UNSHARDED).exists():
         sources.append(out / UNSHARDED)
     for p in sources:
@@ -428,7 +449,7 @@ def finalize_dataset(
 
     status = Counter(photos.column("status").to_pylist())
     reason = Counter(r for r in photos.column("reason").to_pylist() if r)
-    by_split = Counter((s["split"]) for s in sstats)
+    by_split = Counter(s[SHARD_SPLIT] for s in sstats)
     prev = {}
     if (out / "stats.json").exists():
         try:
@@ -444,11 +465,11 @@ def finalize_dataset(
         "identities_by_split": dict(sorted(Counter(r["split"] for r in id_rows if r["status"] == "ok").items())),
         "shards": len(sstats),
         "shards_by_split": dict(sorted(by_split.items())),
-        "samples": sum(s["num_samples"] for s in sstats),
-        "images": sum(s["num_images"] for s in sstats),
-        "bytes": sum(s["bytes"] for s in sstats),
+        "samples": sum(s[NUM_SAMPLES] for s in sstats),
+        "images": sum(s[NUM_IMAGES] for s in sstats),
+        "bytes": sum(s[SHARD_BYTES] for s in sstats),
         "timings": {
-            "shard_seconds_total": round(sum(s.get("seconds", 0.0) for s in sstats), 3),
+            "shard_seconds_total": round(sum(s.get(SECONDS, 0.0) for s in sstats), 3),
             "finalize_seconds": round(time.perf_counter() - t0, 3),
         },
         "config": dict(config) if config is not None else prev.get("config"),
@@ -483,46 +504,3 @@ def read_table(out_dir: str | Path, name: str) -> pa.Table:
 
 def read_stats(out_dir: str | Path) -> dict:
     return json.loads((Path(out_dir) / "stats.json").read_text())
-
-
-def shard_urls(out_dir: str | Path, split: str) -> list[str]:
-    """Paths of the split's finished .tar shards (those with a .json), sorted by name."""
-    shard_dir = Path(out_dir) / SHARD_DIR
-    out = []
-    for j in sorted(shard_dir.glob(f"{split}-*.json")):
-        t = j.with_suffix(".tar")
-        if t.exists():
-            out.append(str(t))
-    return out
-
-
-def iter_samples(out_dir: str | Path, split: str | None = None) -> Iterable[dict]:
-    """Raw samples (dict of bytes per field, plus __key__ and __url__) of the dataset's finished shards.
-
-    Reads the tars with Python's tarfile (same grouping rule as WebDataset: key = name up to the first dot).
-    """
-    splits = [split] if split else sorted({p.name.split("-")[0] for p in (Path(out_dir) / SHARD_DIR).glob("*.json")})
-    for sp in splits:
-        for url in shard_urls(out_dir, sp):
-            yield from iter_tar_samples(url)
-
-
-def iter_tar_samples(url: str | Path) -> Iterable[dict]:
-    """Samples of one tar shard, grouped by key (name up to the first dot of the member's base name)."""
-    import tarfile
-
-    cur: dict | None = None
-    with tarfile.open(url, "r") as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            base = m.name
-            key, _, fieldname = base.partition(".")
-            data = tf.extractfile(m).read()
-            if cur is None or cur["__key__"] != key:
-                if cur is not None:
-                    yield cur
-                cur = {"__key__": key, "__url__": str(url)}
-            cur[fieldname] = data
-    if cur is not None:
-        yield cur

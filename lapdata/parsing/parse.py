@@ -56,7 +56,8 @@ import pyarrow.parquet as pq
 from ..errors import LapError
 from ..sample import IdentitySample, View, decode_image, decode_sample, sample_json
 from ..schema import PHOTOS, STATUS_ERROR, STATUS_OK
-from ..writer import MANIFESTS, SHARD_DIR, ShardResult, ShardTask, iter_tar_samples, shard_stats, write_dataset
+from ..shards import JSON, KEY, SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, image_member, iter_tar_samples
+from ..writer import MANIFESTS, ShardResult, ShardTask, shard_stats, write_dataset
 from .base import ParseResult
 from .labels import CLASS_ID, NUM_CLASSES, class_counts, colorize
 from .landmarks import LandmarkParserConfig
@@ -207,17 +208,17 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
             # every extra field is decoded (it is re-encoded by the writer); image bytes are kept as they are
             s = decode_sample(d, fields=("depth", "cdepth", "normal", "mask", "seg"))
         except Exception as e:
-            for vm in (sample_json(d).get("views", []) if "json" in d else []):
+            for vm in (sample_json(d).get("views", []) if JSON in d else []):
                 if vm.get("photo_id") is not None:
-                    failed_rows[str(vm["photo_id"])] = ("bad_sample", f"{d.get('__key__')}: {_one_line(e)}")
+                    failed_rows[str(vm["photo_id"])] = ("bad_sample", f"{d.get(KEY)}: {_one_line(e)}")
             continue
         si = len(samples)
         samples.append(s)
         for vi, v in enumerate(s.views):
             ext = doc["views"][vi].get("image_ext", "jpg")
-            data = d.get(f"{vi:03d}.{ext}")
+            data = d.get(image_member(vi, ext))
             if data is None:
-                results[(si, vi)] = (ParseResult(None, error=f"no_image: {s.key} view {vi} has no {vi:03d}.{ext}"), "none")
+                results[(si, vi)] = (ParseResult(None, error=f"no_image: {s.key} view {vi} has no {image_member(vi, ext)}"), "none")
                 continue
             v.encoded = (ext, data)
             v.meta.pop("image_sha256", None)
@@ -363,11 +364,11 @@ def _sheet_items(dataset: Path, n: int, max_shards: int = 4) -> list[tuple[np.nd
     shards = shard_stats(dataset)[:max_shards]
     cands: dict[str, list[tuple[str, str, int, bool]]] = {}  # identity -> (tar, key, view, hard)
     for st in shards:
-        for d in iter_tar_samples(dataset / st["path"]):
+        for d in iter_tar_samples(dataset / st[SHARD_PATH]):
             doc = sample_json(d)
             for i, m in enumerate(doc["views"]):
                 if "seg" in m.get("fields", []):
-                    cands.setdefault(doc["identity"], []).append((st["path"], d["__key__"], i, bool(m.get("hard"))))
+                    cands.setdefault(doc["identity"], []).append((st[SHARD_PATH], d[KEY], i, bool(m.get("hard"))))
     hard = [c for cs in cands.values() for c in cs if c[3]]
     hard = hard[:: max(1, len(hard) // max(1, n // 4))][: n // 4]
     easy_by_id = {k: [c for c in cs if not c[3]] for k, cs in cands.items()}
@@ -387,13 +388,13 @@ def _sheet_items(dataset: Path, n: int, max_shards: int = 4) -> list[tuple[np.nd
     got: dict[tuple[str, str, int], tuple] = {}
     for path in sorted({c[0] for c in chosen}):
         for d in iter_tar_samples(dataset / path):
-            idx = want.get((path, d["__key__"]))
+            idx = want.get((path, d[KEY]))
             if not idx:
                 continue
             for i, v in zip(idx, decode_sample(d, views=idx, fields=("image", "seg")).views):
                 m = v.meta
                 cap = f"{str(m.get('parser', '?'))[:5]} f={m.get('face_fraction', 0):.2f}" + (" HARD" if m.get("hard") else "")
-                got[(path, d["__key__"], i)] = (v.image, v.seg, cap)
+                got[(path, d[KEY], i)] = (v.image, v.seg, cap)
     return [got[(p, k, i)] for p, k, i, _ in chosen if (p, k, i) in got]
 
 
@@ -479,7 +480,7 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
     _finish_swap(root, cfg.keep_old)
     if not root.is_dir():
         raise LapError(f"{root}: dataset folder does not exist")
-    tasks = [ShardTask(st["shard"], st["split"], ()) for st in shard_stats(root)]
+    tasks = [ShardTask(st[SHARD], st[SHARD_SPLIT], ()) for st in shard_stats(root)]
     if not tasks:
         raise LapError(f"{root}: no finished shards (expected {SHARD_DIR}/*.tar with .json; run lapdata ingest first)")
     if old.exists():

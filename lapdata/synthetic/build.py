@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
-import tarfile
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,8 +34,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from lapdata.errors import LapError
-from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
+from lapdata.sample import JSON, IdentitySample, View, decode_sample, encode_image, sample_key
 from lapdata.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from lapdata.shards import RawSample, iter_tar_samples
 
 from .base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
 
@@ -363,21 +363,9 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
 # ------------------------------------------------------------------------------------------------ contact sheet
 
 
-def _read_samples(tar_path: Path, limit: int) -> list[dict]:
-    groups: dict[str, dict] = defaultdict(dict)
-    order: list[str] = []
-    with tarfile.open(tar_path) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            name = m.name
-            key, _, field = name.partition(".")
-            if key not in groups:
-                if len(order) >= limit:
-                    break
-                order.append(key)
-            groups[key][field] = tf.extractfile(m).read()
-    return [{"__key__": k, **groups[k]} for k in order]
+def _read_samples(tar_path: Path, limit: int) -> list[RawSample]:
+    """The first ``limit`` raw samples of a shard (``lapdata.shards.iter_tar_samples``)."""
+    return list(itertools.islice(iter_tar_samples(tar_path), max(0, limit)))
 
 
 def depth_picture(depth: np.ndarray) -> np.ndarray:
@@ -406,7 +394,7 @@ def write_contact_sheet(out_dir: str | Path, identities: int = 6, poses: int = 1
             break
     if not samples:
         return None
-    cols = max(poses, max(len(json.loads(d["json"])["views"]) for d in samples))
+    cols = max(poses, max(len(json.loads(d[JSON])["views"]) for d in samples))
     rows = []
     for d in samples:
         s = decode_sample(d, fields=("image", "depth"))

@@ -1,0 +1,211 @@
+"""Reading the shard contract: raw samples out of lapdata's WebDataset tars, and the one way a view becomes pixels.
+
+``lapdata.writer`` writes ``DIR/shards/{split}-{index:06d}.tar`` (one sample per identity chunk, members encoded by
+``lapdata.sample``) with its ``.parquet`` rows and its ``.json`` stats, written last. Everything that reads shards
+goes through this module: audit, parse-masks and the synthetic contact sheet in lapdata; the training loader,
+evaluation and the recipes in lapmodel. So a view decodes to the same pixels for training and for evaluation.
+
+Names (defined once, re-exported here): the sample members ``KEY``, ``URL``, ``JSON``, ``image_member(i, ext)``
+(``"003.jpg"``), ``field_member(i, name)`` (``"003.depth.png"``), ``IMAGE_EXTS``, ``EXTRA_FIELDS`` live in
+``lapdata.sample``; the layout ``SHARD_DIR`` and the shard-stats keys (``NUM_SAMPLES``, ``NUM_IMAGES``, ...) in
+``lapdata.schema``.
+
+Raw samples::
+
+    iter_tar_samples("DIR/shards/train-000000.tar")   # -> {"__key__", "__url__", "json": b"...", "000.jpg": b"...",
+                                                      #     "000.depth.png": b"...", ...}, in tar order
+    iter_samples("DIR", "train")                      # every finished shard of a split (or of all splits)
+    wds.DataPipeline(wds.SimpleShardList(urls), tar_samples, wds.map(...))   # the same as a webdataset stage
+
+Members are grouped as WebDataset does (``webdataset.tariterators.group_by_keys``): the key is the member path up to
+the first dot of its base name, the field is the rest (lower case); consecutive members with one key make one
+sample. Shards are plain (uncompressed) local tars. A damaged tar is a ``LapError`` naming the file: unreadable
+header or data, a member name given twice in one sample, or a tar cut short exactly at a member boundary (which
+Python's tarfile would take for a clean end: a tar ends with zero blocks, a cut one does not).
+
+Preprocessing (one resampling, used everywhere)::
+
+    preprocess_image(bytes_or_rgb, size)     # -> (3, size, size) float32 in [0, 1]
+    preprocess_field(depth_mask_or_seg, size)  # -> (size, size), nearest
+
+Images are resized in 8-bit RGB with PIL ``Image.Resampling.BILINEAR`` and ``reducing_gap=None`` (PIL's exact
+resampling): PIL widens the triangle filter by the reduction factor, so shrinking is antialiased (every covered
+source pixel is averaged, no aliasing), enlarging is plain bilinear interpolation; pixel centres are aligned
+(``align_corners=False`` in torch terms). Then ``float32 = uint8 / 255``. Dense ground truth (depth, canonical
+depth, face mask, label map) is resized with ``Image.Resampling.NEAREST``: no label is mixed with another, no depth is
+invented across a face edge, NaN (no surface) stays NaN.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+from PIL import Image
+
+from .errors import LapError
+from .sample import EXTRA_FIELDS, FIELD_EXT, IMAGE_EXTS, JSON, KEY, URL, decode_image, field_member, image_member
+from .schema import (
+    NUM_IMAGES,
+    NUM_ROWS,
+    NUM_SAMPLES,
+    REASON_COUNTS,
+    SECONDS,
+    SHARD,
+    SHARD_BYTES,
+    SHARD_DIR,
+    SHARD_PATH,
+    SHARD_SHA256,
+    SHARD_SPLIT,
+    STATUS_COUNTS,
+)
+
+RawSample = dict[str, Any]  # {KEY: str, URL: str, field: bytes, ...}
+
+IMAGE_RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking (see the module docstring)
+FIELD_RESAMPLE = Image.Resampling.NEAREST
+
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: (key, field)
+_END_OF_ARCHIVE = tarfile.BLOCKSIZE  # a finished tar has at least one zero block after its last member
+
+
+# ------------------------------------------------------------------------------------------------------ raw samples
+
+
+def _damaged(path: str, why: str) -> LapError:
+    return LapError(f"{path}: damaged shard tar ({why}); rewrite it (rerun the command that wrote it)")
+
+
+def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
+    """Raw samples of one local shard tar, in tar order: dicts of member bytes by field, plus ``__key__`` and
+    ``__url__`` (the path as given). LapError naming the file when it is missing or damaged."""
+    url = str(path)
+    try:
+        tf = tarfile.open(url, "r:")
+    except FileNotFoundError:
+        raise LapError(f"{url}: shard does not exist") from None
+    except (tarfile.TarError, OSError) as e:
+        raise _damaged(url, f"{type(e).__name__}: {e}") from None
+    cur: RawSample | None = None
+    with tf:
+        try:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                match = _MEMBER.match(m.name)
+                if match is None:
+                    continue  # no field: not a sample member (webdataset skips it too)
+                key, field = match.group(1), match.group(2).lower()
+                data = tf.extractfile(m).read()  # type: ignore[union-attr]  (a file member has a reader)
+                if cur is None or cur[KEY] != key:
+                    if cur is not None:
+                        yield cur
+                    cur = {KEY: key, URL: url}
+                if field in cur:
+                    raise _damaged(url, f"member {m.name} appears twice in sample {key}")
+                cur[field] = data
+            end = tf.offset  # where the next header would start
+            size = Path(url).stat().st_size
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise _damaged(url, f"{type(e).__name__}: {e}") from None
+    if size - end < _END_OF_ARCHIVE:
+        raise _damaged(url, f"cut short after {end} bytes: no end-of-archive block")
+    if cur is not None:
+        yield cur
+
+
+def tar_samples(
+    src: Iterable[str | Path | Mapping[str, Any]], handler: Callable[[Exception], bool] | None = None,
+) -> Iterator[RawSample]:
+    """Webdataset pipeline stage: shard urls (paths, or ``{"url": path}`` dicts as ``wds.SimpleShardList`` yields)
+    -> raw samples, shard after shard. ``handler`` as in webdataset (``wds.warn_and_continue``): called with the
+    LapError of a damaged shard, True goes on with the next shard, False stops; None raises."""
+    for item in src:
+        url = item["url"] if isinstance(item, Mapping) else item
+        try:
+            yield from iter_tar_samples(url)
+        except LapError as e:
+            if handler is None:
+                raise
+            if not handler(e):
+                return
+
+
+def shard_urls(out_dir: str | Path, split: str) -> list[str]:
+    """Paths of the split's finished .tar shards of dataset DIR (those with their stats .json), sorted by name."""
+    shard_dir = Path(out_dir) / SHARD_DIR
+    return [str(j.with_suffix(".tar")) for j in sorted(shard_dir.glob(f"{split}-*.json"))
+            if j.with_suffix(".tar").exists()]
+
+
+def iter_samples(out_dir: str | Path, split: str | None = None) -> Iterator[RawSample]:
+    """Raw samples of the finished shards of dataset DIR: of ``split``, or of every split (sorted by name)."""
+    shard_dir = Path(out_dir) / SHARD_DIR
+    splits = [split] if split else sorted({p.name.split("-")[0] for p in shard_dir.glob("*.json")})
+    for sp in splits:
+        yield from tar_samples(shard_urls(out_dir, sp))
+
+
+# ------------------------------------------------------------------------------------------------------ preprocessing
+
+
+def _check_size(size: int) -> None:
+    if int(size) != size or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+
+
+def preprocess_image(image: bytes | np.ndarray, size: int, dtype: type = np.float32) -> np.ndarray:
+    """One view's image -> the model's input pixels (the one image preprocessing of lapdata and lapmodel).
+
+    image: the encoded member bytes (decoded as RGB) or an (H, W, 3) uint8 RGB array (e.g. ``View.image``).
+    Returns (3, size, size): float32 in [0, 1] by default; ``dtype=np.uint8`` gives the same pixels before the
+    division (0..255, a quarter of the bytes to move between processes; ``x / 255`` in float32 gives the float ones).
+    Resampling: PIL bilinear, antialiased when shrinking (module docstring); non-square images are stretched.
+    """
+    _check_size(size)
+    rgb = decode_image(image, "RGB") if isinstance(image, (bytes, bytearray, memoryview)) else np.asarray(image)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}")
+    if rgb.shape[:2] != (size, size):
+        rgb = np.asarray(Image.fromarray(rgb).resize((size, size), IMAGE_RESAMPLE, reducing_gap=None))
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    if np.dtype(dtype) == np.uint8:
+        return chw
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"dtype must be np.float32 or np.uint8, got {dtype!r}")
+    return chw.astype(np.float32) / np.float32(255.0)
+
+
+def preprocess_field(field: np.ndarray, size: int) -> np.ndarray:
+    """A dense per-pixel field of a view -> (size, size), nearest neighbour (the one resize of ground truth).
+
+    field: (H, W) depth / canonical depth (float, NaN = no surface; returned as float32), face mask (bool) or label
+    map (uint8). The dtype is kept (float64 becomes float32).
+    """
+    _check_size(size)
+    a = np.asarray(field)
+    if a.ndim != 2:
+        raise ValueError(f"expected an (H, W) field, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        return preprocess_field(a.astype(np.uint8), size).astype(bool)
+    if a.dtype.kind == "f":
+        a = a.astype(np.float32, copy=False)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"expected a bool, uint8 or float field, got {a.dtype}")
+    if a.shape == (size, size):
+        return a.copy()
+    return np.asarray(Image.fromarray(a).resize((size, size), FIELD_RESAMPLE))
+
+
+__all__ = [
+    # names (defined in lapdata.sample / lapdata.schema)
+    "KEY", "URL", "JSON", "IMAGE_EXTS", "EXTRA_FIELDS", "FIELD_EXT", "image_member", "field_member", "SHARD_DIR",
+    "SHARD", "SHARD_PATH", "SHARD_SPLIT", "NUM_SAMPLES", "NUM_IMAGES", "SHARD_BYTES", "SHARD_SHA256", "NUM_ROWS",
+    "STATUS_COUNTS", "REASON_COUNTS", "SECONDS",
+    # reading and preprocessing
+    "RawSample", "iter_tar_samples", "tar_samples", "shard_urls", "iter_samples", "IMAGE_RESAMPLE", "FIELD_RESAMPLE",
+    "preprocess_image", "preprocess_field",
+]
