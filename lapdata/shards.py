@@ -122,9 +122,15 @@ def tar_samples(
 ) -> Iterator[RawSample]:
     """Webdataset pipeline stage: shard urls (paths, or ``{"url": path}`` dicts as ``wds.SimpleShardList`` yields)
     -> raw samples, shard after shard. ``handler`` as in webdataset (``wds.warn_and_continue``): called with the
-    LapError of a damaged shard, True goes on with the next shard, False stops; None raises."""
+    LapError of a damaged shard, True goes on with the next shard, False stops; None raises. ``pipe:`` and
+    ``http(s)://`` urls are opened by webdataset itself (the same grouping; its errors, through ``handler``)."""
     for item in src:
-        url = item["url"] if isinstance(item, Mapping) else item
+        url = str(item["url"] if isinstance(item, Mapping) else item)
+        if url.startswith("pipe:") or "://" in url:
+            import webdataset as wds
+
+            yield from wds.tarfile_to_samples(handler=handler or wds.reraise_exception)(iter([{"url": url}]))
+            continue
         try:
             yield from iter_tar_samples(url)
         except LapError as e:

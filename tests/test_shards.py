@@ -68,6 +68,9 @@ def test_round_trip_through_the_writer(dataset):
     # the same as a webdataset pipeline stage
     staged = list(wds.DataPipeline(wds.SimpleShardList(urls), S.tar_samples))
     assert [d[S.KEY] for d in staged] == [d[S.KEY] for d in ours]
+    piped = list(S.tar_samples([f"pipe:cat {urls[0]}"]))  # a stream url goes through webdataset itself
+    assert [d[S.KEY] for d in piped] == [d[S.KEY] for d in ours if d[S.URL] == urls[0]]
+    assert piped[0][S.JSON] == ours[0][S.JSON]
     # decoded views are what was written (png: lossless), ground truth included
     for d in ours:
         s = decode_sample(d)
