@@ -2,7 +2,7 @@
 
 Measures optimizer steps of the full LAP model (pipelines/lap.yaml networks: aggregation at 128 px, refiner at
 128 px) with batches of B identities x a random set of 1..6 photos streamed from WebDataset shards through
-``lapmodel.data.make_loader`` (the training loader), forward + loss + backward + Adam step, and prints images/s
+``lapmodel.io.data.make_loader`` (the training loader), forward + loss + backward + Adam step, and prints images/s
 (valid views per second) and identities/s, against the reference throughput of the published LAP networks alone
 (no data, no renderer) on an H100: 1,337 images/s (tf32) / 1,732 images/s (bf16) (DEVELOPERS.md).
 
@@ -56,8 +56,8 @@ def write_shards(out: Path, identities: int, views: int, size: int, seed: int = 
 
 
 def bench_stage(stage: str, cfg, urls, device: torch.device, precision: str, steps: int, warmup: int) -> dict:
-    from lapmodel.data import make_loader
-    from lapmodel.train import build_model
+    from lapmodel.io.data import make_loader
+    from lapmodel.models.build import build_model
 
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
@@ -111,7 +111,7 @@ def main() -> None:
 
     from lapdata.config import load_config
     from lapmodel.config import TrainConfig
-    from lapmodel.data import expand_shards
+    from lapmodel.io.data import expand_shards
 
     dev = torch.device(a.device)
     cuda = dev.type == "cuda"

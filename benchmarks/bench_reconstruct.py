@@ -27,11 +27,11 @@ import torch
 
 def build(kind: str, size: int, checkpoint: str | None, device: str):
     if checkpoint:
-        from lapmodel.checkpoint import load_model
+        from lapmodel.io.checkpoint import load_model
 
         return load_model(checkpoint, device=device)
     from lapmodel.config import ModelConfig, TrainConfig
-    from lapmodel.train import build_model
+    from lapmodel.models.build import build_model
 
     cfg = TrainConfig(model=ModelConfig(kind=kind, image_size=size))
     return build_model(cfg, training=False).to(device).eval()
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
 
-    from lapmodel.reconstruct import model_image_size, reconstruct_images
+    from lapmodel.inference.reconstruct import model_image_size, reconstruct_images
 
     dev = torch.device(a.device)
     model = build(a.kind, a.size, a.checkpoint, a.device)

@@ -1,4 +1,4 @@
-"""Renderer speed: forward and forward+backward of ``lapmodel.renderer.render`` (reprojected depth + warp).
+"""Renderer speed: forward and forward+backward of ``lapmodel.render.renderer.render`` (reprojected depth + warp).
 
     python benchmarks/bench_renderer.py                         # 64/128/256 px, batch 128, CUDA if present
     python benchmarks/bench_renderer.py --device cpu --batch 16 --sizes 64 128
@@ -25,7 +25,7 @@ import torch
 
 from lapdata import geometry as G
 from lapdata.raster import interpolate, rasterize
-from lapmodel.renderer import render
+from lapmodel.render.renderer import render
 
 
 def make_inputs(batch: int, size: int, device: torch.device, seed: int = 0):

@@ -25,11 +25,11 @@ import webdataset as wds
 from PIL import Image
 
 from lapdata.sample import IdentitySample, View, encode_sample, sample_key
-from lapmodel import renderer
+from lapmodel.render import renderer
 from lapmodel.config import DataConfig, ModelConfig
-from lapmodel.data import expand_shards, make_loader
-from lapmodel.train import autocast_dtype
-from lapmodel.unsup3d import Unsup3D
+from lapmodel.io.data import expand_shards, make_loader
+from lapmodel.training.train import autocast_dtype
+from lapmodel.models.unsup3d import Unsup3D
 
 
 def write_demo_shards(root: Path, size: int, n_ids: int = 64, views: int = 4) -> list[str]:

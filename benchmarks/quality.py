@@ -42,8 +42,8 @@ sys.path.insert(0, str(REPO))
 from lapdata.config import load_config  # noqa: E402
 from lapdata.synthetic.build import SynthConfig, run_synthetic  # noqa: E402
 from lapmodel.config import TrainConfig  # noqa: E402
-from lapmodel.evaluate import evaluate_checkpoint  # noqa: E402
-from lapmodel.train import train  # noqa: E402
+from lapmodel.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
+from lapmodel.training.train import train  # noqa: E402
 
 ANCHOR = {"unsup3d": {"side": 0.793, "mad": 16.51}, "lap": {"side": 0.721, "mad": 15.53},
           "flat": {"side": 2.723, "mad": 43.34}}
@@ -172,8 +172,8 @@ def evaluate_run(args, run: dict[str, Any], shards: str, tag: str = "", set_size
     row.update(cpu_s=run["cpu_s"], wall_s=run.get("wall_s"), images_per_s=run.get("images_per_s"))
     # the same model untrained: with the flat start it is the ellipsoid prior seen frontally, the floor any gain
     # must be measured from
-    from lapmodel.checkpoint import checkpoint_config, load_checkpoint
-    from lapmodel.train import build_model
+    from lapmodel.io.checkpoint import checkpoint_config, load_checkpoint
+    from lapmodel.models.build import build_model
 
     cfg = checkpoint_config(load_checkpoint(out / "last.pt"))
     torch.manual_seed(cfg.seed)
@@ -239,11 +239,13 @@ LAP_SMALL = {"model.lap.refine_nf": 16, "data.fields": ["image", "seg"], "data.m
 
 def rung0(args) -> list[dict[str, Any]]:
     """Direct optimisation: a free depth map, known albedo / lights / views, fitted through the renderer."""
-    from lapmodel import evaluate as E, photogeo
+    from lapmodel.evaluation import evaluate as E
+    from lapmodel.evaluation.evalset import iter_evalsets
+    from lapmodel.models import photogeo
     from lapmodel.config import ModelConfig
 
     data = dataset(args, args.backend, 8, args.size, fractions=(1.0, 0.0, 0.0))
-    es = next(iter(E.iter_evalsets(str(data / "shards"), args.size, max_identities=1)))
+    es = next(iter(iter_evalsets(str(data / "shards"), args.size, max_identities=1)))
     cfg = ModelConfig(image_size=args.size, depth_prior=0.0)
     torch.manual_seed(args.seed)
     # ground truth: the identity's frontal depth (filled with its far value off the face), a random smooth albedo

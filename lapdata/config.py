@@ -16,7 +16,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -121,6 +121,30 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
         if not isinstance(d, dict):
             raise LapError(f"override {dotted}: {k} is not a section")
     d[keys[-1]] = value
+
+
+def parse_overrides(items: Sequence[str], option: str = "--set") -> dict[str, str]:
+    """``["optim.lr=2e-4", ...]`` -> ``{"optim.lr": "2e-4"}`` (the values are parsed as YAML by ``load_config``)."""
+    out: dict[str, str] = {}
+    for it in items:
+        key, eq, value = it.partition("=")
+        if not eq or not key.strip():
+            raise LapError(f"{option} {it!r}: expected KEY=VALUE (e.g. {option} optim.lr=2e-4)")
+        out[key.strip()] = value
+    return out
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested and/or dotted mappings -> dotted keys (``{"a": {"b": 1}, "c.d": 2}`` -> ``{"a.b": 1, "c.d": 2}``),
+    the one form ``load_config`` takes as overrides."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

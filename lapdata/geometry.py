@@ -1,6 +1,6 @@
 """Camera geometry: pure typed functions, shapes in docstrings, no state (kornia style).
 
-Conventions (used by the whole project: ``lapdata.raster``, ``lapdata.synthetic``, ``lapmodel.renderer``):
+Conventions (used by the whole project: ``lapdata.raster``, ``lapdata.synthetic``, ``lapmodel.render.renderer``):
 
 - Camera space: the camera sits at the origin looking along +z; x points right, y points down (image axes), z is
   depth (> 0 in front of the camera). Right-handed (x right, y down, z forward).

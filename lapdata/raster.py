@@ -1,6 +1,6 @@
 """Z-buffered triangle rasterizer in pure PyTorch (CPU and CUDA), differentiable like nvdiffrast.
 
-The one mesh rasterizer of the project: the model's renderer (``lapmodel.renderer``) draws grid meshes of ~1 px
+The one mesh rasterizer of the project: the model's renderer (``lapmodel.render.renderer``) draws grid meshes of ~1 px
 triangles with it, the synthetic generator (``lapdata.synthetic``) draws face meshes of any size up to 1024 px.
 
 Conventions (see also ``lapdata.geometry``):

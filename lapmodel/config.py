@@ -19,7 +19,7 @@ from typing import Literal
 from lapdata.config import load_config  # noqa: F401  (re-exported: `from lapmodel.config import load_config`)
 from lapdata.parsing.masks import RCLMaskConfig  # LAP: RCL mask groups (model.lap.rcl_masks)
 
-MODEL_KINDS = ("unsup3d", "lap")  # "lap": lapmodel/lap.py (LAP engineer)
+MODEL_KINDS = ("unsup3d", "lap")  # "lap": lapmodel/models/lap.py (LAP engineer)
 IMAGE_SIZES = (64, 128, 256)
 
 
@@ -96,7 +96,7 @@ class ModelConfig:
     lam_perc: float = 1.0                # weight of the perceptual (VGG relu3_3) loss
     lam_flip: float = 0.5                # weight of the flipped-reconstruction losses
     lam_flip_start_step: int = 0         # before this step the flip weight is 1 (Unsup3D's lam_flip_start_epoch)
-    # deviations from the official code that make depth learnable at CPU budgets (lapmodel/photogeo.py; 0 / default
+    # deviations from the official code that make depth learnable at CPU budgets (lapmodel/models/photogeo.py; 0 / default
     # = the official behaviour); measured on the quality ladder (benchmarks/quality.py, BENCHMARKS.md)
     depth_prior: float = 1.0             # ellipsoid cap added to the raw depth before the tanh (0 = none)
     depth_prior_axes: tuple[float, float] = (0.75, 0.9)  # its semi-axes x, y as fractions of the half side
@@ -108,7 +108,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Streaming of lapdata shards (lapmodel/data.py)."""
+    """Streaming of lapdata shards (lapmodel/io/data.py)."""
 
     shards: tuple[str, ...] = ()         # shard paths / brace patterns ("d/train-{000000..000099}.tar"); --shards
     min_set: int = 1                     # views picked per identity: uniform in min_set..max_set (Unsup3D-re: 1)
@@ -150,4 +150,4 @@ class TrainConfig:
     mobilenet_weights: str | None = None  # torchvision mobilenet_v2-b0353104.pth; None: the packaged file
     init: str | None = None              # checkpoint whose model weights initialise this run (--init)
     out: str = "runs/unsup3d"            # output folder (--out)
-    stages: StagesConfig = field(default_factory=StagesConfig)  # LAP: curriculum phases per stage (lapmodel/lap.py)
+    stages: StagesConfig = field(default_factory=StagesConfig)  # LAP: curriculum phases per stage (lapmodel/models/lap.py)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lapdata.errors import LapError
-from lapmodel.aggregate import Aggregator, ScaleEncoder, set_softmax, uniform_weights
+from lapmodel.models.aggregate import Aggregator, ScaleEncoder, set_softmax, uniform_weights
 
 
 @pytest.fixture(autouse=True)

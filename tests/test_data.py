@@ -13,7 +13,7 @@ from PIL import Image
 
 from lapdata.errors import LapError
 from lapdata.sample import IdentitySample, View, encode_sample, sample_key
-from lapmodel import data as D
+from lapmodel.io import data as D
 from lapmodel.config import DataConfig
 
 

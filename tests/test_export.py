@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapmodel import export
-
-
+from lapmodel.io import export
 def _sphere_depth(s=24):
     y, x = np.meshgrid(np.linspace(-1, 1, s), np.linspace(-1, 1, s), indexing="ij")
     r2 = x**2 + y**2

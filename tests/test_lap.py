@@ -1,5 +1,5 @@
 """LAP model: stages, RCL weights, frozen parameters in stage 2, reconstruct from a set or one photo, training on
-tiny shards through lapmodel.train (CPU, 32 px, tiny widths)."""
+tiny shards through lapmodel.training.train (CPU, 32 px, tiny widths)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import torch
 from lapdata.config import load_config
 from lapdata.errors import LapError
 from lapmodel.config import TrainConfig
-from lapmodel.data import Batch
-from lapmodel.lap import LAPModel
+from lapmodel.io.data import Batch
+from lapmodel.models.lap import LAPModel
 
 TINY_MODEL = {"kind": "lap", "image_size": 32, "nf": 8, "nf_encoder": 8, "zdim": 16, "zdim_conf": 8,
               "lap": {"refine_size": 32, "refine_nf": 4, "target_size": 32}}
@@ -205,8 +205,8 @@ def test_bad_image_size():
 
 @pytest.mark.slow
 def test_three_stages_train_on_tiny_shards(shards, tmp_path):
-    from lapmodel.checkpoint import load_checkpoint, load_model
-    from lapmodel.pipeline import train_stage
+    from lapmodel.io.checkpoint import load_checkpoint, load_model
+    from lapmodel.training.curriculum import train_stage
 
     phases = {"aggregate": {"phases": [{"name": "synthetic", "shards": [str(shards)], "steps": 2},
                                        {"name": "real", "shards": [str(shards)], "steps": 2}]},
@@ -246,7 +246,7 @@ def test_three_stages_train_on_tiny_shards(shards, tmp_path):
 
 
 def test_train_stage_errors(tmp_path):
-    from lapmodel.pipeline import train_stage
+    from lapmodel.training.curriculum import train_stage
 
     cfg = tiny_cfg(out=str(tmp_path))
     with pytest.raises(LapError, match="unknown LAP stage"):

@@ -10,8 +10,8 @@ import torch
 from lapdata.config import load_config
 from lapdata.synthetic.build import SynthConfig, run_synthetic
 from lapmodel.config import TrainConfig
-from lapmodel.evaluate import evaluate_checkpoint
-from lapmodel.train import train
+from lapmodel.evaluation.evaluate import evaluate_checkpoint
+from lapmodel.training.train import train
 
 IDS, POSES, SIZE, STEPS = 4, 9, 32, 300
 # Measured (BENCHMARKS.md, "quality ladder", CI rung; ~85 CPU-s, one thread): MAD 0.85 / 0.75 and SIDE 0.84 / 1.00

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lapmodel.losses import (EPS, feature_loss, gaussian_nll, laplace_nll, masked_mean, perceptual_loss,
+from lapmodel.models.losses import (EPS, feature_loss, gaussian_nll, laplace_nll, masked_mean, perceptual_loss,
                              photometric_loss)
 
 

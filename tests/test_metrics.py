@@ -7,9 +7,7 @@ import math
 import pytest
 import torch
 
-from lapmodel import metrics
-
-
+from lapmodel.evaluation import metrics
 def _sphere(b=2, s=16, dtype=torch.float64):
     y, x = torch.meshgrid(torch.linspace(-1, 1, s, dtype=dtype), torch.linspace(-1, 1, s, dtype=dtype), indexing="ij")
     r2 = (x**2 + y**2).clamp(max=0.99)
@@ -126,7 +124,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from lapmodel.outputs import Reconstruction  # noqa: E402
+from lapmodel.models.outputs import Reconstruction  # noqa: E402
 
 S = 32
 
@@ -200,7 +198,7 @@ class _DepthModel(torch.nn.Module):
 
 
 def test_evaluate_true_vs_wrong_depth(tmp_path):
-    from lapmodel.evaluate import evaluate_checkpoint, format_table
+    from lapmodel.evaluation.evaluate import evaluate_checkpoint, format_table
 
     url, table = _write_shards(tmp_path / "shards")
     good = evaluate_checkpoint("x.pt", url, tmp_path / "good", model=_DepthModel(table), baselines=True,
@@ -231,7 +229,8 @@ def test_evaluate_true_vs_wrong_depth(tmp_path):
 
 
 def test_evaluate_single_image_model_and_identity(tmp_path):
-    from lapmodel.evaluate import evaluate_model, iter_evalsets
+    from lapmodel.evaluation.evaluate import evaluate_model
+    from lapmodel.evaluation.evalset import iter_evalsets
 
     url, table = _write_shards(tmp_path / "shards", identities=2, views=2)
 
@@ -251,7 +250,7 @@ def test_evaluate_single_image_model_and_identity(tmp_path):
 
 def test_evaluate_errors(tmp_path):
     from lapdata.errors import LapError
-    from lapmodel.evaluate import evaluate_checkpoint
+    from lapmodel.evaluation.evaluate import evaluate_checkpoint
 
     with pytest.raises(LapError, match="checkpoint not found"):
         evaluate_checkpoint(tmp_path / "none.pt", "x.tar", tmp_path)
@@ -267,9 +266,9 @@ def test_evaluate_cli(tmp_path):
     r = CliRunner().invoke(app, ["evaluate", "--checkpoint", "x.pt", "--shards", "x.tar", "--out", str(tmp_path),
                                  "--set-sizes", "1,a"])
     assert r.exit_code == 2 and "--set-sizes" in r.output
-    from lapmodel import checkpoint as ckm
+    from lapmodel.io import checkpoint as ckm
     from lapmodel.config import ModelConfig, TrainConfig
-    from lapmodel.train import build_model
+    from lapmodel.models.build import build_model
 
     cfg = TrainConfig(model=ModelConfig(image_size=64, nf=8, nf_encoder=8, zdim=16, zdim_conf=8))
     ck = ckm.save_checkpoint(tmp_path / "tiny.pt", model=build_model(cfg, training=False), config=cfg, step=0)
@@ -286,10 +285,10 @@ def test_evaluate_cli(tmp_path):
 def test_evaluate_cli_lap_set_sizes(tmp_path):
     from typer.testing import CliRunner
 
-    from lapmodel import checkpoint as ckm
+    from lapmodel.io import checkpoint as ckm
     from lapmodel.cli import app
     from lapmodel.config import ModelConfig, TrainConfig
-    from lapmodel.train import build_model
+    from lapmodel.models.build import build_model
 
     cfg = TrainConfig(model=ModelConfig(kind="lap", image_size=64, nf=8, nf_encoder=8, zdim=16, zdim_conf=8))
     model = build_model(cfg, training=False)
@@ -304,7 +303,7 @@ def test_evaluate_cli_lap_set_sizes(tmp_path):
 
 
 def test_set_order():
-    from lapmodel.evaluate import set_order
+    from lapmodel.evaluation.evaluate import set_order
 
     a = set_order("alice", 6)
     assert sorted(a) == list(range(6)) and a == set_order("alice", 6)

@@ -1,11 +1,11 @@
-"""lapmodel.mobilenet: the native MobileNetV2 prefix equals the torchvision layer stack it replaces."""
+"""lapmodel.models.mobilenet: the native MobileNetV2 prefix equals the torchvision layer stack it replaces."""
 
 import pytest
 import torch
 from torch import nn
 
 from lapdata.errors import LapError
-from lapmodel.mobilenet import BLOCKS, OUT_CHANNELS, MobileNetV2Features, packaged_weights
+from lapmodel.models.mobilenet import BLOCKS, OUT_CHANNELS, MobileNetV2Features, packaged_weights
 
 
 def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lapdata.errors import LapError
-from lapmodel.networks import ConfNet, DownPath, EDDeconv, Encoder, count_parameters, num_stages, stage_channels
-from lapmodel.vgg import VGG16Relu33, load_vgg, vgg16_keys
+from lapmodel.models.networks import ConfNet, DownPath, EDDeconv, Encoder, count_parameters, num_stages, stage_channels
+from lapmodel.models.vgg import VGG16Relu33, load_vgg, vgg16_keys
 
 
 @pytest.mark.parametrize("size", [64, 128, 256])

@@ -1,14 +1,16 @@
-"""lapmodel.photogeo: the photo-geometric core shared by Unsup3D and LAP (hand values, shapes, gradients)."""
+"""lapmodel.models.photogeo: the photo-geometric core shared by Unsup3D and LAP (hand values, shapes, gradients)."""
 
 import math
 
 import pytest
 import torch
 
-from lapmodel import photogeo, renderer
+from lapmodel.models import photogeo
+
+from lapmodel.render import renderer
 from lapmodel.config import ModelConfig
-from lapmodel.lap import LAPModel
-from lapmodel.unsup3d import Unsup3D
+from lapmodel.models.lap import LAPModel
+from lapmodel.models.unsup3d import Unsup3D
 
 TINY = dict(image_size=32, nf=16, nf_encoder=16, zdim=32, zdim_conf=16)
 

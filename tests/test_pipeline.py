@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from lapdata.errors import LapError
-from lapmodel.pipeline import load_pipeline, pipeline_train_config, run_pipeline
-from lapmodel.report import Section, depth_picture, image_grid, loss_curves_png, normal_picture, write_report
+from lapmodel.recipes.recipe import load_pipeline, pipeline_train_config
+from lapmodel.recipes.runner import run_pipeline
+from lapmodel.viz.report import Section, depth_picture, image_grid, loss_curves_png, normal_picture, write_report
 
 from test_lap import write_tiny_shards  # noqa: E402  (tests/ is on sys.path)
 
@@ -71,8 +72,8 @@ TINY = {"model.image_size": 32, "model.nf": 8, "model.nf_encoder": 8, "model.zdi
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(PIPELINES / "ablation-*.yaml"))), ids=lambda p: Path(p).stem)
 def test_ablation_configs_build_and_train_a_step(path, tmp_path):
-    from lapmodel.data import make_loader, expand_shards
-    from lapmodel.train import build_model
+    from lapmodel.io.data import make_loader, expand_shards
+    from lapmodel.models.build import build_model
 
     shards = write_tiny_shards(tmp_path / "data", identities=2, views=2)
     cfg = load_pipeline(path, environ={"VGG16": "/v.pth"})
@@ -116,7 +117,7 @@ def test_report_pictures_and_html(tmp_path):
                                                             normal_picture(torch.randn(16, 16, 3).numpy())]],
                       ["a", "b"], ["x", "y"])
     assert grid.dtype.name == "uint8" and grid.shape[2] == 3
-    from lapmodel.report import save_png
+    from lapmodel.viz.report import save_png
 
     pic = save_png(grid, tmp_path / "pics" / "g.png")
     curves = loss_curves_png({"p1": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}],

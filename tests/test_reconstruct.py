@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from lapdata.errors import LapError
-from lapmodel import export
-from lapmodel.outputs import Reconstruction
-from lapmodel.reconstruct import load_faces, model_accepts_sets, reconstruct_images, reconstruct_paths
+from lapmodel.io import export
+from lapmodel.models.outputs import Reconstruction
+from lapmodel.inference.reconstruct import load_faces, model_accepts_sets, reconstruct_images, reconstruct_paths
 
 
 def sphere_depth(b: int, s: int) -> torch.Tensor:
@@ -190,9 +190,9 @@ def test_detect_real_photo(tmp_path):
 
 
 def _tiny_checkpoint(path: Path, kind: str = "unsup3d") -> Path:
-    from lapmodel import checkpoint as ckm
+    from lapmodel.io import checkpoint as ckm
     from lapmodel.config import ModelConfig, TrainConfig
-    from lapmodel.train import build_model
+    from lapmodel.models.build import build_model
 
     cfg = TrainConfig(model=ModelConfig(kind=kind, image_size=64, nf=8, nf_encoder=8, zdim=16, zdim_conf=8))
     torch.manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lapmodel.refine import FilteredConnection, Injection, Refiner
+from lapmodel.models.refine import FilteredConnection, Injection, Refiner
 
 
 @pytest.fixture(autouse=True)

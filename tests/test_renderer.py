@@ -1,4 +1,4 @@
-"""lapmodel.renderer against closed forms: identity view, tilted plane and sphere (reprojected depth and normals),
+"""lapmodel.render.renderer against closed forms: identity view, tilted plane and sphere (reprojected depth and normals),
 a known yaw moves a point where the pinhole says, flip symmetry, gradients, float64 gradcheck, CPU vs CUDA."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from lapdata import geometry as G
 from lapdata.errors import LapError
-from lapmodel import renderer as R
+from lapmodel.render import renderer as R
 
 FOV = 10.0
 

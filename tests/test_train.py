@@ -16,12 +16,13 @@ from typer.testing import CliRunner
 
 from lapdata.config import load_config
 from lapdata.errors import LapError
-from lapmodel.checkpoint import load_checkpoint, load_model
+from lapmodel.io.checkpoint import load_checkpoint, load_model
 from lapmodel.config import ModelConfig, TrainConfig
-from lapmodel.data import Batch, make_loader
-from lapmodel.train import TrainingDiverged, build_model, train
-from lapmodel.unsup3d import Unsup3D, Unsup3DOutput
-from lapmodel.vgg import vgg16_keys
+from lapmodel.io.data import Batch, make_loader
+from lapmodel.models.build import build_model
+from lapmodel.training.train import TrainingDiverged, train
+from lapmodel.models.unsup3d import Unsup3D, Unsup3DOutput
+from lapmodel.models.vgg import vgg16_keys
 from test_data import write_shards
 
 TINY = dict(image_size=32, nf=8, nf_encoder=8, zdim=16, zdim_conf=16)

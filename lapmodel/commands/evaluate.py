@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         """Evaluate a checkpoint on shards (ground-truth depth where the shards carry it)."""
         from rich.console import Console
 
-        from lapmodel.evaluate import evaluate_checkpoint, format_table
+        from lapmodel.evaluation.evaluate import evaluate_checkpoint, format_table
 
         res = evaluate_checkpoint(checkpoint, shards, out, set_sizes=_parse_sizes(set_sizes), baselines=baselines,
                                   id_model=id_model, identity=not no_identity, device=device, size=size,

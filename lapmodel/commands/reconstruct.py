@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         mesh: bool = typer.Option(True, "--mesh/--no-mesh", help="Write OBJ+MTL+texture and PLY meshes."),
     ) -> None:
         """Reconstruct 3D faces from photos with a trained checkpoint."""
-        from lapmodel.reconstruct import reconstruct_paths
+        from lapmodel.inference.reconstruct import reconstruct_paths
 
         rep = reconstruct_paths(paths, checkpoint, out, as_set=as_set, size=size, device=device, aligned=aligned,
                                 batch_size=batch_size, turntable=turntable, mesh=mesh)

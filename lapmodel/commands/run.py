@@ -1,4 +1,4 @@
-"""`lapmodel run pipelines/X.yaml [--out DIR] [--from STEP] [--force]` (thin wrapper over lapmodel.pipeline)."""
+"""`lapmodel run pipelines/X.yaml [--out DIR] [--from STEP] [--force]` (thin wrapper over lapmodel.recipes.runner)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a recipe step by step (data, masks, the three LAP stages, evaluation, reconstructions, report),
         skipping steps already done; rerun the same command to resume."""
-        from ..pipeline import run_pipeline
+        from lapmodel.recipes.runner import run_pipeline
 
         res = run_pipeline(pipeline, out, start=start, force=force, only=only or (), progress=progress,
                            log=typer.echo)

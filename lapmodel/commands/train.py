@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @cli_guard
     def train_cmd(
-        config: str = typer.Option("pipelines/unsup3d.yaml", "--config", "-c", help="training config YAML"),
+        config: str = typer.Option("unsup3d", "--config", "-c", help="training config: a YAML path or a packaged name (unsup3d, lap, paper, ...)"),
         shards: Optional[List[str]] = typer.Option(
             None, "--shards", help="shards: paths, brace patterns ('d/train-{000000..000099}.tar'), globs or a "
             "dataset folder (repeatable; default: data.shards of the config)"),
@@ -44,8 +44,8 @@ def register(app: typer.Typer) -> None:
         """Train the model of a config from lapdata shards (checkpoints, pictures, TensorBoard under --out)."""
         from lapdata.config import load_config
 
-        from ..config import TrainConfig
-        from ..train import train
+        from lapmodel.config import TrainConfig
+        from lapmodel.training.train import train
 
         overrides: dict = parse_sets(sets or [])
         if shards:
@@ -53,9 +53,11 @@ def register(app: typer.Typer) -> None:
         for key, val in (("out", out), ("init", init), ("device", device), ("steps", steps)):
             if val is not None:
                 overrides[key] = val
-        cfg = load_config(TrainConfig, config, overrides)
+        from lapmodel.recipes.catalog import find_config
+
+        cfg = load_config(TrainConfig, find_config(config), overrides)
         if cfg.model.kind == "lap":  # LAP engineer (additive): a LAP stage runs its curriculum phases
-            from ..pipeline import train_stage
+            from lapmodel.training.curriculum import train_stage
 
             res = train_stage(cfg, stage or cfg.model.lap.stage, resume=resume, progress=progress)
         else:

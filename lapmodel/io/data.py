@@ -38,7 +38,7 @@ from torch import Tensor
 from lapdata.errors import LapError
 from lapdata.sample import decode_sample, sample_json
 
-from .config import DataConfig
+from lapmodel.config import DataConfig
 
 
 @dataclass

@@ -5,7 +5,7 @@ One definition of each step between the networks' raw outputs and the loss:
 * mappings (Unsup3D): ``map_depth`` (raw -> canonical depth in [min_depth, max_depth], border columns pinned),
   ``map_light`` (tanh -> [ambient, diffuse, dx, dy]), ``map_view`` (tanh -> rotations in radians, translations);
 * ``render``: canonical albedo + depth + light + view -> shaded canonical image and its re-render in the view, for
-  the canonical maps and their mirror images (``lapmodel.renderer`` with the config's ``depth_range``);
+  the canonical maps and their mirror images (``lapmodel.render.renderer`` with the config's ``depth_range``);
 * ``reconstruction_loss``: Eq. 3 (confidence-calibrated L1) + flip + perceptual + depth smoothness.
 
 Deviations from the official code, kept on purpose (each has a config switch; measured in BENCHMARKS.md, "quality
@@ -42,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import losses, renderer
+from lapmodel.models import losses
+
+from lapmodel.render import renderer
 
 
 def depth_range(cfg) -> tuple[float, float]:

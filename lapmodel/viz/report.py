@@ -2,7 +2,7 @@
 
 Building blocks are pure functions: pictures from arrays (:func:`save_png`, :func:`image_grid`, :func:`depth_picture`,
 :func:`normal_picture`), loss curves from ``log.jsonl`` files (:func:`loss_curves_png`), and :func:`write_report`,
-which writes ``DIR/index.html`` from a list of :class:`Section`. ``lapmodel.pipeline`` gathers the run's content.
+which writes ``DIR/index.html`` from a list of :class:`Section`. ``lapmodel.recipes.report`` gathers the run's content.
 """
 
 from __future__ import annotations

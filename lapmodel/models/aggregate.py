@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .networks import DownPath, UpPath
+from lapmodel.models.networks import DownPath, UpPath
 
 
 @dataclass

@@ -6,7 +6,7 @@ into the input's view and compared with the input (Eq. 3 of LAP: confidence-cali
 its own confidence, + depth smoothness). The flipped reconstruction is what makes the model learn symmetric shape.
 
 Everything between the networks' raw outputs and the loss (mappings, render, loss, and the deviations from the
-official code with their reasons) is ``lapmodel.photogeo``, shared with the LAP model. Networks see images in
+official code with their reasons) is ``lapmodel.models.photogeo``, shared with the LAP model. Networks see images in
 [-1, 1]; the photometric loss is computed in that range (as Unsup3D); pictures and outputs are in [0, 1].
 """
 
@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lapmodel import photogeo
-from lapmodel.outputs import Reconstruction
+from lapmodel.models import photogeo
+from lapmodel.models.outputs import Reconstruction
 
-from .config import ModelConfig
-from .networks import ConfNet, EDDeconv, Encoder, num_stages
-from .vgg import VGG16Relu33
+from lapmodel.config import ModelConfig
+from lapmodel.models.networks import ConfNet, EDDeconv, Encoder, num_stages
+from lapmodel.models.vgg import VGG16Relu33
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Unsup3D(nn.Module):
     # ----------------------------------------------------------------------------------------- forward
     def forward(self, x: Tensor | "Batch") -> Unsup3DOutput:  # noqa: F821
         weight = None
-        if not isinstance(x, Tensor):  # a lapmodel.data.Batch: every valid view is one image
+        if not isinstance(x, Tensor):  # a lapmodel.io.data.Batch: every valid view is one image
             images = x.views()
             if x.hard is not None:
                 keep = (~x.hard[x.valid]).to(images.dtype)  # (Bv,)

@@ -102,7 +102,7 @@ def checkpoint_config(doc: dict[str, Any]):
     """The TrainConfig stored in a loaded checkpoint."""
     from lapdata.config import load_config
 
-    from .config import TrainConfig
+    from lapmodel.config import TrainConfig
 
     return load_config(TrainConfig, doc["config"])
 
@@ -112,7 +112,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", training: b
 
     With ``training`` the perceptual network is loaded from the stored ``vgg_weights`` path when that file exists.
     """
-    from .train import build_model
+    from lapmodel.models.build import build_model
 
     doc = load_checkpoint(path)
     cfg = checkpoint_config(doc)

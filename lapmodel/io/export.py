@@ -3,7 +3,7 @@
 Pure functions (no model, no state). Arrays are numpy or torch (converted on entry); shapes:
 
 - depth:   (H, W) float, camera units, NaN / masked = no surface
-- normal:  (H, W, 3) unit vectors (x right, y down, z away from the camera, as in ``lapmodel.outputs``)
+- normal:  (H, W, 3) unit vectors (x right, y down, z away from the camera, as in ``lapmodel.models.outputs``)
 - image:   (3, H, W) or (H, W, 3) float in [0, 1], or (H, W, 3) uint8
 - mesh:    verts (V, 3) float, faces (F, 3) int, uvs (V, 2) in [0, 1], colours (V, 3) uint8
 
@@ -443,15 +443,14 @@ SHAPE_LIGHT = (0.25, 0.75, 0.4, -0.4)  # [ambient, diffuse, dx, dy] of the grey 
 def turntable_frames(canon_depth: Any, canon_image: Any, n_frames: int = 24, max_yaw_deg: float = 45.0,
                      fov_deg: float = 10.0, shape: bool = False,
                      depth_range: tuple[float, float] = (0.9, 1.1)) -> np.ndarray:
-    """Turntable of one canonical face via `lapmodel.renderer.turntable`: (H, W), (3, H, W) -> (T, H, W', 3) uint8.
+    """Turntable of one canonical face via `lapmodel.render.renderer.turntable`: (H, W), (3, H, W) -> (T, H, W', 3) uint8.
 
     Yaws sweep 0 -> +max -> -max -> 0 (a smooth loop), ``n_frames`` in all. ``shape``: each frame also shows the
     bare geometry (grey albedo lit by `SHAPE_LIGHT`) to the right of the textured face (W' = 2W; else W' = W).
     """
     import torch
 
-    from lapmodel import renderer
-
+    from lapmodel.render import renderer
     t = np.linspace(0, 2 * math.pi, n_frames, endpoint=False)
     yaws = [float(math.radians(max_yaw_deg) * math.sin(x)) for x in t]
     d = torch.as_tensor(_np(canon_depth), dtype=torch.float32)[None]

@@ -1,0 +1,1 @@
+"""Metrics and evaluation against ground truth."""

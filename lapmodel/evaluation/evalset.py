@@ -1,0 +1,83 @@
+"""Evaluation sets: the views of one identity sample with their ground truth (depth, mask), at the model's size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class EvalSet:
+    """The views of one identity sample, resized to the model's size.
+
+    images (N, 3, S, S) in [0, 1]; depth (N, S, S) float32 NaN = none; mask (N, S, S) bool (gt face mask, all False
+    where unknown); has_gt (N,) bool; fov_deg: the gt camera's field of view (None: the model's).
+    """
+
+    identity: str
+    images: Tensor
+    depth: Tensor
+    mask: Tensor
+    has_gt: Tensor
+    fov_deg: float | None = None
+
+
+def _resize(x: Tensor, size: int, mode: str) -> Tensor:
+    """(N, C, H, W) -> (N, C, size, size)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest")
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> EvalSet:
+    """A raw webdataset sample -> EvalSet (decodes image, depth, mask; resizes to ``size``)."""
+    from lapdata.sample import decode_sample, num_views
+
+    n = num_views(raw)
+    views = range(n if max_views is None else min(n, max_views))
+    s = decode_sample(raw, views=views, fields=("image", "depth", "mask"))
+    imgs, depths, masks, has = [], [], [], []
+    fov = s.meta.get("fov_deg")
+    for v in s.views:
+        img = torch.from_numpy(np.asarray(v.image)).permute(2, 0, 1).float()[None] / 255.0
+        h, w = img.shape[-2:]
+        imgs.append(_resize(img, size, "bilinear")[0].clamp(0, 1))
+        if v.depth is not None:
+            d = torch.from_numpy(np.asarray(v.depth, dtype=np.float32))
+            m = torch.isfinite(d)
+            if v.mask is not None:
+                m &= torch.from_numpy(np.asarray(v.mask, dtype=bool))
+            has.append(True)
+            fov = v.meta.get("fov_deg", fov)
+        else:
+            d = torch.full((h, w), float("nan"))
+            m = torch.zeros(h, w, dtype=torch.bool)
+            has.append(False)
+        depths.append(_resize(d[None, None], size, "nearest")[0, 0])
+        masks.append(_resize(m[None, None].float(), size, "nearest")[0, 0] > 0.5)
+    return EvalSet(
+        identity=s.identity, images=torch.stack(imgs), depth=torch.stack(depths), mask=torch.stack(masks),
+        has_gt=torch.tensor(has, dtype=torch.bool), fov_deg=None if fov is None else float(fov),
+    )
+
+
+def iter_evalsets(shards: str | Sequence[str], size: int, max_identities: int | None = None,
+                  max_views: int | None = None) -> Iterable[EvalSet]:
+    """EvalSets from shards (brace patterns, globs, folders: `lapmodel.io.data.expand_shards`), in shard order."""
+    import webdataset as wds
+
+    from lapmodel.io.data import expand_shards
+
+    urls = expand_shards(shards)
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    for k, raw in enumerate(ds):
+        if max_identities is not None and k >= max_identities:
+            break
+        yield sample_to_evalset(raw, size, max_views)

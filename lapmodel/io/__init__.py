@@ -1,0 +1,1 @@
+"""Reading and writing: the training data stream, checkpoints, exports."""

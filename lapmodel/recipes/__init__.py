@@ -1,0 +1,1 @@
+"""Recipes: multi-step pipelines and their configs."""

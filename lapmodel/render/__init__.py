@@ -1,0 +1,1 @@
+"""The differentiable renderer as pure functions."""
