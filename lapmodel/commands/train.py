@@ -1,4 +1,4 @@
-"""`lapmodel train --shards URLS --config pipelines/unsup3d.yaml --out runs/u3d [--resume] ...` (thin wrapper).
+"""`lapmodel train`: train the model of a config from lapdata shards (options derived from ``TrainConfig``).
 
 Works under torchrun: `torchrun --nproc-per-node 8 -m lapmodel train ...` (DDP, one rank per GPU).
 """
@@ -6,61 +6,68 @@ Works under torchrun: `torchrun --nproc-per-node 8 -m lapmodel train ...` (DDP, 
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import typer
 
-from lapdata.errors import LapError, cli_guard
+from lapdata.cliconfig import config_parameters, option, with_parameters
+from lapdata.errors import cli_guard
 
+EXAMPLES = """Examples:
 
-def parse_sets(items: list[str]) -> dict[str, str]:
-    """["optim.lr=2e-4", ...] -> {"optim.lr": "2e-4"} (values parsed as YAML by load_config)."""
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise LapError(f"--set {it!r}: expected KEY=VALUE (e.g. --set optim.lr=2e-4)")
-        k, v = it.split("=", 1)
-        out[k.strip()] = v
-    return out
+  lapmodel train --config unsup3d --shards '/data/lap/celeba/shards/train-{000000..000099}.tar' --out runs/u3d
+
+  lapmodel train --config lap --stage aggregate --out runs/lap --set optim.lr=2e-4 --set data.max_set=6
+
+  lapmodel train --config unsup3d --out runs/u3d --resume
+"""
+
+# top-level TrainConfig fields a user sets on the command line; the nested ones go through --set KEY=VALUE
+TOP_LEVEL = ("out", "init", "device", "steps", "epochs", "batch", "precision", "compile", "seed", "log_every",
+             "picture_every", "ckpt_every", "keep_every", "perceptual", "vgg_weights", "mobilenet_weights")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train")
-    @cli_guard
-    def train_cmd(
-        config: str = typer.Option("unsup3d", "--config", "-c", help="training config: a YAML path or a packaged name (unsup3d, lap, paper, ...)"),
-        shards: Optional[List[str]] = typer.Option(
-            None, "--shards", help="shards: paths, brace patterns ('d/train-{000000..000099}.tar'), globs or a "
-            "dataset folder (repeatable; default: data.shards of the config)"),
-        out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder (default: out of the config)"),
-        resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt (reproduces the run)"),
-        init: Optional[str] = typer.Option(None, "--init", help="initialise the model weights from this checkpoint"),
-        stage: Optional[str] = typer.Option(None, "--stage", help="training stage (models with stages, e.g. LAP)"),
-        sets: Optional[List[str]] = typer.Option(None, "--set", help="override a config field: KEY=VALUE (repeatable)"),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (default: device of config)"),
-        steps: Optional[int] = typer.Option(None, "--steps", help="number of optimizer steps"),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
-    ) -> None:
-        """Train the model of a config from lapdata shards (checkpoints, pictures, TensorBoard under --out)."""
-        from lapdata.config import load_config
+    from lapmodel.config import LAP_STAGES, TrainConfig
 
-        from lapmodel.config import TrainConfig
+    def train_cmd(*, config: str, shards: Optional[List[str]], resume: bool, stage: Optional[str],
+                  sets: Optional[List[str]], progress: bool, **fields) -> None:
+        """Train the model of a config from lapdata shards (checkpoints, pictures, TensorBoard, log.jsonl under
+        --out). Every option but --config/--shards/--resume/--stage overrides the config's field of that name."""
+        from lapdata.config import load_config, parse_overrides
+        from lapmodel.recipes.catalog import find_config
+        from lapmodel.training.curriculum import train_stage
         from lapmodel.training.train import train
 
-        overrides: dict = parse_sets(sets or [])
+        overrides: dict = parse_overrides(sets or [])
         if shards:
             overrides["data.shards"] = list(shards)
-        for key, val in (("out", out), ("init", init), ("device", device), ("steps", steps)):
-            if val is not None:
-                overrides[key] = val
-        from lapmodel.recipes.catalog import find_config
-
+        overrides.update({k: v for k, v in fields.items() if v is not None})
         cfg = load_config(TrainConfig, find_config(config), overrides)
-        if cfg.model.kind == "lap":  # LAP engineer (additive): a LAP stage runs its curriculum phases
-            from lapmodel.training.curriculum import train_stage
-
+        if cfg.model.kind == "lap":  # a LAP stage runs its curriculum phases
             res = train_stage(cfg, stage or cfg.model.lap.stage, resume=resume, progress=progress)
         else:
-            res = train(cfg, resume=resume, stage=stage, progress=progress)
+            if stage is not None:
+                from lapdata.errors import LapError
+
+                raise LapError(f"--stage {stage}: the config's model.kind is {cfg.model.kind!r}, which has no stages")
+            res = train(cfg, resume=resume, progress=progress)
         if os.environ.get("RANK", "0") == "0":
             typer.echo(f"trained {res.step} steps; checkpoint {res.checkpoint}; pictures {res.out / 'pictures'}")
+
+    params = [
+        option("config", str, "unsup3d", "--config", "-c",
+               help="training config: a YAML path or a packaged name (lapmodel/recipes/pipelines: unsup3d, lap, "
+                    "paper, quickstart ...)"),
+        option("shards", Optional[List[str]], None, "--shards",
+               help="shards: paths, brace patterns ('d/train-{000000..000099}.tar'), globs or a dataset folder "
+                    "(repeatable; default: data.shards of the config)"),
+        option("resume", bool, False, "--resume", help="continue from OUT/last.pt (reproduces the run)"),
+        option("stage", Optional[Literal[LAP_STAGES]], None, "--stage",
+               help="LAP training stage (default: model.lap.stage of the config)"),
+        option("sets", Optional[List[str]], None, "--set", help="override any config field: KEY=VALUE, dotted keys "
+               "(repeatable), e.g. --set optim.lr=2e-4"),
+        option("progress", bool, True, "--progress/--no-progress", help="progress bar (only on a terminal)"),
+        *config_parameters(TrainConfig, include=TOP_LEVEL, override=True, short={"out": "-o"}),
+    ]
+    app.command("train", epilog=EXAMPLES)(cli_guard(with_parameters(train_cmd, params)))
