@@ -88,6 +88,7 @@ def find_browser() -> str | None:
 def write_demo(folder: Path, n: int = 97) -> Path:
     """A checkered unit hemisphere on a square base, as a depth grid seen from z = 3 -> ``mesh.glb``
     (`lapmodel.io.mesh.write_glb`), ``model-viewer.min.js`` (the vendored copy) and ``index.html``."""
+    from lapdata import atomic
     from lapmodel.io import mesh as M
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def write_demo(folder: Path, n: int = 97) -> Path:
     check = (np.floor(x * 3) + np.floor(y * 3)) % 2
     tex = np.stack([0.25 + 0.7 * check, 0.35 + 0.3 * (x + 1.3) / 2.6, 0.95 - 0.7 * check], -1)
     M.write_glb(folder / "mesh.glb", M.grid_mesh(3.0 - z, np.stack([x, y, z], -1), texture=tex))
-    shutil.copyfile(ASSETS / "model-viewer.min.js", folder / "model-viewer.min.js")
+    atomic.copy_file(ASSETS / "model-viewer.min.js", folder / "model-viewer.min.js")
     page = """<!doctype html><html><head><meta charset="utf-8"><title>model-viewer demo (lapmodel.io.mesh GLB)</title>
 <script type="module" src="model-viewer.min.js"></script>
 <style>body{font-family:sans-serif;margin:1em}model-viewer{width:640px;height:480px;background:#e8e8e8}</style>
@@ -106,8 +107,7 @@ def write_demo(folder: Path, n: int = 97) -> Path:
   <div slot="progress-bar"></div></model-viewer>
 </body></html>
 """
-    (folder / "index.html").write_text(page)
-    return folder / "index.html"
+    return atomic.write_text(folder / "index.html", page)
 
 
 # --------------------------------------------------------------------------------------------- serving, browsing

@@ -13,8 +13,8 @@ two triangles per pixel quad in `lapdata.geometry.grid_faces` order, (top-left, 
 (top-right, bottom-left, bottom-right), which face the camera of ``lapdata.geometry`` (x right, y down, z away);
 uv of pixel (i, j) = ((j + 0.5) / W, 1 - (i + 0.5) / H) (OBJ convention, v up; trimesh flips it for glTF).
 OBJ, PLY and GLB viewers expect y up: pass camera points through `camera_to_y_up` first (a rotation: triangles
-keep facing the viewer, now at +z). Every file is written to a temporary file in its folder, then moved into place
-with ``os.replace``; the same mesh gives the same bytes (no timestamps, no random names).
+keep facing the viewer, now at +z). Every file is written through `lapdata.atomic.write_bytes` (a temporary file in
+its folder, then ``os.replace``); the same mesh gives the same bytes (no timestamps, no random names).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from lapdata.atomic import write_bytes
 from lapdata.errors import LapError
 
 PathLike = str | os.PathLike
@@ -177,20 +178,6 @@ def to_trimesh(mesh: Mesh):
     return trimesh.Trimesh(mesh.verts, mesh.faces, visual=visual, process=False, validate=False)
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``.<name>.<pid>.tmp`` beside ``path`` (the umask's permissions), then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_obj(path: PathLike, mesh: Mesh) -> dict[str, Path]:
     """Wavefront OBJ, 1-based indices, vt index = v index; with a texture also ``<stem>.mtl`` and
     ``<stem>_texture.png`` (as ``lapmodel.io.export``: material ``face``, Ka Kd 1, Ks 0, map_Kd); with colours and
@@ -208,12 +195,12 @@ def write_obj(path: PathLike, mesh: Mesh) -> dict[str, Path]:
         text = re.sub(r"^usemtl .*$", "usemtl face", text, count=1, flags=re.M)
         buf = io.BytesIO()
         Image.fromarray(mesh.texture).save(buf, format="PNG")
-        _atomic_write(tex, buf.getvalue())
-        _atomic_write(mtl, f"newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {tex.name}\n".encode())
+        write_bytes(tex, buf.getvalue())
+        write_bytes(mtl, f"newmtl face\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nillum 1\nmap_Kd {tex.name}\n".encode())
         out.update(mtl=mtl, texture=tex)
     else:
         text = export_obj(to_trimesh(mesh), include_normals=False, include_color=True, digits=8, header="lapmodel mesh")
-    _atomic_write(path, text.encode())
+    write_bytes(path, text.encode())
     return out
 
 
@@ -223,7 +210,7 @@ def write_ply(path: PathLike, mesh: Mesh, binary: bool = True) -> Path:
     from trimesh.exchange.ply import export_ply
 
     m = Mesh(mesh.verts, mesh.faces, None, mesh.colors, None)
-    return _atomic_write(Path(path), export_ply(to_trimesh(m), encoding="binary" if binary else "ascii"))
+    return write_bytes(Path(path), export_ply(to_trimesh(m), encoding="binary" if binary else "ascii"))
 
 
 def write_glb(path: PathLike, mesh: Mesh) -> Path:
@@ -235,7 +222,7 @@ def write_glb(path: PathLike, mesh: Mesh) -> Path:
 
     scene = trimesh.Scene()
     scene.add_geometry(to_trimesh(compact(mesh)), geom_name="mesh", node_name="mesh")
-    return _atomic_write(Path(path), export_glb(scene, include_normals=True))
+    return write_bytes(Path(path), export_glb(scene, include_normals=True))
 
 
 def glb_json(data: bytes) -> dict:
