@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from lapdata.config import load_config  # noqa: E402
 from lapdata.synthetic.build import SynthConfig, run_synthetic  # noqa: E402
 from lapmodel.config import TrainConfig  # noqa: E402
-from lapmodel.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
+from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint  # noqa: E402
 from lapmodel.training.train import train  # noqa: E402
 
 ANCHOR = {"unsup3d": {"side": 0.793, "mad": 16.51}, "lap": {"side": 0.721, "mad": 15.53},
@@ -163,11 +163,13 @@ def evaluate_run(args, run: dict[str, Any], shards: str, tag: str = "", set_size
     per_image = run["images"] / max(1, run["steps"])
     for ck in ckpts:
         step = int(ck.stem.split("-")[1])
-        r = evaluate_checkpoint(ck, shards, out / f"eval{tag}-{step:06d}", baselines=True, identity=False,
-                                progress=False, max_identities=args.eval_ids, device=args.device)
+        r = evaluate_checkpoint(EvaluateConfig(str(ck), shards, str(out / f"eval{tag}-{step:06d}"), baselines=True,
+                                               identity=False, max_identities=args.eval_ids, device=args.device),
+                                progress=False)
         curve.append(row_of(r, step, int(step * per_image)))
-    last = evaluate_checkpoint(out / "last.pt", shards, out / f"eval{tag}", baselines=True, identity=False,
-                               progress=False, max_identities=args.eval_ids, set_sizes=set_sizes, device=args.device)
+    last = evaluate_checkpoint(EvaluateConfig(str(out / "last.pt"), shards, str(out / f"eval{tag}"), baselines=True,
+                                              identity=False, max_identities=args.eval_ids,
+                                              set_sizes=tuple(set_sizes), device=args.device), progress=False)
     row = row_of(last, run["steps"], run["images"])
     row.update(cpu_s=run["cpu_s"], wall_s=run.get("wall_s"), images_per_s=run.get("images_per_s"))
     # the same model untrained: with the flat start it is the ellipsoid prior seen frontally, the floor any gain
@@ -177,8 +179,9 @@ def evaluate_run(args, run: dict[str, Any], shards: str, tag: str = "", set_size
 
     cfg = checkpoint_config(load_checkpoint(out / "last.pt"))
     torch.manual_seed(cfg.seed)
-    init = evaluate_checkpoint(None, shards, out / f"eval{tag}-init", baselines=True, identity=False, progress=False,
-                               max_identities=args.eval_ids, model=build_model(cfg, training=False).eval())
+    init = evaluate_checkpoint(EvaluateConfig("untrained", shards, str(out / f"eval{tag}-init"), baselines=True,
+                                              identity=False, max_identities=args.eval_ids),
+                               model=build_model(cfg, training=False).eval(), progress=False)
     row["init"] = row_of(init, 0, 0)
     if last.set_size:
         row["set_size"] = {int(n): {"side": v["side"]["mean"], "mad": v["mad"]["mean"]} for n, v in last.set_size.items()}

@@ -3,7 +3,7 @@
 Why a small derivation rather than a library: the configs already are frozen dataclasses loaded from YAML by
 ``lapdata.config`` (unknown keys raise, dotted overrides); OmegaConf would add a second config system and typer is
 the card's CLI. So a field's name gives the option (``min_images`` -> ``--min-images``), its type the parser
-(``Literal`` -> choices shown in ``--help``; ``bool`` -> ``--x/--no-x``; tuples -> ``"a,b"`` or ``"I/N"``), its
+(``Literal`` -> choices shown in ``--help``; ``bool`` -> ``--x/--no-x``; ``tuple[str, ...]`` -> a repeatable option; other tuples -> ``"a,b"`` or ``"I/N"``), its
 default the default, and its trailing source comment the help text (as ``simple-parsing`` does)::
 
     @dataclass(frozen=True)
@@ -81,6 +81,8 @@ def _option_type(tp: Any) -> tuple[Any, dict[str, Any], Callable[[Any], Any] | N
     origin = get_origin(tp)
     if origin is Literal:
         return (Optional[tp] if optional else tp), {}, None  # typer shows the choices
+    if origin is tuple and get_args(tp) == (str, Ellipsis):
+        return (Optional[list[str]] if optional else list[str]), {}, None  # a repeatable option
     if origin is tuple:
         args = get_args(tp)
         n = None if len(args) == 2 and args[1] is Ellipsis else len(args)
@@ -115,7 +117,10 @@ def config_parameters(cls: type, *, include: Sequence[str] | None = None, skip: 
         default = f.default if f.default is not _MISSING else (
             f.default_factory() if f.default_factory is not _MISSING else None)  # type: ignore[misc]
         if isinstance(default, tuple):
-            default = ",".join(str(x) for x in default) if default != (0, 1) or f.name != "part" else "0/1"
+            if get_origin(_unwrap_optional(ann)[0]) is list:
+                default = list(default) or None
+            else:
+                default = ("/" if f.name == "part" else ",").join(str(x) for x in default)
         if f.name in required or (f.default is _MISSING and f.default_factory is _MISSING):
             default = ...
         text = help.get(f.name, comments.get(f.name, ""))
@@ -142,7 +147,9 @@ def config_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
             continue
         v = values[f.name]
         tp, _ = _unwrap_optional(hints[f.name])
-        if get_origin(tp) is tuple and isinstance(v, str):
+        if get_origin(tp) is tuple and isinstance(v, list):
+            v = tuple(v)
+        elif get_origin(tp) is tuple and isinstance(v, str):
             args = get_args(tp)
             n = None if len(args) == 2 and args[1] is Ellipsis else len(args)
             v = _parse_tuple(v, n, args[0] if args else str, f.name)

@@ -10,7 +10,7 @@ import torch
 from lapdata.config import load_config
 from lapdata.synthetic.build import SynthConfig, run_synthetic
 from lapmodel.config import TrainConfig
-from lapmodel.evaluation.evaluate import evaluate_checkpoint
+from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 from lapmodel.training.train import train
 
 IDS, POSES, SIZE, STEPS = 4, 9, 32, 300
@@ -48,8 +48,8 @@ def run(tmp_path, shards, steps: int, **over):
         res = train(cfg, progress=False, log=lambda m: None)
     finally:
         torch.set_num_threads(threads)
-    r = evaluate_checkpoint(res.checkpoint, shards, tmp_path / "eval", baselines=True, identity=False,
-                            progress=False)
+    r = evaluate_checkpoint(EvaluateConfig(str(res.checkpoint), shards, str(tmp_path / "eval"), baselines=True,
+                                           identity=False), progress=False)
     m, f = r.rows["model"], r.rows["flat"]
     return m["side"]["mean"] / f["side"]["mean"], m["mad"]["mean"] / f["mad"]["mean"]
 

@@ -198,11 +198,11 @@ class _DepthModel(torch.nn.Module):
 
 
 def test_evaluate_true_vs_wrong_depth(tmp_path):
-    from lapmodel.evaluation.evaluate import evaluate_checkpoint, format_table
+    from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint, format_table
 
     url, table = _write_shards(tmp_path / "shards")
-    good = evaluate_checkpoint("x.pt", url, tmp_path / "good", model=_DepthModel(table), baselines=True,
-                               identity=False, set_sizes=(1, 2, 3), progress=False)
+    good = evaluate_checkpoint(EvaluateConfig("x.pt", url, str(tmp_path / "good"), baselines=True, identity=False,
+                                              set_sizes=(1, 2, 3)), model=_DepthModel(table), progress=False)
     row = good.rows["model"]
     assert row["side"]["n"] == 12 and good.counts == {"identities": 4, "views": 12, "views_with_gt": 12}
     assert row["side"]["mean"] < 0.01  # x1e-2 units: 16-bit quantisation only
@@ -219,8 +219,8 @@ def test_evaluate_true_vs_wrong_depth(tmp_path):
         assert (tmp_path / "good" / f).exists(), f
     assert format_table(good).row_count == 6
 
-    bad = evaluate_checkpoint("x.pt", url, tmp_path / "bad", model=_DepthModel(table, "wrong"), identity=False,
-                              set_sizes=(1, 4), progress=False)
+    bad = evaluate_checkpoint(EvaluateConfig("x.pt", url, str(tmp_path / "bad"), identity=False, set_sizes=(1, 4)),
+                              model=_DepthModel(table, "wrong"), progress=False)
     assert any("no identity has 4 views" in n for n in bad.notes)
     assert bad.set_size[1]["side"]["n"] == 4 and bad.set_size[4]["side"]["n"] == 0
     assert bad.rows["model"]["side"]["mean"] > 2.0
@@ -250,12 +250,15 @@ def test_evaluate_single_image_model_and_identity(tmp_path):
 
 def test_evaluate_errors(tmp_path):
     from lapdata.errors import LapError
-    from lapmodel.evaluation.evaluate import evaluate_checkpoint
+    from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 
     with pytest.raises(LapError, match="checkpoint not found"):
-        evaluate_checkpoint(tmp_path / "none.pt", "x.tar", tmp_path)
+        evaluate_checkpoint(EvaluateConfig(str(tmp_path / "none.pt"), "x.tar", str(tmp_path)))
     with pytest.raises(LapError, match="does not exist"):
-        evaluate_checkpoint("x.pt", str(tmp_path / "missing.tar"), tmp_path, model=_DepthModel({}), progress=False)
+        evaluate_checkpoint(EvaluateConfig("x.pt", str(tmp_path / "missing.tar"), str(tmp_path)), model=_DepthModel({}),
+                            progress=False)
+    with pytest.raises(LapError, match="batch_size must be >= 1"):
+        EvaluateConfig("x.pt", "x.tar", str(tmp_path), batch_size=0)
 
 
 def test_evaluate_cli(tmp_path):

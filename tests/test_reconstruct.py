@@ -13,7 +13,8 @@ from PIL import Image
 from lapdata.errors import LapError
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
-from lapmodel.inference.reconstruct import load_faces, model_accepts_sets, reconstruct_images, reconstruct_paths
+from lapmodel.inference.reconstruct import (ReconstructConfig, load_faces, model_accepts_sets, reconstruct_images,
+                                            reconstruct_paths)
 
 
 def sphere_depth(b: int, s: int) -> torch.Tensor:
@@ -109,7 +110,7 @@ def test_reconstruct_images_set(tmp_path):
     assert "set" in res["outputs"]
     alb = [np.asarray(Image.open(res["outputs"][n]["albedo"])) for n in ("a", "b", "c", "set")]
     assert all(np.array_equal(alb[0], a) for a in alb[1:])  # one identity: same canonical albedo
-    with pytest.raises(LapError, match="--set"):
+    with pytest.raises(LapError, match="--as-set"):
         reconstruct_images(StandIn(), imgs, tmp_path / "x", ["a", "b", "c"], as_set=True, progress=False)
 
 
@@ -166,14 +167,17 @@ def test_reconstruct_paths_with_model(tmp_path):
         _write_png(src / f"f{i}.png", rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
     (src / "bad.png").write_bytes(b"\x89PNG broken")
     model = StandIn()
-    rep = reconstruct_paths([src], "unused.pt", tmp_path / "out", model=model, turntable=0, progress=False, chunk=2)
+    rep = reconstruct_paths(ReconstructConfig((str(src),), "unused.pt", str(tmp_path / "out"), turntable=0),
+                            model=model, progress=False, chunk=2)
     assert rep["done"] == 3 and rep["skipped"] == 1 and rep["size"] == 16
     assert model.calls == [1, 2]  # chunk 1: bad.png + f0.png (one skipped), chunk 2: f1, f2
     assert sorted(rep["outputs"]) == ["f0", "f1", "f2"] and Path(rep["summary"]).exists()
     doc = json.loads((tmp_path / "out" / "reconstruct.json").read_text())
     assert doc["skipped_files"][0]["path"].endswith("bad.png")
     with pytest.raises(LapError, match="checkpoint not found"):
-        reconstruct_paths([src], tmp_path / "nope.pt", tmp_path / "out2")
+        reconstruct_paths(ReconstructConfig((str(src),), str(tmp_path / "nope.pt"), str(tmp_path / "out2")))
+    with pytest.raises(LapError, match="batch_size must be >= 1"):
+        ReconstructConfig((str(src),), "x.pt", str(tmp_path / "out3"), batch_size=0)
 
 
 def test_detect_real_photo(tmp_path):
@@ -227,8 +231,8 @@ def test_cli_end_to_end(tmp_path):
     assert (out / "summary.png").exists()
     # single-image checkpoint + --set: one-line error, exit 2
     r = CliRunner().invoke(app, ["reconstruct", str(src / "face0.png"), "--checkpoint", str(ck), "--out",
-                                 str(tmp_path / "o2"), "--set"])
-    assert r.exit_code == 2 and "--set" in r.output
+                                 str(tmp_path / "o2"), "--as-set"])
+    assert r.exit_code == 2 and "--as-set needs" in r.output
     r = CliRunner().invoke(app, ["reconstruct", str(tmp_path / "nothing.png"), "--checkpoint", str(ck), "--out",
                                  str(tmp_path / "o3")])
     assert r.exit_code == 2 and "no such file" in r.output
@@ -245,7 +249,7 @@ def test_cli_set_lap(tmp_path):
     for i in range(3):
         paths.append(str(_write_png(tmp_path / f"p{i}.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))))
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["reconstruct", *paths, "--set", "--checkpoint", str(ck), "--out", str(out),
+    r = CliRunner().invoke(app, ["reconstruct", *paths, "--as-set", "--checkpoint", str(ck), "--out", str(out),
                                  "--turntable-frames", "0", "--no-mesh"])
     assert r.exit_code == 0, r.output
     assert (out / "set" / "albedo.png").exists() and (out / "p2" / "recon.png").exists()

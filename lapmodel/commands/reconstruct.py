@@ -1,39 +1,40 @@
-"""`lapmodel reconstruct`: depth, normals, albedo, shading, re-render, meshes and a turntable per photo."""
+"""`lapmodel reconstruct`: depth, normals, albedo, shading, re-render, meshes and a turntable per photo.
+
+Options derive from ``lapmodel.inference.reconstruct.ReconstructConfig``."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
-
 import typer
 
+from lapdata.cliconfig import argument, config_parameters, config_values, option, with_parameters
 from lapdata.errors import cli_guard
+
+EXAMPLES = """Examples:
+
+  lapmodel reconstruct photos/ --checkpoint runs/lap/finetune/last.pt --out recon
+
+  lapmodel reconstruct person_a/*.jpg --checkpoint runs/lap/finetune/last.pt --out recon_a --as-set
+"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("reconstruct")
-    @cli_guard
-    def reconstruct(
-        paths: List[Path] = typer.Argument(..., help="Photos and/or folders of photos."),
-        checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Trained model checkpoint (.pt)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output folder (one subfolder per photo)."),
-        as_set: bool = typer.Option(False, "--set", help="All photos are one identity: aggregate them (LAP models)."),
-        size: Optional[int] = typer.Option(None, "--size", help="Crop side in pixels (default: the model's size)."),
-        device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu, cuda, cuda:1."),
-        aligned: Optional[bool] = typer.Option(
-            None, "--aligned/--detect",
-            help="Inputs are aligned face crops / photos to detect and align (default: square images are crops).",
-        ),
-        batch_size: int = typer.Option(16, "--batch-size", help="Images per model call."),
-        turntable: int = typer.Option(24, "--turntable-frames", help="Frames of the turntable GIF (0: none)."),
-        mesh: bool = typer.Option(True, "--mesh/--no-mesh", help="Write OBJ+MTL+texture and PLY meshes."),
-    ) -> None:
+    from typing import List
+
+    from lapmodel.inference.reconstruct import ReconstructConfig
+
+    def reconstruct(paths: List[str], *, progress: bool, **fields) -> None:
         """Reconstruct 3D faces from photos with a trained checkpoint."""
         from lapmodel.inference.reconstruct import reconstruct_paths
 
-        rep = reconstruct_paths(paths, checkpoint, out, as_set=as_set, size=size, device=device, aligned=aligned,
-                                batch_size=batch_size, turntable=turntable, mesh=mesh)
-        print(f"reconstructed {rep['done']} photo(s), skipped {rep['skipped']}; outputs in {out} "
-              f"(summary: {rep['summary']})")
+        cfg = ReconstructConfig(paths=tuple(paths), **config_values(ReconstructConfig, fields))
+        rep = reconstruct_paths(cfg, progress=progress)
+        typer.echo(f"reconstructed {rep['done']} photo(s), skipped {rep['skipped']}; outputs in {cfg.out} "
+                   f"(summary: {rep['summary']})")
         if rep["done"] == 0:
             raise typer.Exit(1)
+
+    params = [argument("paths", List[str], "photos and/or folders of photos"),
+              *config_parameters(ReconstructConfig, skip=("paths",), short={"out": "-o"},
+                                 flags={"aligned": "--aligned/--detect", "turntable": "--turntable-frames"}),
+              option("progress", bool, True, "--progress/--no-progress", help="progress bar (only on a terminal)")]
+    app.command("reconstruct", epilog=EXAMPLES)(cli_guard(with_parameters(reconstruct, params)))

@@ -403,33 +403,50 @@ def format_table(result: EvalResult, title: str = "evaluation"):
     return t
 
 
-def evaluate_checkpoint(
-    checkpoint: str | os.PathLike,
-    shards: str | Sequence[str],
-    out_dir: str | os.PathLike,
-    *,
-    set_sizes: Sequence[int] = (),
-    baselines: bool = False,
-    id_model: str | os.PathLike | None = None,
-    identity: bool = True,
-    device: str = "cpu",
-    size: int | None = None,
-    max_identities: int | None = None,
-    batch_size: int = 32,
-    erode: int = 1,
-    model: Any | None = None,
-    progress: bool = True,
-) -> EvalResult:
-    """The `lapmodel evaluate` command's work: load the checkpoint, stream the shards, evaluate, write, return."""
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """What `lapmodel evaluate` does; its command-line options derive from these fields."""
+
+    checkpoint: str                      # trained model checkpoint (.pt)
+    shards: tuple[str, ...]              # shards: paths, brace patterns, globs or a dataset folder (repeatable)
+    out: str                             # output folder (eval.json, set_size.png, examples.png)
+    set_sizes: tuple[int, ...] = ()      # set sizes of the set-size curve, e.g. 1,2,3,4,5,6 (LAP models)
+    baselines: bool = False              # add the flat-depth baseline and the ground-truth reference
+    id_model: str | None = None          # ArcFace .onnx for the identity cosine (default: dlib 128-D)
+    identity: bool = True                # compute the identity cosine between input and re-render
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    size: int | None = None              # image side (default: the model's)
+    max_identities: int | None = None    # stop after this many identity samples
+    batch_size: int = 32                 # images per model call
+    erode: int = 1                       # pixels eroded from the gt and predicted masks (Unsup3D: 1)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shards, str):
+            object.__setattr__(self, "shards", (self.shards,))
+        if self.batch_size < 1 or self.erode < 0 or any(n < 1 for n in self.set_sizes) \
+                or (self.size is not None and self.size < 8) or (self.max_identities is not None
+                                                                  and self.max_identities < 1):
+            raise LapError(f"evaluate: batch_size must be >= 1 (got {self.batch_size}), erode >= 0 ({self.erode}), "
+                           f"set sizes >= 1 ({list(self.set_sizes)}), size >= 8 ({self.size}), max_identities >= 1 "
+                           f"({self.max_identities})")
+
+
+def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progress: bool = True) -> EvalResult:
+    """The `lapmodel evaluate` command's work: load the checkpoint, stream the shards, evaluate, write, return.
+
+    ``model``: evaluate this model instead of loading ``cfg.checkpoint`` (tests, benchmarks)."""
+    from lapmodel.device import resolve_device
     from lapmodel.inference.reconstruct import model_image_size
 
     if model is None:
         from lapmodel.io.checkpoint import load_model
 
-        model = load_model(checkpoint, device=device)  # LapError naming the file when missing or not a checkpoint
-    if id_model is not None and not Path(id_model).is_file():
-        raise LapError(f"{id_model}: identity model (ArcFace ONNX) not found")
-    s = size or model_image_size(model)
-    sets = iter_evalsets(shards, s, max_identities=max_identities)
-    return evaluate_model(model, sets, out_dir, set_sizes=set_sizes, baselines=baselines, id_model=id_model,
-                          identity=identity, erode=erode, batch_size=batch_size, progress=progress)
+        # LapError naming the file when missing or not a checkpoint
+        model = load_model(cfg.checkpoint, device=resolve_device(cfg.device))
+    if cfg.id_model is not None and not Path(cfg.id_model).is_file():
+        raise LapError(f"{cfg.id_model}: identity model (ArcFace ONNX) not found")
+    s = cfg.size or model_image_size(model)
+    sets = iter_evalsets(list(cfg.shards), s, max_identities=cfg.max_identities)
+    return evaluate_model(model, sets, cfg.out, set_sizes=cfg.set_sizes, baselines=cfg.baselines,
+                          id_model=cfg.id_model, identity=cfg.identity, erode=cfg.erode, batch_size=cfg.batch_size,
+                          progress=progress)

@@ -17,7 +17,6 @@ plus ``out_dir/summary.png`` (one row per photo) and ``out_dir/reconstruct.json`
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lapdata.atomic import write_json
 from lapdata.errors import LapError
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
@@ -179,7 +179,7 @@ def run_model(model: Any, images: Tensor, as_set: bool = False, batch_size: int 
     images (B, 3, S, S) in [0, 1] -> Reconstruction with B rows.
     """
     if as_set and not model_accepts_sets(model):
-        raise LapError("--set needs a model that aggregates photo sets (a LAP checkpoint); this one reconstructs "
+        raise LapError("--as-set needs a model that aggregates photo sets (a LAP checkpoint); this one reconstructs "
                        "single images")
     dev = _model_device(model)
     if hasattr(model, "eval"):
@@ -336,32 +336,47 @@ def reconstruct_images(
     return {"outputs": outputs, "summary": summary}
 
 
-def reconstruct_paths(
-    paths: Sequence[str | os.PathLike],
-    checkpoint: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    as_set: bool = False,
-    size: int | None = None,
-    device: str = "cpu",
-    aligned: bool | None = None,
-    batch_size: int = 16,
-    turntable: int = 24,
-    mesh: bool = True,
-    progress: bool = True,
-    model: Any | None = None,
-    chunk: int = 256,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """What `lapmodel reconstruct` does; its command-line options derive from these fields."""
+
+    paths: tuple[str, ...]               # photos and/or folders of photos
+    checkpoint: str                      # trained model checkpoint (.pt)
+    out: str                             # output folder (one subfolder per photo)
+    as_set: bool = False                 # all photos are one identity: aggregate them (LAP models)
+    size: int | None = None              # crop side in pixels (default: the model's)
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    aligned: bool | None = None          # inputs are aligned crops / photos to detect (default: square = crop)
+    batch_size: int = 16                 # images per model call
+    turntable: int = 24                  # frames of the turntable GIF (0: none)
+    mesh: bool = True                    # write the meshes (OBJ + MTL + texture, PLY, GLB)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.paths, (str, os.PathLike)):
+            object.__setattr__(self, "paths", (str(self.paths),))
+        if self.batch_size < 1 or self.turntable < 0 or (self.size is not None and self.size < 8):
+            raise LapError(f"reconstruct: batch_size must be >= 1 (got {self.batch_size}), turntable >= 0 "
+                           f"({self.turntable}), size >= 8 ({self.size})")
+
+
+def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progress: bool = True,
+                      chunk: int = 256) -> dict[str, Any]:
     """The `lapmodel reconstruct` command: load the checkpoint, crop the faces, reconstruct, write, report.
 
-    Returns the report written to ``out_dir/reconstruct.json``: counts, skipped files with reasons, outputs.
+    Returns the report written to ``cfg.out/reconstruct.json``: counts, skipped files with reasons, outputs.
+    ``model``: use this model instead of loading ``cfg.checkpoint``; ``chunk``: photos held in memory at once.
     """
+    from lapmodel.device import resolve_device
+
+    paths, checkpoint, out_dir, as_set, size = cfg.paths, cfg.checkpoint, cfg.out, cfg.as_set, cfg.size
+    aligned, batch_size, turntable, mesh = cfg.aligned, cfg.batch_size, cfg.turntable, cfg.mesh
     if model is None:
         from lapmodel.io.checkpoint import load_model
 
-        model = load_model(checkpoint, device=device)  # LapError naming the file when missing or not a checkpoint
+        # LapError naming the file when missing or not a checkpoint
+        model = load_model(checkpoint, device=resolve_device(cfg.device))
     if as_set and not model_accepts_sets(model):
-        raise LapError(f"{checkpoint}: --set needs a LAP checkpoint (this model reconstructs single images)")
+        raise LapError(f"{checkpoint}: --as-set needs a LAP checkpoint (this model reconstructs single images)")
     s = size or model_image_size(model)
     files = expand_paths(paths)
     names = _unique_names(files)
@@ -402,9 +417,5 @@ def reconstruct_paths(
         "outputs": outputs,
         "summary": summary,
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "reconstruct.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out / "reconstruct.json")
+    write_json(Path(out_dir) / "reconstruct.json", report, indent=1)
     return report

@@ -96,13 +96,12 @@ def run_train(step: StepConfig, ctx: StepContext) -> dict:
 
 
 def run_evaluate(step: StepConfig, ctx: StepContext) -> dict:
-    """args: checkpoint, shards, set_sizes, baselines, max_identities, identity, id_model, device, out."""
-    from lapmodel.evaluation.evaluate import evaluate_checkpoint
+    """args: the fields of lapmodel.evaluation.evaluate.EvaluateConfig (``out`` defaults to OUT/eval/<step name>)."""
+    from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 
-    a = dict(step.args)
     out = out_of(step, ctx, f"eval/{step.name}")
-    a.pop("out", None)
-    res = evaluate_checkpoint(a.pop("checkpoint"), a.pop("shards"), out, progress=ctx.progress, **a)
+    cfg = load_config(EvaluateConfig, {**step.args, "out": str(out)})
+    res = evaluate_checkpoint(cfg, progress=ctx.progress)
     return {"out": str(out), "rows": res.rows, "notes": res.notes, "counts": res.counts}
 
 
