@@ -203,7 +203,7 @@ def preprocess_field(field: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"expected a bool, uint8 or float field, got {a.dtype}")
     if a.shape == (size, size):
         return a.copy()
-    return np.asarray(Image.fromarray(a).resize((size, size), FIELD_RESAMPLE))
+    return np.array(Image.fromarray(a).resize((size, size), FIELD_RESAMPLE))  # a writable copy (torch.from_numpy)
 
 
 __all__ = [

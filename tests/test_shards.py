@@ -23,13 +23,14 @@ from lapdata.writer import ShardResult, ShardTask, plan_shards, write_dataset
 SIZE = 48  # stored side; the model side in these tests is 32 (shrink) or 64 (enlarge)
 
 
-def view_of(ident: str, j: int) -> View:
-    """A seeded view: smooth-ish image; views j >= 1 carry synthetic ground truth (depth with holes, mask, seg)."""
+def view_of(ident: str, j: int, n_views: int = 1) -> View:
+    """A seeded view: smooth-ish image with synthetic ground truth (depth with holes, mask, seg), except view 0 of the
+    identities with 3 views (a real photo among rendered ones)."""
     rng = np.random.default_rng([len(ident), sum(map(ord, ident)), j])
     small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
     img = np.asarray(small.resize((SIZE, SIZE), Image.Resampling.BICUBIC))
     meta = {"photo_id": f"{ident}/{j}"}
-    if j == 0:
+    if j == 0 and n_views == 3:
         return View(image=img, meta=meta)
     depth = (1 + rng.random((SIZE, SIZE))).astype(np.float32)
     mask = rng.random((SIZE, SIZE)) > 0.3
@@ -40,7 +41,7 @@ def view_of(ident: str, j: int) -> View:
 def process(task: ShardTask) -> ShardResult:
     samples, rows = [], []
     for ident, n_views in task.items:
-        views = [view_of(ident, j) for j in range(n_views)]
+        views = [view_of(ident, j, n_views) for j in range(n_views)]
         samples.append(IdentitySample(sample_key(ident), ident, task.split, views))
         rows += [{"photo_id": v.meta["photo_id"], "identity": ident, "split": task.split, "status": "ok"}
                  for v in views]
@@ -75,9 +76,10 @@ def test_round_trip_through_the_writer(dataset):
     for d in ours:
         s = decode_sample(d)
         for j, v in enumerate(s.views):
-            want = view_of(s.identity, j)
+            want = view_of(s.identity, j, len(s.views))
             np.testing.assert_array_equal(v.image, want.image)
-            if j:
+            assert (v.depth is None) == (want.depth is None)
+            if want.depth is not None:
                 np.testing.assert_array_equal(v.mask, want.mask)
                 np.testing.assert_array_equal(v.seg, want.seg)
                 np.testing.assert_allclose(v.depth, want.depth, atol=1e-4)  # 16-bit depth, NaN where no surface
@@ -113,7 +115,7 @@ def test_names_match_what_the_writer_writes(dataset):
 
 @pytest.mark.parametrize("side", [32, 48, 64])
 def test_preprocess_image_is_pil_bilinear(side):
-    img = view_of("x", 0).image
+    img = view_of("x", 0, 3).image
     ref = np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
     u8 = S.preprocess_image(img, side, dtype=np.uint8)
     assert u8.shape == (3, side, side) and u8.dtype == np.uint8
@@ -207,3 +209,41 @@ def test_audit_names_a_damaged_shard(dataset, tmp_path):
     tar.write_bytes(tar.read_bytes()[:1536])
     faults = audit_dataset(copy).faults
     assert any(f.startswith(f"{tar}: damaged shard tar") for f in faults), faults
+
+
+# ------------------------------------------------------------------------------------------------------ one set of pixels
+
+
+@pytest.mark.parametrize("side", [32, 64])
+def test_training_evaluation_and_recipes_see_the_same_pixels(dataset, side):
+    """lapmodel's three readers of a shard (the training loader, evaluation, the recipes' compare pictures) give
+    bit-identical images and ground truth: they all go through lapdata.shards' one preprocessing."""
+    from lapmodel.evaluation.evalset import sample_to_evalset
+    from lapmodel.io.data import collate, decode_views
+    from lapmodel.recipes.steps import load_identity_sets
+
+    def first_with(n_views: int) -> tuple[dict, str]:
+        raw = next(d for d in S.iter_samples(dataset) if len(json.loads(d[S.JSON])["views"]) == n_views)
+        return raw, raw[S.URL]
+
+    n = 3
+    raw, url = first_with(n)
+    train = collate([decode_views(raw, list(range(n)), side, ("image", "depth", "mask"))], max_set=n)
+    ev = sample_to_evalset(raw, side)
+    ident, imgs, gt = next((i, x, g) for i, x, g in load_identity_sets(url, 10, n, side) if i == ev.identity)
+    assert train.images.shape == (1, n, 3, side, side) and imgs.shape == (n, 3, side, side)
+    assert torch.equal(train.images[0], ev.images) and torch.equal(ev.images, imgs)
+    reference = torch.stack([torch.from_numpy(S.preprocess_image(raw[S.image_member(i, "png")], side)) for i in range(n)])
+    assert torch.equal(ev.images, reference)
+    # ground truth: view 0 has none (NaN / False everywhere), views 1, 2 have depth and mask
+    assert ev.has_gt.tolist() == [False, True, True] and gt is None  # the recipes need depth on every view
+    assert torch.equal(train.depth[0, 1:].isnan(), ev.depth[1:].isnan())
+    assert torch.equal(torch.nan_to_num(train.depth[0, 1:]), torch.nan_to_num(ev.depth[1:]))
+    assert torch.equal((train.mask[0, 1:] > 0.5) & train.depth[0, 1:].isfinite(), ev.mask[1:])
+    assert not ev.mask[0].any() and ev.depth[0].isnan().all()
+    # a sample with depth on every view: the recipes' ground truth is evaluation's
+    raw, url = first_with(2)
+    ev = sample_to_evalset(raw, side)
+    ident, imgs, gt = next((i, x, g) for i, x, g in load_identity_sets(url, 10, 2, side) if i == ev.identity)
+    assert gt is not None and torch.equal(imgs, ev.images)
+    assert torch.equal(gt.isnan(), ev.depth.isnan()) and torch.equal(torch.nan_to_num(gt), torch.nan_to_num(ev.depth))

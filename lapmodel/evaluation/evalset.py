@@ -7,7 +7,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -27,18 +26,11 @@ class EvalSet:
     fov_deg: float | None = None
 
 
-def _resize(x: Tensor, size: int, mode: str) -> Tensor:
-    """(N, C, H, W) -> (N, C, size, size)."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    if mode == "nearest":
-        return F.interpolate(x, size=(size, size), mode="nearest")
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-
-
 def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> EvalSet:
-    """A raw webdataset sample -> EvalSet (decodes image, depth, mask; resizes to ``size``)."""
+    """A raw shard sample -> EvalSet (decodes image, depth, mask), resized to ``size`` with lapdata's one view
+    preprocessing (``lapdata.shards``): the pixels the training loader gives the model; ground truth nearest."""
     from lapdata.sample import decode_sample, num_views
+    from lapdata.shards import preprocess_field, preprocess_image
 
     n = num_views(raw)
     views = range(n if max_views is None else min(n, max_views))
@@ -46,22 +38,21 @@ def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> Eva
     imgs, depths, masks, has = [], [], [], []
     fov = s.meta.get("fov_deg")
     for v in s.views:
-        img = torch.from_numpy(np.asarray(v.image)).permute(2, 0, 1).float()[None] / 255.0
-        h, w = img.shape[-2:]
-        imgs.append(_resize(img, size, "bilinear")[0].clamp(0, 1))
+        imgs.append(torch.from_numpy(preprocess_image(v.image, size)))
+        h, w = v.image.shape[:2]
         if v.depth is not None:
-            d = torch.from_numpy(np.asarray(v.depth, dtype=np.float32))
-            m = torch.isfinite(d)
+            d = np.asarray(v.depth, dtype=np.float32)
+            m = np.isfinite(d)
             if v.mask is not None:
-                m &= torch.from_numpy(np.asarray(v.mask, dtype=bool))
+                m &= np.asarray(v.mask, dtype=bool)
             has.append(True)
             fov = v.meta.get("fov_deg", fov)
         else:
-            d = torch.full((h, w), float("nan"))
-            m = torch.zeros(h, w, dtype=torch.bool)
+            d = np.full((h, w), np.nan, np.float32)
+            m = np.zeros((h, w), bool)
             has.append(False)
-        depths.append(_resize(d[None, None], size, "nearest")[0, 0])
-        masks.append(_resize(m[None, None].float(), size, "nearest")[0, 0] > 0.5)
+        depths.append(torch.from_numpy(preprocess_field(d, size)))
+        masks.append(torch.from_numpy(preprocess_field(m, size)))
     return EvalSet(
         identity=s.identity, images=torch.stack(imgs), depth=torch.stack(depths), mask=torch.stack(masks),
         has_gt=torch.tensor(has, dtype=torch.bool), fov_deg=None if fov is None else float(fov),

@@ -32,11 +32,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 from torch import Tensor
 
 from lapdata.errors import LapError
 from lapdata.sample import decode_sample, sample_json
+from lapdata.shards import preprocess_field, preprocess_image
 
 from lapmodel.config import DataConfig
 
@@ -134,26 +134,24 @@ def count_samples(urls: Sequence[str]) -> int:
 # ------------------------------------------------------------------------------------------------------ decoding
 
 
-def _resize(arr: np.ndarray, size: int, resample: int) -> np.ndarray:
-    if arr.shape[0] == size and arr.shape[1] == size:
-        return arr
-    return np.asarray(Image.fromarray(arr).resize((size, size), resample))
-
-
 def decode_views(raw: dict, views: Sequence[int], size: int, fields: Sequence[str]) -> dict[str, Any]:
-    """Decode ``views`` of a raw shard sample into arrays at ``size`` (only the requested fields)."""
+    """Decode ``views`` of a raw shard sample into arrays at ``size`` (only the requested fields), with lapdata's one
+    view preprocessing (``lapdata.shards``): images (3, S, S) uint8 (``collate`` divides by 255: the pixels
+    evaluation sees), ground truth nearest."""
     s = decode_sample(raw, views=views, fields=fields)
+
+    def field(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else preprocess_field(a, size)
+
     out: dict[str, Any] = {"identity": s.identity, "key": s.key}
-    imgs, seg, depth, cdepth, mask, hard = [], [], [], [], [], []
-    for v in s.views:
-        imgs.append(_resize(v.image, size, Image.BILINEAR).transpose(2, 0, 1))  # (3, S, S) uint8
-        seg.append(None if v.seg is None else _resize(v.seg, size, Image.NEAREST))
-        depth.append(None if v.depth is None else _resize(v.depth.astype(np.float32), size, Image.NEAREST))
-        cdepth.append(None if v.canon_depth is None else _resize(v.canon_depth.astype(np.float32), size,
-                                                                  Image.NEAREST))
-        mask.append(None if v.mask is None else _resize(v.mask.astype(np.uint8), size, Image.NEAREST))
-        hard.append(bool(v.meta.get("hard", False)))
-    out.update(images=np.stack(imgs), seg=seg, depth=depth, cdepth=cdepth, mask=mask, hard=hard)
+    out.update(
+        images=np.stack([preprocess_image(v.image, size, dtype=np.uint8) for v in s.views]),
+        seg=[field(v.seg) for v in s.views],
+        depth=[field(v.depth) for v in s.views],
+        cdepth=[field(v.canon_depth) for v in s.views],
+        mask=[field(v.mask) for v in s.views],
+        hard=[bool(v.meta.get("hard", False)) for v in s.views],
+    )
     return out
 
 

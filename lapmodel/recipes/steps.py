@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from lapdata.config import load_config
 from lapdata.errors import LapError
+from lapdata.logs import get_logger
 from lapmodel.recipes.recipe import PipelineConfig, StepConfig, pipeline_train_config
 from lapmodel.training.curriculum import stage_dir, train_stage
 
@@ -19,7 +20,7 @@ class StepContext:
     cfg: PipelineConfig
     out: Path
     progress: bool = True
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = field(default_factory=lambda: get_logger("run").info)
 
 
 def marker_path(out: Path, name: str) -> Path:
@@ -139,29 +140,23 @@ def run_reconstruct(step: StepConfig, ctx: StepContext) -> dict:
 
 def load_identity_sets(shards: str | Sequence[str], identities: int, views: int, size: int):
     """The first ``identities`` samples of the shards: [(identity, images (K, 3, S, S) in [0, 1], gt depth
-    (K, S, S) or None)] with K <= ``views``."""
+    (K, S, S) or None)] with K <= ``views``; read and resized with ``lapdata.shards`` (the pixels training and
+    evaluation see)."""
     import numpy as np
     import torch
-    import torch.nn.functional as F
 
-    from lapdata.sample import decode_sample
+    from lapdata.sample import decode_sample, num_views
+    from lapdata.shards import preprocess_field, preprocess_image, tar_samples
 
     from lapmodel.io.data import expand_shards
 
-    import webdataset as wds
-
-    urls = expand_shards(shards)
     out = []
-    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    for raw in ds:
-        s = decode_sample(raw)
-        vs = s.views[:views]
-        imgs = torch.from_numpy(np.stack([v.image for v in vs])).permute(0, 3, 1, 2).float() / 255.0
-        imgs = F.interpolate(imgs, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    for raw in tar_samples(expand_shards(shards)):
+        s = decode_sample(raw, views=range(min(num_views(raw), views)), fields=("image", "depth"))
+        imgs = torch.from_numpy(np.stack([preprocess_image(v.image, size) for v in s.views]))
         gt = None
-        if all(v.depth is not None for v in vs):
-            d = torch.from_numpy(np.stack([v.depth for v in vs])).float()[:, None]
-            gt = F.interpolate(d, size=(size, size), mode="nearest")[:, 0]
+        if all(v.depth is not None for v in s.views):
+            gt = torch.from_numpy(np.stack([preprocess_field(v.depth, size) for v in s.views]))
         out.append((s.identity, imgs, gt))
         if len(out) >= identities:
             break
