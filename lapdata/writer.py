@@ -45,25 +45,9 @@ import pyarrow.parquet as pq
 
 from .errors import LapError
 from .sample import JSON, IdentitySample, encode_sample, image_member
-from .schema import (
-    IDENTITIES,
-    NUM_IMAGES,
-    NUM_ROWS,
-    NUM_SAMPLES,
-    PHOTOS,
-    REASON_COUNTS,
-    SECONDS,
-    SHARD,
-    SHARD_BYTES,
-    SHARD_DIR,
-    SHARD_PATH,
-    SHARD_SHA256,
-    SHARD_SPLIT,
-    SHARDS,
-    STATUS_COUNTS,
-    STATUS_OK,
-    table_from_rows,
-)
+from .schema import (IDENTITIES, NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PHOTOS, REASON_COUNTS, SECONDS, SHARD, SHARD_BYTES,
+                     SHARD_DIR, SHARD_PATH, SHARD_SHA256, SHARD_SPLIT, SHARDS, STATUS_COUNTS, STATUS_OK,
+                     table_from_rows)
 from .shards import iter_samples, iter_tar_samples, shard_urls  # noqa: F401  (the readers live in lapdata.shards)
 
 UNSHARDED = "unsharded.parquet"

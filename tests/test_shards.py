@@ -108,7 +108,8 @@ def test_names_match_what_the_writer_writes(dataset):
         assert set(SHARDS.names) <= set(stats)
         assert stats[S.NUM_SAMPLES] == len(raw)
         assert stats[S.NUM_IMAGES] == sum(len(json.loads(d[S.JSON])["views"]) for d in raw)
-        assert stats[S.SHARD_PATH] == f"{S.SHARD_DIR}/{Path(url).name}" and stats[S.SHARD_BYTES] == Path(url).stat().st_size
+        assert stats[S.SHARD_PATH] == f"{S.SHARD_DIR}/{Path(url).name}"
+        assert stats[S.SHARD_BYTES] == Path(url).stat().st_size
     assert "field_member" in S.__all__ and S.field_member(3, "depth") == "003.depth.png"
     assert S.image_member(12, "png") == "012.png"
 
@@ -211,7 +212,7 @@ def test_audit_names_a_damaged_shard(dataset, tmp_path):
     assert any(f.startswith(f"{tar}: damaged shard tar") for f in faults), faults
 
 
-# ------------------------------------------------------------------------------------------------------ one set of pixels
+# ------------------------------------------------------------------------------------------------ one set of pixels
 
 
 @pytest.mark.parametrize("side", [32, 64])
@@ -233,7 +234,8 @@ def test_training_evaluation_and_recipes_see_the_same_pixels(dataset, side):
     ident, imgs, gt = next((i, x, g) for i, x, g in load_identity_sets(url, 10, n, side) if i == ev.identity)
     assert train.images.shape == (1, n, 3, side, side) and imgs.shape == (n, 3, side, side)
     assert torch.equal(train.images[0], ev.images) and torch.equal(ev.images, imgs)
-    reference = torch.stack([torch.from_numpy(S.preprocess_image(raw[S.image_member(i, "png")], side)) for i in range(n)])
+    reference = torch.stack([torch.from_numpy(S.preprocess_image(raw[S.image_member(i, "png")], side))
+                             for i in range(n)])
     assert torch.equal(ev.images, reference)
     # ground truth: view 0 has none (NaN / False everywhere), views 1, 2 have depth and mask
     assert ev.has_gt.tolist() == [False, True, True] and gt is None  # the recipes need depth on every view
