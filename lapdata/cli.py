@@ -15,6 +15,13 @@ def make_app(name: str, help: str, package: str, modules: Sequence[str]) -> type
     """
     app = typer.Typer(name=name, help=help, no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _setup() -> None:  # every command: plain log lines on stderr, progress bars only on a terminal
+        from lapdata.logs import setup_logging
+
+        setup_logging()
+
     for mod_name in modules:
         try:
             mod = importlib.import_module(f"{package}.commands.{mod_name}")

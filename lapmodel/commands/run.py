@@ -24,7 +24,6 @@ def register(app: typer.Typer) -> None:
         skipping steps already done; rerun the same command to resume."""
         from lapmodel.recipes.runner import run_pipeline
 
-        res = run_pipeline(pipeline, out, start=start, force=force, only=only or (), progress=progress,
-                           log=typer.echo)
+        res = run_pipeline(pipeline, out, start=start, force=force, only=only or (), progress=progress)
         rep = [d["result"]["report"] for d in res.values() if d.get("kind") == "report" and "result" in d]
         typer.echo(f"pipeline done: {len(res)} step(s)" + (f"; report {rep[-1]}" if rep else ""))

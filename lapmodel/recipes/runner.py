@@ -10,7 +10,8 @@ from typing import Callable, Mapping, Sequence
 from lapdata.atomic import write_json
 from lapdata.config import to_dict
 from lapdata.errors import LapError
-from lapmodel.recipes.recipe import StepConfig, load_pipeline
+from lapdata.logs import get_logger, log_to_file
+from lapmodel.recipes.recipe import PipelineConfig, StepConfig, load_pipeline
 from lapmodel.recipes.report import run_report
 from lapmodel.recipes.steps import (StepContext, jsonable, marker_path, read_marker, run_build_synthetic,
                                     run_evaluate, run_ingest, run_parse_masks, run_reconstruct, run_train,
@@ -28,12 +29,20 @@ ADAPTERS: dict[str, Callable[[StepConfig, StepContext], dict]] = {
 
 
 def run_pipeline(path: str | Path, out: str | Path | None = None, *, start: str | None = None, force: bool = False,
-                 only: Sequence[str] = (), progress: bool = True, log: Callable[[str], None] = print,
+                 only: Sequence[str] = (), progress: bool = True, log: Callable[[str], None] | None = None,
                  environ: Mapping[str, str] | None = None) -> dict[str, dict]:
-    """Run the pipeline at ``path`` step by step. Returns {step name: marker document}."""
+    """Run the pipeline at ``path`` step by step. Returns {step name: marker document}.
+
+    Every message also goes to ``OUT/pipeline.log`` (plain lines; training runs keep their own train.log)."""
     cfg = load_pipeline(path, out, environ)
     run_out = Path(cfg.out)
     run_out.mkdir(parents=True, exist_ok=True)
+    with log_to_file(run_out / "pipeline.log"):
+        return _run(cfg, path, run_out, start, force, only, progress, log or get_logger("run").info)
+
+
+def _run(cfg: PipelineConfig, path: str | Path, run_out: Path, start: str | None, force: bool, only: Sequence[str],
+         progress: bool, log: Callable[[str], None]) -> dict[str, dict]:
     names = [s.name for s in cfg.steps]
     if start is not None and start not in names:
         raise LapError(f"--from {start!r}: no such step in {path}; steps: {names}")

@@ -11,6 +11,7 @@ from typing import Callable
 
 from lapdata.atomic import copy_file, write_json
 from lapdata.errors import LapError
+from lapdata.logs import get_logger
 
 
 def stage_dir(out: str | Path, stage: str) -> Path:
@@ -18,7 +19,7 @@ def stage_dir(out: str | Path, stage: str) -> Path:
 
 
 def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
-                log: Callable[[str], None] = print):
+                log: Callable[[str], None] | None = None):
     """Train one LAP stage of ``cfg`` (a TrainConfig with ``model.kind: lap``): its curriculum phases in order.
 
     Phase k trains into ``cfg.out/<stage>/<phase name>/`` (``lapmodel.training.train.train``, resumed from its last.pt
@@ -29,6 +30,8 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
     Returns the last phase's ``TrainResult`` (with ``checkpoint`` = the stage's last.pt).
     """
     from lapmodel.config import LAP_STAGES
+
+    log = log or get_logger("train").info
     from lapmodel.training.train import TrainResult, train
 
     if stage not in LAP_STAGES:

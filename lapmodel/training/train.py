@@ -39,12 +39,16 @@ from torch import Tensor, nn
 
 from lapdata.config import to_dict
 from lapdata.errors import LapError
+from lapdata.logs import get_logger, log_to_file, warn_once
 
 from lapmodel.render import renderer
 from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from lapmodel.config import TrainConfig
 from lapmodel.io.data import Batch, count_samples, data_position, expand_shards, make_loader
 from lapmodel.models.build import build_model
+
+
+LOG = get_logger("train")
 
 
 class TrainingDiverged(LapError):
@@ -124,7 +128,7 @@ def picture_panels(model: nn.Module, out: Any, n: int = 6, yaws: tuple[float, ..
                                     depth_range=(cfg.min_depth, cfg.max_depth))  # (k, T, 3, S, S)
             panels += [(f"y{y:+d}", tt[:, i]) for i, y in enumerate(yaws)]
         except Exception as e:  # noqa: BLE001 - a picture must never stop training
-            warnings.warn(f"turntable failed: {e}", stacklevel=2)
+            warn_once(LOG, f"turntable picture failed: {e}")
     return [(name, _to_rgb(t)) for name, t in panels]
 
 
@@ -186,8 +190,16 @@ def plot_loss_curve(log_path: Path, png: Path) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train ``cfg`` into ``cfg.out``. ``resume``: continue from ``cfg.out/last.pt`` (exactly)."""
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``cfg`` into ``cfg.out``. ``resume``: continue from ``cfg.out/last.pt`` (exactly).
+
+    ``log``: where the run's messages go (default: the ``lap.train`` logger, also written to ``OUT/train.log``)."""
+    with log_to_file(Path(cfg.out) / "train.log"):
+        return _train(cfg, resume=resume, stage=stage, progress=progress, log=log or LOG.info)
+
+
+def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
+           log: Callable[[str], None]) -> TrainResult:
     # -- a stage given on the command line is recorded in the config (so checkpoints rebuild that stage)
     if stage is not None and hasattr(cfg.model, "lap"):
         cfg = replace(cfg, model=replace(cfg.model, lap=replace(cfg.model.lap, stage=stage)))
@@ -225,8 +237,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
-    # -- resume or init
-    start = 0
+    # -- resume or init; ``offset``: steps of the curriculum phases / stages before this run (its ``--init``), so
+    # TensorBoard and log.jsonl's global_step continue across them
+    start, offset = 0, 0
     if resume and last.exists():
         doc = load_checkpoint(last, map_location=device)
         if doc["config"].get("model") != to_dict(cfg.model):
@@ -237,6 +250,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
             scaler.load_state_dict(doc["scaler"])
         set_rng_state(doc["rng"])
         start = int(doc["step"])
+        offset = int(doc.get("extra", {}).get("step_offset", 0))
         pos = doc.get("data", {})
         if (pos.get("world"), pos.get("workers"), pos.get("batch_size")) != (world, cfg.data.workers, per_rank):
             say(f"note: resuming with a different world size / data workers / batch than {last}: "
@@ -251,6 +265,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
         own = model.state_dict()
         fit = {k: v for k, v in init["model"].items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(fit, strict=False)
+        offset = int(init.get("extra", {}).get("step_offset", 0)) + int(init.get("step", 0))
         say(f"initialised {len(fit)}/{len(own)} tensors from {cfg.init}")
     if master:
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -281,7 +296,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(out / "tb"), purge_step=start + 1)
+            tb = SummaryWriter(str(out / "tb"), purge_step=offset + start + 1)
         except Exception as e:  # noqa: BLE001
             say(f"note: TensorBoard disabled ({e})")
     say(f"training {type(raw_model).__name__} on {device} ({world} rank(s), {per_rank} identities per rank, "
@@ -290,10 +305,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     def checkpoint(done: int) -> None:
         if master:
             pos = data_position(done, cfg.data, world, per_rank)
-            save_checkpoint(last, model=raw_model, config=cfg, step=done, optimizer=opt, scaler=scaler, data=pos)
+            extra = {"step_offset": offset}
+            save_checkpoint(last, model=raw_model, config=cfg, step=done, optimizer=opt, scaler=scaler, data=pos,
+                            extra=extra)
             if cfg.keep_every and done % cfg.keep_every == 0:
                 save_checkpoint(out / "checkpoints" / f"step-{done:06d}.pt", model=raw_model, config=cfg, step=done,
-                                optimizer=opt, scaler=scaler, data=pos)
+                                optimizer=opt, scaler=scaler, data=pos, extra=extra)
 
     last_logs: dict[str, float] = {}
     pbar = None
@@ -352,10 +369,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
             t0, seen = time.time(), 0
             if master:
                 with log_path.open("a") as f:
-                    f.write(json.dumps({"step": done, **last_logs}) + "\n")
+                    f.write(json.dumps({"step": done, "global_step": offset + done, "time": round(time.time(), 2),
+                                        **last_logs}) + "\n")
                 if tb is not None:
                     for k, v in last_logs.items():
-                        tb.add_scalar(f"train/{k}", v, done)
+                        tb.add_scalar(f"train/{k}", v, offset + done)
                 if pbar is not None and not pbar.disable:
                     pbar.set_postfix(loss=f"{last_logs['loss']:.4f}")
                 elif progress:  # no terminal (a log file): one plain line per log step instead of the bar
@@ -368,7 +386,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
                 grid = picture_grid(picture_panels(raw_model, output))
                 save_png(out / "pictures" / f"step-{done:06d}.png", grid)
                 if tb is not None:
-                    tb.add_image("pictures", grid, done, dataformats="HWC")
+                    tb.add_image("pictures", grid, offset + done, dataformats="HWC")
             except Exception as e:  # noqa: BLE001
                 say(f"note: step {done}: picture grid failed ({type(e).__name__}: {e})")
             if log_path.exists():
@@ -390,7 +408,3 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     return TrainResult(step=max(steps, start), out=out, checkpoint=last if last.exists() else None,
                        last_logs=last_logs)
 
-
-def with_overrides(cfg: TrainConfig, **top: Any) -> TrainConfig:
-    """Replace top-level fields of a frozen config (None values are ignored)."""
-    return replace(cfg, **{k: v for k, v in top.items() if v is not None})
