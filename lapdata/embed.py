@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lapdata.errors import LapError
+from lapdata.errors import LapError, require
 from lapdata.faces import (
     DEFAULT_EYE_Y,
     DEFAULT_IOD,
@@ -84,7 +84,7 @@ class DlibEmbedder:
 
     def __init__(self, *, iod: float = DEFAULT_IOD, eye_y: float = DEFAULT_EYE_Y, num_jitters: int = 0,
                  batch_size: int = 64, model_dir: str | Path | None = None):
-        import dlib
+        dlib = require("dlib")
 
         self.iod, self.eye_y = float(iod), float(eye_y)
         self.num_jitters = int(num_jitters)

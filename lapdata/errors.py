@@ -32,3 +32,14 @@ def cli_guard(fn: F) -> F:
             raise SystemExit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def require(module: str, extra: str = "faces"):
+    """Import an optional dependency, or a one-line LapError saying which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise LapError(f"{module} is not installed: pip install 'lap-toolkit[{extra}]' "
+                       f"(or bash scripts/setup.sh, which installs every extra)") from None

@@ -41,7 +41,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lapdata.errors import LapError
+from lapdata.errors import LapError, require
 
 # ArcFace (insightface) 112x112 template: left eye, right eye, nose tip, left mouth corner, right mouth corner
 # (image left/right). Source: insightface.utils.face_align.arcface_dst.
@@ -155,22 +155,11 @@ def transform_points(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 _BORDERS = ("replicate", "reflect", "constant")
 
 
-def _cv2():
-    """OpenCV when installed (opencv-python-headless), else None: numpy/scipy/PIL fallbacks are used."""
-    try:
-        import cv2
-
-        return cv2
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-
-
 def resize_image(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area-averaging (down) / bilinear (up) resize of (H, W[, C]) uint8 -> (height, width[, C])."""
-    cv2 = _cv2()
+    """Area-averaging (down) / bilinear (up) resize of (H, W[, C]) uint8 -> (height, width[, C]).
+
+    One image backend (PIL, with scipy for warps) on every machine, so crops never depend on what is installed."""
     down = width * height < img.shape[0] * img.shape[1]
-    if cv2 is not None:
-        return cv2.resize(img, (int(width), int(height)), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
     from PIL import Image
 
     return np.asarray(Image.fromarray(img).resize((int(width), int(height)), Image.BOX if down else Image.BILINEAR))
@@ -185,7 +174,7 @@ def _warp_numpy(img: np.ndarray, m: np.ndarray, w: int, h: int, border: str) -> 
     ys, xs = np.mgrid[:h, :w].astype(np.float64)
     sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
     sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-    mode = {"replicate": "nearest", "reflect": "mirror", "constant": "constant"}[border]
+    mode = {"replicate": "nearest", "reflect": "mirror", "constant": "grid-constant"}[border]  # cv2 conventions
     src = img.astype(np.float64)
     chans = [src] if src.ndim == 2 else [src[..., c] for c in range(src.shape[2])]
     out = [map_coordinates(c, [sy, sx], order=1, mode=mode, cval=0.0) for c in chans]
@@ -198,17 +187,12 @@ def _warp_numpy(img: np.ndarray, m: np.ndarray, w: int, h: int, border: str) -> 
 def warp_affine(image: np.ndarray, m: np.ndarray, size: int | tuple[int, int], border: str = DEFAULT_BORDER) -> np.ndarray:
     """Bilinear warp: output pixel q takes image at M^-1 q. image (H, W, C) or (H, W) -> (h, w[, C]) same dtype.
 
-    size: int (square) or (width, height). border: replicate | reflect | constant (0). OpenCV when installed,
-    else scipy (same result up to rounding)."""
+    size: int (square) or (width, height). border: replicate | reflect | constant (0); scipy, the convention of
+    cv2.warpAffine (pixel centres at integers)."""
     if border not in _BORDERS:
         raise ValueError(f"border must be one of {_BORDERS}, got {border!r}")
     w, h = (size, size) if isinstance(size, int) else size
-    img = np.ascontiguousarray(image)
-    cv2 = _cv2()
-    if cv2 is None:
-        return _warp_numpy(img, m, int(w), int(h), border)
-    mode = {"replicate": cv2.BORDER_REPLICATE, "reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}[border]
-    return cv2.warpAffine(img, np.asarray(m, np.float64), (int(w), int(h)), flags=cv2.INTER_LINEAR, borderMode=mode, borderValue=0)
+    return _warp_numpy(np.ascontiguousarray(image), m, int(w), int(h), border)
 
 
 def _outside_fraction(m: np.ndarray, size: int, shape: tuple[int, ...]) -> float:
@@ -383,7 +367,7 @@ class DlibDetector:
         min_score: float = 0.0,
         model_dir: str | Path | None = None,
     ):
-        import dlib
+        dlib = require("dlib")
 
         self.upsample = int(upsample)
         self.cnn = bool(cnn)
@@ -465,9 +449,8 @@ def load_onnx_session(path: str | Path, what: str):
     p = Path(path)
     if not p.is_file():
         raise LapError(f"{what} ONNX file not found: {p}")
+    ort = require("onnxruntime")
     try:
-        import onnxruntime as ort
-
         avail = ort.get_available_providers()
         providers = [x for x in ("CUDAExecutionProvider", "CPUExecutionProvider") if x in avail] or avail
         so = ort.SessionOptions()
