@@ -51,9 +51,3 @@ def test_type_errors_and_missing_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
     with pytest.raises(LapError, match="not valid YAML"):
         load_config(Cfg, tmp_path / "bad.yaml")
-
-
-def test_frozen():
-    c = Cfg()
-    with pytest.raises(Exception):
-        c.steps = 3  # type: ignore[misc]
