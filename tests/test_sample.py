@@ -66,26 +66,37 @@ def test_sample_roundtrip_through_webdataset(tmp_path):
     raw = next(iter(wds.WebDataset(path, shardshuffle=False)))
     back = decode_sample(raw)
     assert back.identity == s.identity and back.split == "val" and back.meta["source"] == "test"
+    assert back.key == s.key and len(back.views) == len(s.views) == 3
     for a, b in zip(s.views, back.views):
         assert np.array_equal(a.image, b.image)
         assert np.array_equal(a.seg, b.seg) and np.array_equal(a.mask, b.mask)
-        assert np.allclose(np.nan_to_num(a.depth), np.nan_to_num(b.depth), atol=1e-5)
+        for want, got in ((a.depth, b.depth), (a.canon_depth, b.canon_depth)):
+            assert np.array_equal(np.isnan(want), np.isnan(got))
+            assert np.allclose(want, got, atol=1e-5, equal_nan=True)
         assert np.allclose(a.normal, b.normal, atol=1 / 127)
-        assert b.meta["photo_id"] == a.meta["photo_id"]
+        assert b.meta["photo_id"] == a.meta["photo_id"] and b.meta["yaw"] == a.meta["yaw"]
 
 
 def test_decode_selected_views_and_fields():
     e = encode_sample(_sample(), image_ext="png")
     back = decode_sample(e, views=[2], fields=("image",))
-    assert len(back.views) == 1 and back.views[0].meta["index"] == 2
-    assert back.views[0].depth is None and back.views[0].image.shape == (16, 16, 3)
+    assert len(back.views) == 1 and back.views[0].meta["index"] == 2 and back.views[0].meta["photo_id"] == "p2"
+    assert back.views[0].depth is None and back.views[0].seg is None and back.views[0].mask is None
+    assert np.array_equal(back.views[0].image, _sample().views[2].image)  # view 2's pixels (png: lossless)
 
 
 def test_jpeg_is_lossy_but_close():
-    e = encode_sample(_sample(ext_depth=False), image_ext="jpg", quality=95)
-    assert "000.jpg" in e
+    s = _sample(ext_depth=False)
+    yy, xx = np.mgrid[:16, :16]
+    for k, v in enumerate(s.views):  # smooth images (JPEG's case; pixel noise loses its chroma to subsampling)
+        v.image = np.stack([8 * xx + 20 * k, 8 * yy + 10, 4 * (xx + yy) + 30], -1).astype(np.uint8)
+    e = encode_sample(s, image_ext="jpg", quality=95)
+    assert "000.jpg" in e and "000.png" not in e and e["000.jpg"][:2] == b"\xff\xd8"
     back = decode_sample(e, fields=("image",))
-    assert back.views[0].image.shape == (16, 16, 3)
+    errs = [np.abs(b.image.astype(int) - a.image).mean() for a, b in zip(s.views, back.views)]
+    assert len(errs) == 3 and all(0 < x < 2 for x in errs), errs  # lossy, but within 2 levels on average
+    low = decode_sample(encode_sample(s, image_ext="jpg", quality=20), fields=("image",))
+    assert np.abs(low.views[0].image.astype(int) - s.views[0].image).mean() > errs[0]  # the quality reaches PIL
 
 
 def test_dot_in_key_rejected():
