@@ -65,17 +65,21 @@ def test_arcface_tiny_model(tmp_path):
     assert emb([]).shape == (0, 16)
 
 
+def _reference_embedding(crop, w, g):
+    """The tiny graph computed with numpy: (x - 127.5) / 127.5 RGB CHW -> conv k8 s8 -> relu -> gemm -> L2."""
+    x = ((crop.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)
+    patches = x.reshape(3, 14, 8, 14, 8).transpose(1, 3, 0, 2, 4).reshape(14, 14, -1)
+    c = np.maximum(patches @ w.reshape(4, -1).T, 0).transpose(2, 0, 1).ravel()
+    return l2_normalise((g @ c)[None])[0]
+
+
 def test_arcface_preprocessing_matches_reference(tmp_path):
     """ArcFace-framed 112 crops -> (x - 127.5) / 127.5 RGB NCHW -> conv/gemm, computed here with numpy."""
     p = tmp_path / "m.onnx"
     w, g = _tiny_arcface(p)
     emb = ArcFaceEmbedder(p)
     crop = _faces(1, 112, seed=3)[0]
-    x = (crop.astype(np.float32) - 127.5) / 127.5
-    x = x.transpose(2, 0, 1)
-    patches = x.reshape(3, 14, 8, 14, 8).transpose(1, 3, 0, 2, 4).reshape(14, 14, -1)
-    c = np.maximum(patches @ w.reshape(4, -1).T, 0).transpose(2, 0, 1).ravel()
-    ref = l2_normalise((g @ c)[None])
+    ref = _reference_embedding(crop, w, g)[None]
     np.testing.assert_allclose(emb.embed_arcface_crops([crop]), ref, atol=1e-4)
     # a graph with its own Sub/Mul takes raw pixels and gives the same embedding
     p2 = tmp_path / "m2.onnx"
@@ -86,11 +90,18 @@ def test_arcface_preprocessing_matches_reference(tmp_path):
 
 
 def test_arcface_fixed_batch_model(tmp_path):
-    p = tmp_path / "b1.onnx"
-    _tiny_arcface(p, batch=1)
-    emb = ArcFaceEmbedder(p)
-    out = emb(_faces(3))
-    assert out.shape == (3, 16)
+    """A graph with a fixed batch of 2 gets chunks of 2 whatever batch_size says, the last one zero-padded: 3 crops
+    still give the 3 numpy reference embeddings, in order."""
+    p = tmp_path / "b2.onnx"
+    w, g = _tiny_arcface(p, batch=2)
+    emb = ArcFaceEmbedder(p, batch_size=4)
+    crops = _faces(3, 112, seed=5)
+    out = emb.embed_arcface_crops(crops)
+    np.testing.assert_allclose(out, np.stack([_reference_embedding(c, w, g) for c in crops]), atol=1e-4)
+    dynamic = tmp_path / "bn.onnx"
+    _tiny_arcface(dynamic)  # the same weights (same seed) with a dynamic batch: __call__ agrees too
+    faces = _faces(3)
+    np.testing.assert_allclose(emb(faces), ArcFaceEmbedder(dynamic)(faces), atol=1e-5)
 
 
 def test_arcface_embed_image(tmp_path):
@@ -173,11 +184,21 @@ def test_dlib_embed_image_agrees_with_crop(dlib_embedder):
     assert float((via_5 @ via_image.T)[0, 0]) > 0.97
 
 
-def test_dlib_embedder_shapes(dlib_embedder):
+def test_dlib_embedder_shapes_batches_and_pickle(dlib_embedder):
+    import pickle
+
     assert dlib_embedder(_faces(0)).shape == (0, 128)
-    out = dlib_embedder(_faces(2, 100))
-    assert out.shape == (2, 128)
-    chips = dlib_embedder.chips(_faces(1))
-    assert chips[0].shape == (150, 150, 3)
+    faces = _faces(3, 100)
+    out = dlib_embedder(faces)
+    assert out.shape == (3, 128) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert np.abs(out[0] - out[1]).max() > 1e-2  # different faces, different vectors
+    chips = dlib_embedder.chips(faces)
+    assert [c.shape for c in chips] == [(150, 150, 3)] * 3
+    np.testing.assert_allclose(dlib_embedder.embed_chips(chips), out, atol=1e-6)  # __call__ = chips -> embed
+    # a pickled copy (what worker processes get) reloads the models; batching does not change the vectors
+    other = pickle.loads(pickle.dumps(dlib_embedder))
+    other.batch_size = 1
+    np.testing.assert_allclose(other(faces), out, atol=1e-5)
     assert dlib_embedder.name == "dlib-resnet-v1"
     assert 0.5 < dlib_embedder.default_threshold < 1.0
