@@ -106,8 +106,17 @@ def test_align_face_rgb_and_info():
     face = Face(box=np.array([50, 30, 190, 180.0]), landmarks=pts, score=1.0)
     crop, info = align_face(img, face, 96)
     assert crop.shape == (96, 96, 3) and crop.dtype == np.uint8
-    assert 0.0 <= info["outside_fraction"] < 0.5
-    assert np.array(info["matrix"]).shape == (2, 3)
+    m = np.array(info["matrix"])  # image -> crop: the face's points land on the 96 px template
+    np.testing.assert_allclose(transform_points(m, pts), lap_template(96), atol=1e-9)
+    assert info["scale"] == pytest.approx(96 / 128 / 1.1, rel=1e-9)
+    np.testing.assert_allclose(info["points5"], pts)
+    assert info["outside_fraction"] == 0.0  # the rotated 141 px square lies inside the 240x200 photo
+    # a pure translation with the left half of the crop off the photo: exact pixels, replicated border, 1/2 outside
+    shifted = Face(box=np.array([-64, 50, 64, 178.0]), landmarks=lap_template(128) + [-64.0, 50.0], score=1.0)
+    crop2, info2 = align_face(img, shifted, 128)
+    assert info2["outside_fraction"] == 0.5 and info2["scale"] == pytest.approx(1.0)
+    np.testing.assert_array_equal(crop2[:, 64:], img[50:178, :64])
+    np.testing.assert_array_equal(crop2[:, :64], np.repeat(img[50:178, :1], 64, axis=1))
 
 
 def test_crop_prealigned_sizes_and_rules():
@@ -120,8 +129,9 @@ def test_crop_prealigned_sizes_and_rules():
     assert out.shape == (64, 64, 3) and rule.startswith("prealigned:celeba-align;")
     out, rule = crop_prealigned(other, 128)
     assert out.shape == (128, 128, 3) and rule == "prealigned:resize;center-square,size=128"
-    out, _ = crop_prealigned(a112, 112, "resize")
-    assert out.shape == (112, 112, 3)
+    photo = np.random.default_rng(2).integers(0, 255, (112, 140, 3), dtype=np.uint8)
+    out, _ = crop_prealigned(photo, 112, "resize")  # the centre square, already at size: the pixels themselves
+    np.testing.assert_array_equal(out, photo[:, 14:126])
     with pytest.raises(LapError, match="unknown pre-aligned crop rule"):
         crop_prealigned(a112, 128, "nope")
     # celeba box lies inside the image
@@ -196,8 +206,16 @@ def test_dlib_detector_no_face(dlib_detector):
 def test_dlib_detector_pickles(dlib_detector):
     import pickle
 
-    d2 = pickle.loads(pickle.dumps(dlib_detector))
+    from conftest import shared_path
+
+    d2 = pickle.loads(pickle.dumps(dlib_detector))  # what worker processes get: the dlib models are rebuilt
     assert d2.upsample == dlib_detector.upsample and d2.name == "dlib-hog"
+    img = _load(shared_path("faces", "wild-photos", "couple.jpg"))
+    a, b = dlib_detector(img), d2(img)
+    assert len(a) == len(b) >= 2
+    for fa, fb in zip(a, b):
+        np.testing.assert_array_equal(fa.box, fb.box)
+        np.testing.assert_array_equal(fa.landmarks, fb.landmarks)
 
 
 def test_dlib_missing_model_dir(tmp_path):
