@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from lapdata.embed import DlibEmbedder
-from lapdata.faces import DlibDetector, align_face, crop_prealigned
+from lapdata.faces import align_face, crop_prealigned
+from lapdata.detectors import DlibDetector
 from lapdata.idfilter import phash
 
 REPO = Path(__file__).resolve().parents[1]

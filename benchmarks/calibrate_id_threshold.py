@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lapdata.faces import DlibDetector, align_face, crop_prealigned, largest_face
+from lapdata.faces import align_face, crop_prealigned, largest_face
+
+from lapdata.detectors import DlibDetector
 from lapdata.idfilter import robust_centre
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,17 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from lapdata.errors import LapError, require
-from lapdata.faces import (
-    DEFAULT_EYE_Y,
-    DEFAULT_IOD,
-    arcface_template,
-    dlib_model_path,
-    estimate_similarity,
-    five_points,
-    lap_template,
-    load_onnx_session,
-    warp_affine,
-)
+from lapdata.faces import DEFAULT_EYE_Y, DEFAULT_IOD, arcface_template, estimate_similarity, five_points, lap_template, warp_affine
+from lapdata.detectors import dlib_model_path, load_onnx_session
 
 # dlib cosine with the same false-accept rate as ArcFace cosine 0.6 -- see docs/id-threshold.md and
 # benchmarks/calibrate_id_threshold.py

@@ -55,32 +55,51 @@ PREALIGNED_SIZES = {(112, 112): "arcface112", (218, 178): "celeba-align"}  # (h,
 
 @dataclass(frozen=True)
 class IngestConfig:
-    kind: str  # celeba | casia | folders | csv | celebamask-hq | rec
-    src: str
-    out: str
-    size: int = 128
-    min_images: int = 6
-    max_per_sample: int = 64  # photos per WebDataset sample; larger identities become several samples
-    mode: Literal["auto", "aligned", "detect"] = "auto"
-    detector: Literal["dlib", "insightface"] = "dlib"
-    det_model: str | None = None  # insightface SCRFD .onnx (needed for detector=insightface)
-    id_filter: bool = False
-    id_model: str | None = None  # ArcFace .onnx; None = dlib 128-D
-    id_threshold: float | None = None  # cosine to the robust centre; None = the embedder's default
-    dedup: bool = True
-    phash_distance: int = 4  # near-duplicate: perceptual hashes within this many bits
-    seed: int = 0
-    fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)
-    split_manifest: str | None = None  # identity -> split parquet (e.g. manifests/celeba_split.parquet)
-    samples_per_shard: int = 64  # identities per shard
-    shard_bytes: int = 512 * 2**20  # estimated bytes per shard (see writer: estimated before encoding)
-    workers: int = 1
-    part: tuple[int, int] = (0, 1)
-    quality: int = 95
-    identity_file: str | None = None
-    path_column: str = "file"
-    identity_column: str = "identity"
-    progress: bool = True
+    kind: Literal["celeba", "casia", "folders", "csv", "celebamask-hq", "rec"]  # source layout
+    src: str                            # source folder, CSV file or .rec file
+    out: str                            # output dataset folder (rerun the same command to resume)
+    size: int = 128                     # output face size in pixels
+    min_images: int = 6                 # keep identities with at least this many (good) photos
+    max_per_sample: int = 64            # photos per WebDataset sample; larger identities become several samples
+    mode: Literal["auto", "aligned", "detect"] = "auto"  # auto: by source layout and image size; aligned; detect
+    detector: Literal["dlib", "insightface"] = "dlib"  # face detector for unaligned photos
+    det_model: str | None = None        # insightface SCRFD .onnx (with --detector insightface)
+    id_filter: bool = False             # drop photos far from their identity's robust centre
+    id_model: str | None = None         # ArcFace .onnx for --id-filter (default: dlib 128-D)
+    id_threshold: float | None = None   # cosine-to-centre threshold (default: the embedder's)
+    dedup: bool = True                  # skip exact and near duplicates inside an identity
+    phash_distance: int = 4             # near-duplicate: perceptual hashes within this many bits
+    seed: int = 0                       # split seed
+    fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)  # train,val,test fractions of the identities
+    split_manifest: str | None = None   # identity -> split parquet, e.g. manifests/celeba_split.parquet
+    samples_per_shard: int = 64         # identity samples per shard
+    shard_bytes: int = 512 * 2**20      # estimated bytes per shard (estimated before encoding)
+    workers: int = 1                    # worker processes
+    part: tuple[int, int] = (0, 1)      # build part I/N (disjoint, deterministic); join the parts with lapdata merge
+    quality: int = 95                   # JPEG quality of the stored faces
+    identity_file: str | None = None    # identity_CelebA.txt (celeba, celebamask-hq)
+    path_column: str = "file"           # csv: the column with the photo path
+    identity_column: str = "identity"   # csv: the column with the identity
+    progress: bool = True               # progress bar (only on a terminal)
+
+    def __post_init__(self) -> None:
+        i, n = self.part
+        checks = [(self.size >= 16, f"--size {self.size}: must be >= 16 pixels"),
+                  (self.min_images >= 1, f"--min-images {self.min_images}: must be >= 1"),
+                  (self.max_per_sample >= 1, f"--max-per-sample {self.max_per_sample}: must be >= 1"),
+                  (self.samples_per_shard >= 1, f"--samples-per-shard {self.samples_per_shard}: must be >= 1"),
+                  (self.shard_bytes >= 1, f"--shard-bytes {self.shard_bytes}: must be >= 1"),
+                  (self.workers >= 1, f"--workers {self.workers}: must be >= 1"),
+                  (0 <= i < n, f"--part {i}/{n}: need 0 <= I < N"),
+                  (1 <= self.quality <= 100, f"--quality {self.quality}: must be in 1..100"),
+                  (self.phash_distance >= 0, f"--phash-distance {self.phash_distance}: must be >= 0"),
+                  (self.id_threshold is None or -1.0 <= self.id_threshold <= 1.0,
+                   f"--id-threshold {self.id_threshold}: a cosine, must be in [-1, 1]"),
+                  (len(self.fractions) == 3 and all(f >= 0 for f in self.fractions) and sum(self.fractions) > 0,
+                   f"--fractions {self.fractions}: three non-negative numbers, not all 0")]
+        for ok, msg in checks:
+            if not ok:
+                raise LapError(msg)
 
 
 # options that change the shards' content: a resumed run must use the same ones
@@ -99,14 +118,14 @@ _CACHE: dict[tuple, Any] = {}
 def get_detector(kind: str, model: str | None):
     key = ("det", kind, model)
     if key not in _CACHE:
-        from . import faces
+        from . import detectors
 
         if kind == "dlib":
-            _CACHE[key] = faces.DlibDetector()
+            _CACHE[key] = detectors.DlibDetector()
         elif kind == "insightface":
             if not model:
                 raise LapError("--detector insightface needs --det-model PATH (an insightface SCRFD .onnx file)")
-            _CACHE[key] = faces.InsightFaceDetector(model)
+            _CACHE[key] = detectors.InsightFaceDetector(model)
         else:
             raise LapError(f"unknown detector {kind!r} (dlib or insightface)")
     return _CACHE[key]

@@ -173,7 +173,8 @@ def test_dlib_embed_image_agrees_with_crop(dlib_embedder):
     from PIL import Image
 
     from conftest import shared_path
-    from lapdata.faces import DlibDetector, align_face, largest_face
+    from lapdata.faces import align_face, largest_face
+    from lapdata.detectors import DlibDetector
 
     img = np.asarray(Image.open(shared_path("faces", "wild-photos", "img1.jpg")).convert("RGB"))
     face = largest_face(DlibDetector()(img))

@@ -7,22 +7,8 @@ import numpy as np
 import pytest
 
 from lapdata.errors import LapError
-from lapdata.faces import (
-    ARCFACE_112,
-    DlibDetector,
-    Face,
-    InsightFaceDetector,
-    align_face,
-    align_points,
-    arcface_template,
-    crop_prealigned,
-    estimate_similarity,
-    five_points,
-    lap_template,
-    largest_face,
-    prealigned_box,
-    transform_points,
-)
+from lapdata.faces import ARCFACE_112, Face, align_face, align_points, arcface_template, crop_prealigned, estimate_similarity, five_points, lap_template, largest_face, prealigned_box, transform_points
+from lapdata.detectors import DlibDetector, InsightFaceDetector
 
 
 def _sim(angle, scale, tx, ty):

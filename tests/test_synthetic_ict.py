@@ -13,7 +13,8 @@ import torch
 
 from lapdata.errors import LapError
 from lapdata.synthetic.base import Pose
-from lapdata.synthetic.ict import ICTBackend, ICTConfig, load_model, read_obj, validate_folder
+from lapdata.synthetic.ict import ICTBackend, ICTConfig
+from lapdata.synthetic.ict_model import load_model, read_obj, validate_folder
 
 
 def _grid(n: int = 4) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:

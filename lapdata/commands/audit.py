@@ -10,7 +10,7 @@ from ..errors import cli_guard
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("audit")
+    @app.command("audit", epilog="Examples:\n\n  lapdata audit /data/lap/celeba\n\n  lapdata audit /data/lap/celeba --json --no-contents")
     @cli_guard
     def audit_cmd(
         root: str = typer.Argument(..., help="dataset folder written by a lapdata step"),

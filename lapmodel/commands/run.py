@@ -10,10 +10,10 @@ from lapdata.errors import cli_guard
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("run")
+    @app.command("run", epilog="Examples:\n\n  lapmodel run quickstart\n\n  lapmodel run pipelines/paper.yaml --out runs/paper --from stage2\n\n  lapmodel run quickstart --only report")
     @cli_guard
     def run_cmd(
-        pipeline: str = typer.Argument(..., help="pipeline YAML (pipelines/quickstart.yaml, pipelines/paper.yaml, ...)"),
+        pipeline: str = typer.Argument(..., help="recipe: a YAML path or a packaged name (quickstart, paper, ablation-no-rcl, ...)"),
         out: Optional[str] = typer.Option(None, "--out", "-o", help="output folder (default: out of the pipeline)"),
         start: Optional[str] = typer.Option(None, "--from", help="rerun this step and every step after it"),
         force: bool = typer.Option(False, "--force", help="rerun every step (their outputs are deleted first)"),

@@ -435,7 +435,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progre
     """The `lapmodel evaluate` command's work: load the checkpoint, stream the shards, evaluate, write, return.
 
     ``model``: evaluate this model instead of loading ``cfg.checkpoint`` (tests, benchmarks)."""
-    from lapmodel.device import resolve_device
+    from lapdata.device import resolve_device
     from lapmodel.inference.reconstruct import model_image_size
 
     if model is None:

@@ -95,7 +95,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
     """`load_faces` for an explicit list of image files and their output names."""
     from PIL import Image, ImageOps
 
-    from lapdata import faces as lfaces
+    from lapdata import detectors as ldetectors, faces as lfaces
 
     crops, kept_names, sources, rules, skipped = [], [], [], [], []
     for path, name in zip(files, names):
@@ -111,7 +111,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
             crop, rule = lfaces.crop_prealigned(img, size, "auto")
         else:
             if detector is None:
-                detector = lfaces.DlibDetector()
+                detector = ldetectors.DlibDetector()
             face = lfaces.largest_face(detector(img))
             if face is None:
                 skipped.append({"path": str(path), "reason": "no face found"})
@@ -366,7 +366,7 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
     Returns the report written to ``cfg.out/reconstruct.json``: counts, skipped files with reasons, outputs.
     ``model``: use this model instead of loading ``cfg.checkpoint``; ``chunk``: photos held in memory at once.
     """
-    from lapmodel.device import resolve_device
+    from lapdata.device import resolve_device
 
     paths, checkpoint, out_dir, as_set, size = cfg.paths, cfg.checkpoint, cfg.out, cfg.as_set, cfg.size
     aligned, batch_size, turntable, mesh = cfg.aligned, cfg.batch_size, cfg.turntable, cfg.mesh
@@ -392,7 +392,7 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
         it = tqdm(starts, desc="reconstruct", unit="chunk", disable=None) if len(starts) > 1 else starts
     for k, a in enumerate(it):
         if detector is None and aligned is not True:
-            from lapdata.faces import DlibDetector
+            from lapdata.detectors import DlibDetector
 
             detector = DlibDetector() if any(_needs_detector(f, aligned) for f in files[a : a + step]) else None
         faces = load_files(files[a : a + step], names[a : a + step], s, aligned, detector)
