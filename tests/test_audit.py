@@ -114,8 +114,7 @@ def test_leaked_image_across_identities(tmp_path):
     by_split = {}
     for r in photos:
         by_split.setdefault(r["split"], r)
-    if len(by_split) < 2:
-        pytest.skip("fixture landed in one split")
+    assert len(by_split) >= 2, "the fixture's 8 identities (fixed seed) must span two splits"
     a, b = list(by_split.values())[:2]
     (src / b["path"]).write_bytes((src / a["path"]).read_bytes())
     out2 = tmp_path / "out2"
@@ -175,4 +174,5 @@ def test_cli_exit_codes(dataset):
     r = CliRunner().invoke(app, ["audit", str(dataset), "--json"])
     assert r.exit_code == 1
     doc = json.loads(r.output)
-    assert doc["ok"] is False and doc["num_faults"] >= 1
+    assert doc["ok"] is False and doc["num_faults"] == len(doc["faults"]) >= 1
+    assert any("is missing" in f for f in doc["faults"]), doc["faults"]  # the deleted shard is the fault reported
