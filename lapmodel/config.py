@@ -13,11 +13,24 @@ additive edits (``model.kind: lap`` and its sections).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from lapdata.config import load_config  # noqa: F401  (re-exported: `from lapmodel.config import load_config`)
+from lapdata.errors import LapError
 from lapdata.parsing.masks import RCLMaskConfig  # LAP: RCL mask groups (model.lap.rcl_masks)
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _check(section: str, checks: list[tuple[bool, str]]) -> None:
+    """The first failed check as a one-line LapError (``section: message``)."""
+    for ok, msg in checks:
+        if not ok:
+            raise LapError(f"{section}: {msg}")
+
 
 MODEL_KINDS = ("unsup3d", "lap")  # "lap": lapmodel/models/lap.py (LAP engineer)
 IMAGE_SIZES = (64, 128, 256)
@@ -120,6 +133,13 @@ class DataConfig:
     fields: tuple[str, ...] = ("image", "seg", "mask", "depth", "cdepth")  # decoded when the shard has them
     prefetch: int = 4                    # batches prefetched per worker
 
+    def __post_init__(self) -> None:
+        _check("data", [(self.workers >= 0, f"workers {self.workers} must be >= 0"),
+                        (1 <= self.min_set <= self.max_set, f"need 1 <= min_set <= max_set, got "
+                                                            f"{self.min_set}..{self.max_set}"),
+                        (self.shuffle_buffer >= 0 and self.shuffle_initial >= 0, "shuffle sizes must be >= 0"),
+                        (self.prefetch >= 1, f"prefetch {self.prefetch} must be >= 1")])
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -127,6 +147,14 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
     grad_clip: float | None = None       # clip the global grad norm (None = off)
+
+    def __post_init__(self) -> None:
+        _check("optim", [(_finite(self.lr) and self.lr >= 0, f"lr {self.lr} must be a finite number >= 0"),
+                         (all(_finite(b) and 0 <= b < 1 for b in self.betas), f"betas {self.betas} must be in [0, 1)"),
+                         (_finite(self.weight_decay) and self.weight_decay >= 0,
+                          f"weight_decay {self.weight_decay} must be >= 0"),
+                         (self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0),
+                          f"grad_clip {self.grad_clip} must be > 0 or null")])
 
 
 @dataclass(frozen=True)
@@ -151,3 +179,13 @@ class TrainConfig:
     init: str | None = None              # checkpoint whose model weights initialise this run (--init)
     out: str = "runs/unsup3d"            # output folder (--out)
     stages: StagesConfig = field(default_factory=StagesConfig)  # LAP: curriculum phases per stage (lapmodel/models/lap.py)
+
+    def __post_init__(self) -> None:
+        every = {"log_every": self.log_every, "picture_every": self.picture_every, "ckpt_every": self.ckpt_every}
+        _check("train", [(self.steps >= 1, f"steps {self.steps} must be >= 1"),
+                         (self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
+                          f"epochs {self.epochs} must be > 0 or null"),
+                         (self.batch >= 1, f"batch {self.batch} must be >= 1"),
+                         *[(v >= 1, f"{k} {v} must be >= 1") for k, v in every.items()],
+                         (self.keep_every is None or self.keep_every >= 1, f"keep_every {self.keep_every} must be >= 1"),
+                         (bool(str(self.out).strip()), "out must be a folder")])

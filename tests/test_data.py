@@ -147,9 +147,34 @@ def test_bad_sample_is_skipped(tmp_path):
                                          [View(image=np.zeros((8, 8, 3), np.uint8))]))
         d["000.jpg"] = b"not a jpeg"
         tw.write(d)
-    with pytest.warns(UserWarning, match="skipped"):
-        b = next(D.make_loader(urls + [str(bad)], cfg(shuffle_buffer=0), 16, 3))
-    assert "broken" not in b.identity
+    it = D.make_loader(urls + [str(bad)], cfg(shuffle_buffer=0), 16, 3)
+    b = [next(it) for _ in range(3)]  # 3 good identities per epoch: the bad one is skipped every epoch, counted
+    assert all("broken" not in x.identity for x in b)
+    assert [x.skipped for x in b] == [1, 2, 3]
+
+
+def test_resume_skips_whole_epochs_without_reading_them(tmp_path, monkeypatch):
+    """Resume cost does not grow with the steps done: consumed epochs are not read at all."""
+    urls = write_shards(tmp_path, n_shards=2, ids_per_shard=3)  # 6 identities = 3 batches of 2 per epoch
+    c = cfg(shuffle_buffer=4)
+    full = take(D.make_loader(urls, c, 16, 2), 3 * 7 + 2)
+    read = []
+    real = D.ShardStream._epoch
+    monkeypatch.setattr(D.ShardStream, "_epoch", lambda self, g, t, e, bad: read.append(e) or real(self, g, t, e, bad))
+    tail = take(D.make_loader(urls, c, 16, 2, start_batch=3 * 7 + 1), 1)
+    assert read == [7] and tail[0].identity == full[-1].identity and torch.equal(tail[0].images, full[-1].images)
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_fewer_samples_than_streams_resumes(tmp_path, workers):
+    """2 identities, 4 streams (2 ranks x 2 workers or 4 ranks): every stream gets samples, and resume is exact."""
+    urls = write_shards(tmp_path, n_shards=1, ids_per_shard=2)
+    c = cfg(shuffle_buffer=0, workers=workers)
+    for rank in range(4 if workers == 0 else 1):
+        world = 4 if workers == 0 else 1
+        full = take(D.make_loader(urls, c, 16, 1, rank=rank, world=world), 6)
+        tail = take(D.make_loader(urls, c, 16, 1, rank=rank, world=world, start_batch=4), 2)
+        assert [x.identity for x in full[4:]] == [x.identity for x in tail]
 
 
 def test_expand_shards(tmp_path):

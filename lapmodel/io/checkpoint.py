@@ -7,7 +7,6 @@ the checkpoint alone (its config), for reconstruct / evaluate / the next trainin
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lapdata.atomic import atomic_path
 from lapdata.config import to_dict
 from lapdata.errors import LapError
 
@@ -77,9 +77,8 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, config: Any, step: in
         doc["scaler"] = scaler.state_dict()
     if extra:
         doc["extra"] = extra
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(doc, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(doc, tmp)
     return path
 
 
@@ -88,10 +87,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     p = Path(path)
     if not p.is_file():
         raise LapError(f"{p}: checkpoint not found")
+    if p.stat().st_size == 0:
+        raise LapError(f"{p}: empty file (0 bytes), not a checkpoint")
     try:
         doc = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise LapError(f"{p}: cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") \
+    except Exception as e:  # noqa: BLE001 - any load failure is a user error about this file
+        first = (str(e).strip().splitlines() or [""])[0][:120]
+        raise LapError(f"{p}: cannot be read as a checkpoint ({type(e).__name__}{': ' + first if first else ''})") \
             from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "model" not in doc or "config" not in doc:
         raise LapError(f"{p}: not a lapmodel checkpoint (no {FORMAT!r} format tag with model and config)")

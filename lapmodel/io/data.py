@@ -11,9 +11,11 @@ streams (``split_by_node`` then ``split_by_worker``: stream ``g = rank * workers
 ``world*workers``-th sample); epochs repeat forever (resampled); a seeded shuffle buffer mixes samples; the view
 choice of the k-th sample uses ``rng(seed, rank, worker, k)``. The DataLoader takes batches from its workers in
 turn, so the data position is a single number, the batches consumed; on ``--resume`` each worker takes the role
-of the worker whose turn it is and skips the raw samples that role already delivered *before decoding them*, and the run continues exactly as if never stopped (same
-world size and worker count; otherwise the data order differs and train.py says so). A sample that fails to decode
-is skipped with a warning; the resume is exact as long as no such sample lay in the consumed part of the stream.
+of the worker whose turn it is, skips whole consumed epochs without reading them and the rest of the consumed part
+*before decoding it*, and the run continues exactly as if never stopped (same world size and worker count;
+otherwise the data order differs and train.py says so). A sample that fails to decode is skipped, logged once and
+counted (``Batch.skipped``, ``skipped_samples`` in log.jsonl); the resume is exact as long as no such sample lay in
+the consumed part of the stream.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import itertools
 import json
 import random
 import tarfile
-import warnings
 from dataclasses import dataclass, fields as dc_fields
 from functools import partial
 from pathlib import Path
@@ -35,10 +36,13 @@ import webdataset as wds
 from torch import Tensor
 
 from lapdata.errors import LapError
+from lapdata.logs import get_logger, warn_once
 from lapdata.sample import decode_sample, sample_json
 from lapdata.shards import preprocess_field, preprocess_image
 
 from lapmodel.config import DataConfig
+
+LOG = get_logger("data")
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Batch:
     mask: Tensor | None = None         # (B, N, S, S) ground-truth face mask (0/1 float)
     hard: Tensor | None = None         # (B, N) bool: parse-masks marked the view hard (losses skip it)
     identity: list[str] | None = None  # B identity names
+    stream: int = 0                    # the data stream (rank * workers + worker) that built this batch
+    skipped: int = 0                   # unreadable samples that stream has skipped so far
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         kw = {f.name: getattr(self, f.name) for f in dc_fields(self)}
@@ -186,21 +192,40 @@ def collate(samples: list[dict[str, Any]], max_set: int) -> Batch:
         mask=stack("mask", 0, torch.float32),
         hard=hard if bool(hard.any()) else None,
         identity=[s["identity"] for s in samples],
+        stream=int(samples[0].get("stream", 0)), skipped=max(int(s.get("skipped", 0)) for s in samples),
     )
 
 
 # ------------------------------------------------------------------------------------------------------ the stream
 
 
-def _count_bad(exn: Exception) -> bool:
-    warnings.warn(f"skipped an unreadable shard/sample: {type(exn).__name__}: {exn}", stacklevel=2)
-    return True  # continue
+class _BadCounter:
+    """The webdataset error handler of one stream: logs each unreadable shard/sample (once per message) and counts
+    them; the count travels with every decoded sample so that training can log it (``Batch.skipped``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, exn: Exception) -> bool:
+        self.count += 1
+        warn_once(LOG, f"skipped an unreadable shard/sample: {type(exn).__name__}: {str(exn)[:200]}")
+        return True  # continue
+
+
+def shard_sample_counts(urls: Sequence[str]) -> list[int]:
+    """Identities per shard (``count_samples`` of each)."""
+    return [count_samples([u]) for u in urls]
 
 
 class ShardStream(torch.utils.data.IterableDataset):
     """Infinite, deterministic stream of decoded identity samples for one rank (split over DataLoader workers).
 
     ``start_batch``: batches already consumed (resume); ``batch_size``: identities per batch of this rank.
+
+    Epochs are self-contained: epoch ``e`` permutes the shards with ``rng(seed, e)`` and shuffles its samples in a
+    buffer seeded by ``(seed, rank, worker, e)`` that is emptied at the epoch's end. A stream's samples per epoch
+    follow from the shards' sample counts (their stats .json), so a resume skips whole epochs without reading them
+    and replays at most one epoch of its own stream (undecoded): the cost does not grow with the steps done.
     """
 
     def __init__(self, urls: Sequence[str], cfg: DataConfig, image_size: int, *, rank: int = 0, world: int = 1,
@@ -214,25 +239,33 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.rank, self.world = rank, world
         self.batch_size = batch_size
         self.start_batch = start_batch
+        self.counts = shard_sample_counts(self.urls)
+        if sum(self.counts) == 0:
+            raise LapError(f"the shards hold no samples ({len(self.urls)} shard(s), e.g. {self.urls[0]})")
 
-    # the raw (undecoded) samples of stream g of `total`, epoch after epoch
-    def _raw(self, g: int, total: int) -> Iterator[dict]:
+    def _plan(self, g: int, total: int, epoch: int) -> tuple[list[str], range | None, int]:
+        """(shards stream g reads in ``epoch``, the sample indices it keeps or None = all, how many it gets)."""
         n = len(self.urls)
-        for epoch in itertools.count():
-            perm = np.random.default_rng([self.cfg.seed, epoch, 0x5A4D]).permutation(n)
-            urls = [self.urls[i] for i in perm]
-            by_shard = n >= total
-            mine = urls[g::total] if by_shard else urls  # split_by_node + split_by_worker
-            got = 0
-            src = wds.tarfile_to_samples(handler=_count_bad)(iter({"url": u} for u in mine))
-            for i, s in enumerate(src):
-                if not by_shard and i % total != g:
-                    continue
-                got += 1
+        perm = np.random.default_rng([self.cfg.seed, epoch, 0x5A4D]).permutation(n)
+        if n >= total:  # split_by_node + split_by_worker: whole shards
+            mine = [int(i) for i in perm[g::total]]
+            return [self.urls[i] for i in mine], None, sum(self.counts[i] for i in mine)
+        # fewer shards than streams: every stream reads all shards and keeps every total-th sample, counted over
+        # the concatenation of the epochs (so every stream gets samples even when there are fewer than streams)
+        size = sum(self.counts)
+        keep = range((g - epoch * size) % total, size, total)
+        return [self.urls[i] for i in perm], keep, len(keep)
+
+    def _epoch(self, g: int, total: int, epoch: int, bad: _BadCounter) -> Iterator[dict]:
+        """The raw (undecoded) samples of stream g in ``epoch``."""
+        urls, keep, _ = self._plan(g, total, epoch)
+        src = wds.tarfile_to_samples(handler=bad)(iter({"url": u} for u in urls))
+        if keep is None:
+            yield from src
+            return
+        for i, s in enumerate(src):
+            if i in keep:  # a range: O(1) membership
                 yield s
-            if got == 0:
-                raise LapError(f"data stream {g} of {total}: the shards hold no readable samples "
-                               f"({len(mine)} shard(s), e.g. {mine[0] if mine else self.urls[0]})")
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -242,22 +275,38 @@ class ShardStream(torch.utils.data.IterableDataset):
         worker = (worker + self.start_batch) % workers
         g, total = self.rank * workers + worker, self.world * workers
         cfg = self.cfg
-        rng = random.Random(int(np.random.default_rng([cfg.seed, self.rank, worker, 0x5348]).integers(2**62)))
-        stream = wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_initial, rng=rng)(self._raw(g, total)) \
-            if cfg.shuffle_buffer > 1 else self._raw(g, total)
+        bad = _BadCounter()
         # resume: this worker delivered batches worker, worker + workers, ... below start_batch
         skip = len(range(worker, self.start_batch, workers)) * self.batch_size
-        for k, raw in enumerate(stream):
-            if k < skip:
-                continue  # consumed before the checkpoint: not decoded
-            try:
-                n_views = len(sample_json(raw)["views"])
-                pick = np.random.default_rng([cfg.seed, self.rank, worker, k, 0x5649])
-                m = int(pick.integers(cfg.min_set, cfg.max_set + 1))
-                views = pick.permutation(n_views)[: max(1, min(m, n_views))].tolist()
-                yield decode_views(raw, views, self.image_size, cfg.fields)
-            except Exception as e:  # noqa: BLE001 - a bad sample is skipped (and said), the run goes on
-                _count_bad(e)
+        k, epoch = 0, 0
+        while k + self._plan(g, total, epoch)[2] <= skip:  # whole epochs consumed before the checkpoint: not read
+            k += self._plan(g, total, epoch)[2]
+            epoch += 1
+        empty = 0
+        for epoch in itertools.count(epoch):
+            empty = empty + 1 if self._plan(g, total, epoch)[2] == 0 else 0
+            if empty > 100:
+                raise LapError(f"data stream {g} of {total}: 100 epochs without a sample (most shards are empty, "
+                               f"e.g. {self.urls[0]}): use fewer data.workers or ranks")
+            raw = self._epoch(g, total, epoch, bad)
+            if cfg.shuffle_buffer > 1:
+                seed = int(np.random.default_rng([cfg.seed, self.rank, worker, epoch, 0x5348]).integers(2**62))
+                raw = wds.shuffle(cfg.shuffle_buffer, cfg.shuffle_initial, rng=random.Random(seed))(raw)
+            for raw_sample in raw:
+                k += 1
+                if k <= skip:
+                    continue  # consumed before the checkpoint: not decoded
+                try:
+                    n_views = len(sample_json(raw_sample)["views"])
+                    pick = np.random.default_rng([cfg.seed, self.rank, worker, k - 1, 0x5649])
+                    m = int(pick.integers(cfg.min_set, cfg.max_set + 1))
+                    views = pick.permutation(n_views)[: max(1, min(m, n_views))].tolist()
+                    out = decode_views(raw_sample, views, self.image_size, cfg.fields)
+                except Exception as e:  # noqa: BLE001 - a bad sample is skipped (logged, counted), the run goes on
+                    bad(e)
+                    continue
+                out["stream"], out["skipped"] = g, bad.count
+                yield out
 
 
 def make_loader(urls: Sequence[str], cfg: DataConfig, image_size: int, batch_size: int, *, rank: int = 0,
@@ -279,5 +328,5 @@ def data_position(batches: int, cfg: DataConfig, world: int, batch_size: int) ->
     return {"batches": batches, "seed": cfg.seed, "world": world, "workers": cfg.workers, "batch_size": batch_size}
 
 
-__all__ = ["Batch", "expand_shards", "count_samples", "decode_views", "collate", "ShardStream", "make_loader",
-           "data_position"]
+__all__ = ["Batch", "expand_shards", "count_samples", "shard_sample_counts", "decode_views", "collate", "ShardStream",
+           "make_loader", "data_position"]
