@@ -51,6 +51,21 @@ class OnceFilter(logging.Filter):
         return True
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at the time of each record (test runners swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 _WARNED: set[tuple[str, str]] = set()  # warn_once's memory
 
 
@@ -66,11 +81,10 @@ def setup_logging(level: int = logging.INFO, stream=None) -> logging.Logger:
     root = logging.getLogger(ROOT)
     root.setLevel(level)
     root.propagate = False
-    stream = stream or sys.stderr
     for h in [h for h in root.handlers if getattr(h, "_lap_stream", False)]:
         root.removeHandler(h)
-    h = logging.StreamHandler(stream)
-    tty = hasattr(stream, "isatty") and stream.isatty()
+    h = logging.StreamHandler(stream) if stream is not None else _Stderr()
+    tty = hasattr(h.stream, "isatty") and h.stream.isatty()
     h.setFormatter(_Plain("%(message)s" if tty else FILE_FORMAT, DATE_FORMAT))
     h.addFilter(OnceFilter())
     h._lap_stream = True  # type: ignore[attr-defined]
