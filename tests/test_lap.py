@@ -172,9 +172,13 @@ def test_forward_shapes_and_losses_per_stage():
         assert any(n.startswith("refiner.") for n in grads) == (stage != "aggregate")
         assert any(n.startswith("albedo_agg.") for n in grads) == (stage != "personalize")
         m.zero_grad(set_to_none=True)
-    panels = m.picture_panels(out, yaws=(0,))
+    from lapmodel.viz.pictures import picture_grid, picture_panels
+
+    panels = picture_panels(m, out, yaws=(0,))
     assert [n for n, _ in panels][:2] == ["input", "recon set"] and "recon pers." in [n for n, _ in panels]
     assert all(t.shape[1:] == (3, 32, 32) for _, t in panels)
+    grid = picture_grid(panels)
+    assert grid.dtype.name == "uint8" and grid.shape[0] > 2 * 32 and grid.shape[1] > len(panels) * 32
 
 
 def test_reconstruct_set_and_single():

@@ -4,9 +4,11 @@ ablation config builds and trains a step, and the quickstart runs end to end (sl
 from __future__ import annotations
 
 import glob
+import html.parser
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -14,7 +16,7 @@ import yaml
 from lapdata.errors import LapError
 from lapmodel.recipes.recipe import load_pipeline, pipeline_train_config
 from lapmodel.recipes.runner import run_pipeline
-from lapmodel.viz.report import Section, depth_picture, image_grid, loss_curves_png, normal_picture, write_report
+from lapmodel.viz.report import Mesh3D, ReportFolder, Section, write_report
 
 from test_lap import write_tiny_shards  # noqa: E402  (tests/ is on sys.path)
 
@@ -112,22 +114,79 @@ def test_ablation_configs_build_and_train_a_step(path, tmp_path):
 # --------------------------------------------------------------------------------------------- report
 
 
-def test_report_pictures_and_html(tmp_path):
-    grid = image_grid([[torch.rand(3, 16, 16).numpy(), None], [depth_picture(torch.rand(16, 16).numpy()),
-                                                            normal_picture(torch.randn(16, 16, 3).numpy())]],
-                      ["a", "b"], ["x", "y"])
-    assert grid.dtype.name == "uint8" and grid.shape[2] == 3
-    from lapmodel.viz.report import save_png
+class _Links(html.parser.HTMLParser):
+    """Every href / src of a page, and the src of each <model-viewer> and <script>."""
 
-    pic = save_png(grid, tmp_path / "pics" / "g.png")
-    curves = loss_curves_png({"p1": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}],
-                              "p2": [{"step": 1, "loss": 0.5}]}, tmp_path / "pics" / "loss.png")
-    assert curves is not None and curves.exists()
-    assert loss_curves_png({}, tmp_path / "none.png") is None
-    page = write_report(tmp_path / "report", "t<1>", [Section("S", "text", [(pic, "cap")],
-                                                              table=[{"a": 1.23456, "b": "x"}])])
-    html = page.read_text()
-    assert "../pics/g.png" in html and "t&lt;1&gt;" in html and "1.235" in html
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+        self.viewers: list[str] = []
+        self.scripts: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.links += [v for k, v in attrs if k in ("href", "src") and v]
+        if tag == "model-viewer":
+            self.viewers.append(a.get("src"))
+        if tag == "script":
+            self.scripts.append(a)
+
+
+def assert_self_contained(report: Path) -> _Links:
+    """The report folder links nothing outside itself: every href/src is relative, inside, and exists; the 3D
+    views have the model-viewer script and one GLB each."""
+    page = (report / "index.html").read_text()
+    p = _Links()
+    p.feed(page)
+    assert p.links, "no links at all"
+    for link in p.links:
+        if link.startswith("#"):
+            continue
+        assert "://" not in link and not link.startswith(("/", "..", "data:", "file:")), link
+        target = (report / link).resolve()
+        assert report.resolve() in target.parents and target.is_file(), link
+    if p.viewers:
+        assert {"type": "module", "src": "model-viewer.min.js"} in p.scripts
+        assert (report / "model-viewer.min.js").stat().st_size > 1_000_000
+        for v in p.viewers:
+            assert v.startswith("meshes/") and v.endswith(".glb") and (report / v).is_file(), v
+        assert len(set(p.viewers)) == len(p.viewers)
+    return p
+
+
+def test_report_folder_is_self_contained(tmp_path):
+    from lapdata.pictures import depth_colors, image_grid, normal_colors, save_png
+    from lapmodel.io import mesh as M
+    from lapmodel.recipes.report import git_commit, versions
+
+    run = tmp_path / "run"
+    grid = image_grid([[torch.rand(3, 16, 16).numpy(), None], [depth_colors(torch.rand(16, 16).numpy()),
+                                                            normal_colors(torch.randn(16, 16, 3).numpy())]],
+                      row_labels=["a", "b"], col_labels=["x", "y"])
+    pic = save_png(run / "pics" / "g.png", grid)
+    y, x = np.meshgrid(np.linspace(1, -1, 9), np.linspace(-1, 1, 9), indexing="ij")
+    glb = M.write_glb(run / "m.glb", M.grid_mesh(np.ones((9, 9)), np.stack([x, y, 0 * x], -1),
+                                                 texture=np.full((9, 9, 3), 0.5)))
+    out = tmp_path / "report"
+    folder = ReportFolder(out)
+    copied = folder.add(pic, "pictures")
+    assert copied == out / "pictures" / "g.png" and folder.add(pic, "pictures") == out / "pictures" / "g-2.png"
+    m = folder.add(glb, "meshes", "face one.glb")
+    assert m.name == "face_one.glb"
+    with pytest.raises(ValueError, match="outside the report folder"):
+        write_report(out, "t", [Section("S", images=[(pic, "cap")])])
+    page = write_report(out, "t<1>", [Section("S", "text", [(copied, "cap")], tables=[("cap", [{"a": 1.23456}])],
+                                              meshes=[Mesh3D(m, "a face", [(m, "GLB")])], blocks=[("cfg", "a: 1")])])
+    text = page.read_text()
+    assert "t&lt;1&gt;" in text and "1.235" in text and "<pre>a: 1</pre>" in text
+    links = assert_self_contained(out)
+    assert links.viewers == ["meshes/face_one.glb"] and "pictures/g.png" in links.links
+    assert "camera-controls" in text
+    assert (out / "model-viewer.LICENSE.txt").is_file()
+    sha = git_commit()
+    assert sha == "unknown" or len(sha.split()[0]) == 40
+    v = versions()
+    assert set(v) >= {"python", "torch", "numpy", "lap-toolkit"} and v["torch"] == torch.__version__
 
 
 # --------------------------------------------------------------------------------------------- runner
@@ -169,10 +228,14 @@ def test_runner_markers_from_force_and_report(tmp_path):
         assert json.loads((run / "steps" / f"{name}.json").read_text())["status"] == "done"
     assert (run / "train/personalize/last.pt").exists()
     html = (run / "report/index.html").read_text()
-    for piece in ("loss_curves.png", "compare.png", "Metrics", "flat"):
+    for piece in ("pictures/loss-curves.png", "pictures/recon-compare.png", "Metrics", "flat", "ratio model / flat",
+                  "git commit", "lap-toolkit", torch.__version__, "run/config-stage2.yaml"):
         assert piece in html, piece
     assert (run / "reconstruct/recon/compare.png").exists()
-    assert list((run / "reconstruct/recon/set").glob("*/*/mesh.obj"))
+    glbs = sorted((run / "reconstruct/recon").glob("*/*/*/mesh.glb"))
+    assert glbs and list((run / "reconstruct/recon/set").glob("*/*/mesh.obj"))
+    links = assert_self_contained(run / "report")
+    assert len(links.viewers) == len(glbs)  # a 3D view of every reconstructed mesh
     # a rerun skips every step
     logs.clear()
     run_pipeline(p, progress=False, log=logs.append)
@@ -193,13 +256,20 @@ def test_quickstart_runs_and_writes_report(tmp_path):
     out = tmp_path / "qs"
     res = run_pipeline(PIPELINES / "quickstart.yaml", out, progress=False, log=lambda _m: None)
     assert all(d["status"] == "done" for d in res.values()), {k: d["status"] for k, d in res.items()}
-    html = (out / "report/index.html").read_text()
-    for piece in ("loss_curves.png", "contact_synthetic.png", "compare.png", "summary.png", "set_size.png",
-                  "Metrics", "mesh.obj"):
+    report = out / "report"
+    html = (report / "index.html").read_text()
+    for piece in ("pictures/loss-curves.png", "pictures/data-synthetic.png", "pictures/masks-synthetic-parse_contact_sheet.png",
+                  "pictures/reconstruct-compare.png", "summary.png", "pictures/evaluate-set_size.png",
+                  "pictures/evaluate-examples.png", "pictures/depth-colour-bar.png", "Metrics", "ratio model / flat",
+                  "2.723", "43.34", "0.793", "16.51", "0.721", "15.53", "different test set", "git commit",
+                  "lap-toolkit", "numpy", "run/config-stage3.yaml", "mesh.obj"):
         assert piece in html, piece
-    srcs = [s.split("'")[1] for s in html.split("src=")[1:]]
-    assert srcs and all((out / "report" / s).exists() for s in srcs)
-    assert list((out / "reconstruct/reconstruct/set").glob("*/*/mesh.obj"))
+    for phase in ("aggregate-synthetic", "aggregate-photos", "personalize-photos", "finetune-photos"):
+        assert (report / "pictures" / f"train-{phase}.png").is_file(), phase  # each curriculum phase
+    links = assert_self_contained(report)
+    glbs = sorted((out / "reconstruct/reconstruct").glob("*/*/*/mesh.glb"))
+    assert len(glbs) == 2 * (4 + 1) + 2 and len(links.viewers) == len(glbs)  # 2 sets of 4 + set + 1 alone, each
+    assert "image_size: 32" in (report / "run/config-stage1.yaml").read_text()  # the config as trained
     assert (out / "train/finetune/last.pt").exists()
     # the promise of the quickstart: its report shows depth better than a flat plane on held-out identities
     # (measured 2026-12-01: SIDE 0.79x, MAD 0.53x flat; BENCHMARKS.md, quality ladder)

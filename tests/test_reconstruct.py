@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import trimesh
 from PIL import Image
 
+from lapdata import pictures
 from lapdata.errors import LapError
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
@@ -67,7 +69,7 @@ class SetStandIn(StandIn):
 
 
 KINDS = ("input", "recon", "albedo", "shading", "canonical", "depth", "depth_json", "depth_npy", "depth_color",
-         "normal", "obj", "mtl", "texture", "ply", "summary", "view_depth_npy")
+         "normal", "obj", "mtl", "texture", "ply", "glb", "summary", "view_depth_npy", "turntable")
 
 
 def _images(b=3, s=16, seed=0):
@@ -88,13 +90,16 @@ def test_reconstruct_images_writes_everything(tmp_path):
         d = np.load(out["depth_npy"])
         assert d.shape == (16, 16) and np.allclose(d, sphere_depth(1, 16)[0].numpy())
         assert np.nanmax(np.abs(export.load_depth_png(out["depth"]) - d)) < 1e-5
-        obj = export.read_obj(out["obj"])
-        assert obj["verts"].shape == (256, 3) and len(obj["faces"]) > 0
-        assert len(export.read_ply(out["ply"])["faces"]) == len(obj["faces"])
-        if "turntable" in out:
-            assert export.gif_frame_count(out["turntable"]) == 4
-        else:
-            assert (tmp_path / n / "turntable.txt").exists()
+        obj = trimesh.load(out["obj"], force="mesh", process=False)  # (trimesh drops unused vertices)
+        ply = trimesh.load(out["ply"], process=False)
+        glb = trimesh.load(out["glb"], force="mesh", process=False)
+        assert 0 < len(obj.vertices) <= 256 and len(obj.faces) > 0
+        assert len(ply.faces) == len(glb.faces) == len(obj.faces) and len(ply.vertices) == len(obj.vertices)
+        np.testing.assert_allclose(ply.vertices, obj.vertices, atol=1e-6)
+        assert ply.visual.vertex_colors.shape == (len(ply.vertices), 4)  # RGBA (alpha 255)
+        assert pictures.gif_frame_count(out["turntable"]) == 4
+        col = pictures.load_png(out["depth_color"])
+        assert np.array_equal(col, pictures.depth_colors(d))  # the one depth colour map
     inp = np.asarray(Image.open(res["outputs"]["p0"]["input"]))
     assert np.abs(inp.astype(float) / 255 - imgs[0].permute(1, 2, 0).numpy()).max() < 1 / 255 + 1e-6
     assert Path(res["summary"]).exists()
@@ -223,10 +228,10 @@ def test_cli_end_to_end(tmp_path):
     assert "reconstructed 2 photo(s), skipped 1" in r.output
     for name in ("face0", "face1"):
         for f in ("depth.png", "depth.json", "depth.npy", "normal.png", "albedo.png", "shading.png", "canonical.png",
-                  "recon.png", "mesh.obj", "mesh.mtl", "mesh_texture.png", "mesh.ply", "turntable.gif",
+                  "recon.png", "mesh.obj", "mesh.mtl", "mesh_texture.png", "mesh.ply", "mesh.glb", "turntable.gif",
                   "summary.png"):
             assert (out / name / f).exists(), (name, f)
-        assert export.gif_frame_count(out / name / "turntable.gif") == 3
+        assert pictures.gif_frame_count(out / name / "turntable.gif") == 3
         assert np.load(out / name / "depth.npy").shape == (64, 64)
     assert (out / "summary.png").exists()
     # single-image checkpoint + --set: one-line error, exit 2

@@ -1,4 +1,5 @@
-"""benchmarks/report_browser.py in headless Chromium: the demo GLB loads and shows; a missing GLB fails the check."""
+"""benchmarks/report_browser.py in headless Chromium: the demo GLB loads and shows; a missing GLB fails the check; the
+3D views of a page written by lapmodel.viz.report load and show."""
 
 from __future__ import annotations
 
@@ -55,3 +56,27 @@ def test_missing_mesh_fails(tmp_path):
     res = json.loads((tmp_path / "res.json").read_text())
     assert [m["loaded"] for m in res["meshes"]] == [False]
     assert "mesh 0 (missing.glb) did not load" in proc.stderr
+
+
+def test_report_page_meshes_load_and_show(tmp_path):
+    """A page written by lapmodel.viz.report.write_report (the report's own 3D views, model-viewer copied in)."""
+    from lapmodel.io import mesh as M
+    from lapmodel.viz.report import Mesh3D, ReportFolder, Section, write_report
+
+    report = tmp_path / "report"
+    folder = ReportFolder(report)
+    meshes = []
+    for i in range(3):  # three bumps of different heights
+        y, x = np.meshgrid(np.linspace(1.2, -1.2, 41), np.linspace(-1.2, 1.2, 41), indexing="ij")
+        z = (0.4 + 0.3 * i) * np.exp(-2 * (x**2 + y**2))
+        tex = np.stack([0.3 + 0.6 * (x + 1.2) / 2.4, 0.4 + 0.0 * x, 0.9 - 0.6 * (y + 1.2) / 2.4], -1)
+        glb = M.write_glb(folder.path("meshes", f"bump{i}.glb"), M.grid_mesh(3 - z, np.stack([x, y, z], -1),
+                                                                             texture=tex))
+        meshes.append(Mesh3D(glb, f"bump {i}", [(glb, "GLB")]))
+    write_report(report, "report page", [Section("3D", "meshes", meshes=meshes)])
+    proc = _run(str(report / "index.html"), "--json", str(tmp_path / "res.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads((tmp_path / "res.json").read_text())
+    assert [m["src"] for m in res["meshes"]] == [f"meshes/bump{i}.glb" for i in range(3)]
+    assert all(m["loaded"] and m["visible"] for m in res["meshes"]), res["meshes"]
+    assert all(m["pixel_std"] is not None and m["pixel_std"] > 5 for m in res["meshes"]), res["meshes"]

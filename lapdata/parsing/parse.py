@@ -298,51 +298,38 @@ def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResul
 # ------------------------------------------------------------------------------------------------ pictures
 
 
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
-    im = Image.fromarray(img)
-    d = ImageDraw.Draw(im)
-    d.rectangle([0, 0, im.width, 11], fill=(0, 0, 0))
-    d.text((2, 0), text, fill=(255, 255, 255))
-    return np.array(im)
-
-
 def contact_sheet(items: Sequence[tuple[np.ndarray, np.ndarray, str]], path: str | Path,
                   masks: RCLMaskConfig = RCLMaskConfig(), tile: int = 128, groups_per_row: int = 3) -> None:
-    """PNG grid: for each (image, seg, caption): photo | label map over the photo | label map | M_re (grey)."""
+    """PNG grid (`lapdata.pictures.image_grid`): for each (image, seg, caption): photo (caption under it) | label
+    map over the photo | label map | M_re (grey), ``groups_per_row`` views a row."""
     from PIL import Image
 
     if not items:
         return
-    cells = []
-    for img, seg, cap in items:
+    from ..pictures import image_grid, save_png
+
+    rows: list[list[np.ndarray]] = []
+    caps: list[list[str | None]] = []
+    for k, (img, seg, cap) in enumerate(items):
+        if k % groups_per_row == 0:
+            rows.append([])
+            caps.append([])
         im = np.array(Image.fromarray(img).resize((tile, tile), Image.BILINEAR))
         sg = np.array(Image.fromarray(seg).resize((tile, tile), Image.NEAREST))
         col = colorize(sg)
-        over = (0.55 * im + 0.45 * col).astype(np.uint8)
         _, m_re = label_to_masks_np(sg, masks)
-        mre = np.repeat((m_re[..., None] * 255).astype(np.uint8), 3, axis=2)
-        group = np.concatenate([_label(im, cap), over, col, _label(mre, "M_re")], axis=1)
-        cells.append(np.pad(group, ((2, 2), (2, 2), (0, 0)), constant_values=255))
-    while len(cells) % groups_per_row:
-        cells.append(np.full_like(cells[0], 255))
-    rows = [np.concatenate(cells[i : i + groups_per_row], axis=1) for i in range(0, len(cells), groups_per_row)]
-    sheet = np.concatenate(rows, axis=0)
-    tmp = Path(str(path) + ".tmp.png")
-    Image.fromarray(sheet).save(tmp)
-    os.replace(tmp, path)
+        rows[-1] += [im, (0.55 * im + 0.45 * col).astype(np.uint8), col, (m_re * 255).astype(np.uint8)]
+        caps[-1] += [cap, None, None, None]
+    heads = ["photo", "labels on photo", "labels", "M_re"] * min(len(items), groups_per_row)
+    save_png(path, image_grid(rows, col_labels=heads, captions=caps))
 
 
 def face_fraction_figure(fractions: Sequence[float], threshold: float, path: str | Path, title: str = "") -> None:
     """Histogram PNG of face fractions with the hard-sample threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..pictures import new_figure, save_figure
 
     f = np.asarray(fractions, dtype=float)
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=110)
+    fig, (ax,) = new_figure(1, 6, 3.2)
     ax.hist(f, bins=np.linspace(0, 1, 51), color="#4477aa")
     ax.axvline(threshold, color="#cc3311", ls="--", label=f"min_face_fraction {threshold:g}")
     ax.set_xlabel("face fraction (RCL face-group pixels / all pixels)")
@@ -350,10 +337,7 @@ def face_fraction_figure(fractions: Sequence[float], threshold: float, path: str
     ax.set_title(title or f"{len(f)} views, {int((f < threshold).sum())} hard", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = Path(str(path) + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def _sheet_items(dataset: Path, n: int, max_shards: int = 4) -> list[tuple[np.ndarray, np.ndarray, str]]:
@@ -393,7 +377,7 @@ def _sheet_items(dataset: Path, n: int, max_shards: int = 4) -> list[tuple[np.nd
                 continue
             for i, v in zip(idx, decode_sample(d, views=idx, fields=("image", "seg")).views):
                 m = v.meta
-                cap = f"{str(m.get('parser', '?'))[:5]} f={m.get('face_fraction', 0):.2f}" + (" HARD" if m.get("hard") else "")
+                cap = f"{m.get('parser', '?')} f={m.get('face_fraction', 0):.2f}" + (" HARD" if m.get("hard") else "")
                 got[(path, d[KEY], i)] = (v.image, v.seg, cap)
     return [got[(p, k, i)] for p, k, i, _ in chosen if (p, k, i) in got]
 

@@ -26,7 +26,6 @@ import functools
 import hashlib
 import itertools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lapdata.errors import LapError
-from lapdata.sample import JSON, IdentitySample, View, decode_sample, encode_image, sample_key
+from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
 from lapdata.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from lapdata.shards import RawSample, iter_tar_samples
 
@@ -368,20 +367,12 @@ def _read_samples(tar_path: Path, limit: int) -> list[RawSample]:
     return list(itertools.islice(iter_tar_samples(tar_path), max(0, limit)))
 
 
-def depth_picture(depth: np.ndarray) -> np.ndarray:
-    """(H, W) depth (NaN = none) -> (H, W, 3) uint8: near = bright, none = black."""
-    fin = np.isfinite(depth)
-    out = np.zeros(depth.shape, np.float32)
-    if fin.any():
-        lo, hi = np.percentile(depth[fin], [1, 99])
-        out[fin] = 0.25 + 0.75 * np.clip((hi - depth[fin]) / max(hi - lo, 1e-9), 0, 1)
-    return np.repeat((out * 255).astype(np.uint8)[..., None], 3, -1)
-
-
 def write_contact_sheet(out_dir: str | Path, identities: int = 6, poses: int = 15, thumb: int = 96) -> Path | None:
-    """DIR/contact_sheet.png: up to ``identities`` identities (rows) x their kept views (columns, in pose order),
-    each followed by a row of its depth maps when the shards have them. Returns the path (None: no shards)."""
-    from PIL import Image
+    """DIR/contact_sheet.png (`lapdata.pictures.image_grid`): up to ``identities`` identities (rows, named) x their
+    kept views (columns, in yaw order, the yaw under each), each followed by a row of its depth maps
+    (`lapdata.pictures.depth_colors`) when the shards have them (``poses`` is no longer needed: each row shows what
+    it has). Returns the path (None: no shards)."""
+    from lapdata.pictures import depth_colors, image_grid, save_png
 
     out = Path(out_dir)
     shards = sorted((out / "shards").glob("*.tar"), key=lambda p: (not p.name.startswith("train"), p.name))
@@ -394,30 +385,18 @@ def write_contact_sheet(out_dir: str | Path, identities: int = 6, poses: int = 1
             break
     if not samples:
         return None
-    cols = max(poses, max(len(json.loads(d[JSON])["views"]) for d in samples))
-    rows = []
+    rows, labels, caps = [], [], []
     for d in samples:
         s = decode_sample(d, fields=("image", "depth"))
         order = sorted(range(len(s.views)), key=lambda i: s.views[i].meta.get("pose", [0])[0])
-        imgs = [np.asarray(Image.fromarray(s.views[i].image).resize((thumb, thumb), Image.BILINEAR)) for i in order]
-        row = np.zeros((thumb, cols * thumb, 3), np.uint8)
-        for j, im in enumerate(imgs):
-            row[:, j * thumb : (j + 1) * thumb] = im
-        rows.append(row)
+        rows.append([s.views[i].image for i in order])
+        labels.append(s.identity)
+        caps.append([f"yaw {s.views[i].meta.get('pose', [0])[0]:+.0f}" for i in order])
         if any(v.depth is not None for v in s.views):
-            drow = np.zeros_like(row)
-            for j, i in enumerate(order):
-                v = s.views[i]
-                if v.depth is not None:
-                    pic = Image.fromarray(depth_picture(v.depth)).resize((thumb, thumb), Image.NEAREST)
-                    drow[:, j * thumb : (j + 1) * thumb] = np.asarray(pic)
-            rows.append(drow)
-    sheet = np.concatenate(rows, 0)
-    path = out / "contact_sheet.png"
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(sheet).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+            rows.append([None if s.views[i].depth is None else depth_colors(s.views[i].depth) for i in order])
+            labels.append("depth")
+            caps.append([])
+    return save_png(out / "contact_sheet.png", image_grid(rows, row_labels=labels, captions=caps, cell=thumb))
 
 
 def summary_line(stats: dict, out: str | Path) -> str:

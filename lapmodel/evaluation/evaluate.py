@@ -13,7 +13,8 @@ Baselines (``baselines=True``): ``flat`` = a constant depth (the median of the g
 depth itself (a sanity check: SIDE = MAD = 0).
 
 Outputs in ``out_dir``: ``eval.json`` (all numbers), ``set_size.png`` + ``set_size.json`` (Fig. 7a of the paper:
-metrics against N = 1..6 for set models), ``examples.png`` (input | re-render | pred depth | gt depth).
+metrics against N = 1..6 for set models), ``examples.png`` (input | re-render | normals and depth of prediction and
+ground truth, `lapdata.pictures` colours).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor
 
 from lapdata.errors import LapError
-from lapmodel.io import export
+from lapdata import pictures
 from lapmodel.evaluation import metrics
 from lapmodel.evaluation.evalset import EvalSet, iter_evalsets
 from lapmodel.models.outputs import Reconstruction
@@ -107,8 +108,8 @@ class Embedder:
         """Images (B, 3, S, S) x2 in [0, 1] -> (B,) cosine of their embeddings (None when unavailable)."""
         if self.fn is None:
             return None
-        ua = [export.to_uint8_image(x) for x in a]
-        ub = [export.to_uint8_image(x) for x in b]
+        ua = [pictures.to_uint8(x) for x in a]
+        ub = [pictures.to_uint8(x) for x in b]
         try:
             ea, eb = self.fn(ua), self.fn(ub)
         except Exception as e:
@@ -184,9 +185,9 @@ def example_row(es: EvalSet, rec: Reconstruction, i: int) -> list[Any]:
         gm = es.mask[i] & torch.isfinite(es.depth[i])
         m = metrics.eval_mask(gm[None], pm[None])[0]
         gn = depth_to_normals(_fill_nan(es.depth[i:i + 1].double(), gm[None]), es.fov_deg or rec.fov_deg)[0]
-        return row + [export.normal_to_image(pn, m), export.normal_to_image(gn, m),
-                      export.depth_to_color(rec.recon_depth[i], m), export.depth_to_color(es.depth[i], m)]
-    return row + [export.normal_to_image(pn, pm), None, export.depth_to_color(rec.recon_depth[i], pm), None]
+        return row + [pictures.normal_colors(pn, m), pictures.normal_colors(gn, m),
+                      pictures.depth_colors(rec.recon_depth[i], m), pictures.depth_colors(es.depth[i], m)]
+    return row + [pictures.normal_colors(pn, pm), None, pictures.depth_colors(rec.recon_depth[i], pm), None]
 
 
 def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -339,7 +340,8 @@ def evaluate_model(
         _write_json(out / "set_size.json", doc["set_size"])
         plot_set_size(set_res, out / "set_size.png")
     if ex_rows:
-        export.save_grid(out / "examples.png", ex_rows, EXAMPLE_COLUMNS, cell=max(96, es.images.shape[-1]))
+        grid = pictures.image_grid(ex_rows, col_labels=EXAMPLE_COLUMNS, cell=max(96, es.images.shape[-1]))
+        pictures.save_png(out / "examples.png", grid)
     return result
 
 
@@ -349,32 +351,14 @@ def _write_json(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-def plot_set_size(set_res: dict[int, dict[str, dict[str, float]]], path: str | os.PathLike) -> Path:
-    """Metrics against the set size N (the paper's Fig. 7a): one panel per metric that has values."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_set_size(set_res: dict[int, dict[str, dict[str, float]]], path: str | os.PathLike) -> Path | None:
+    """Metrics against the set size N (the paper's Fig. 7a): one panel per metric that has values, mean +- std."""
     ns = sorted(set_res)
-    keys = [k for k in METRIC_KEYS if any(set_res[n][k]["n"] > 0 for n in ns)]
-    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3.0), squeeze=False)
-    for ax, k in zip(axes[0], keys):
-        mean = np.array([set_res[n][k]["mean"] for n in ns])
-        std = np.array([set_res[n][k]["std"] for n in ns])
-        ax.errorbar(ns, mean, yerr=std, marker="o", capsize=3)
-        ax.set_xlabel("images in the set (N)")
-        ax.set_title(METRIC_LABELS[k])
-        ax.set_xticks(ns)
-        ax.grid(alpha=0.3)
-    fig.suptitle("Quality against set size")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    panels = {METRIC_LABELS[k]: [pictures.Curve("", ns, [set_res[n][k]["mean"] for n in ns],
+                                                yerr=[set_res[n][k]["std"] for n in ns], fmt="o-")]
+              for k in METRIC_KEYS if any(set_res[n][k]["n"] > 0 for n in ns)}
+    return pictures.curves_png(path, panels, xlabel="images in the set (N)", title="Quality against set size",
+                               xticks=ns, legend=False, width=3.2, height=3.0, dpi=110)
 
 
 def format_table(result: EvalResult, title: str = "evaluation"):

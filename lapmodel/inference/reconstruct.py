@@ -6,9 +6,10 @@ photos detected + aligned with `DlibDetector` / `largest_face` / `align_face`, a
 whole set into one identity with a LAP model) -> per photo ``out_dir/<name>/``:
 
     input.png  recon.png (re-render)  albedo.png  shading.png  canonical.png (shaded canonical image)
-    depth.png + depth.json (16-bit canonical depth, range in the sidecar)  depth.npy  depth_color.png
-    view_depth.npy (depth in the photo's view)  normal.png (canonical normals)
-    mesh.obj + mesh.mtl + mesh_texture.png (UVs = pixel coordinates)  mesh.ply (vertex colours)
+    depth.png + depth.json (16-bit canonical depth, range in the sidecar)  depth.npy
+    depth_color.png (`lapdata.pictures.depth_colors`: near = bright)  view_depth.npy (depth in the photo's view)
+    normal.png (canonical normals)  mesh.obj + mesh.mtl + mesh_texture.png (UVs = pixel coordinates)
+    mesh.ply (vertex colours)  mesh.glb (texture embedded, for web viewers): all through `lapmodel.io.mesh`
     turntable.gif (textured face | grey shape, a yaw sweep)  summary.png (input | recon | albedo | depth | normals | shading)
 
 plus ``out_dir/summary.png`` (one row per photo) and ``out_dir/reconstruct.json`` (what was done and skipped).
@@ -26,10 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lapdata import pictures
 from lapdata.atomic import write_json
 from lapdata.errors import LapError
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
+from lapmodel.viz.pictures import turntable_frames
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -234,20 +237,19 @@ def write_reconstruction(
     fov = rec.fov_deg
     cd = rec.canon_depth[i]
     written: dict[str, Path] = {}
-    written["input"] = export.save_image(out / "input.png", image)
-    written["recon"] = export.save_image(out / "recon.png", rec.recon_image[i].clamp(0, 1))
-    written["albedo"] = export.save_image(out / "albedo.png", rec.canon_albedo[i].clamp(0, 1))
-    written["shading"] = export.save_image(out / "shading.png", (rec.canon_shading[i] / max(float(rec.canon_shading[i].max()), 1e-6)).clamp(0, 1))
-    written["canonical"] = export.save_image(out / "canonical.png", rec.canon_image[i].clamp(0, 1))
+    pics = summary_row(image, rec, i)  # input | recon | albedo | depth | normals | shading
+    written["input"] = pictures.save_png(out / "input.png", pics[0])
+    written["recon"] = pictures.save_png(out / "recon.png", pics[1])
+    written["albedo"] = pictures.save_png(out / "albedo.png", pics[2])
+    written["shading"] = pictures.save_png(out / "shading.png", pics[5])
+    written["canonical"] = pictures.save_png(out / "canonical.png", rec.canon_image[i].clamp(0, 1))
     written["depth"], written["depth_json"] = export.save_depth_png(out / "depth.png", cd)
     written["depth_npy"] = export.save_depth_npy(out / "depth.npy", cd)
     vd = rec.recon_depth[i].clone()
     vd[rec.recon_mask[i] < 0.5] = float("nan")
     written["view_depth_npy"] = export.save_depth_npy(out / "view_depth.npy", vd)
-    depth_col = export.depth_to_color(cd)
-    written["depth_color"] = export.save_image(out / "depth_color.png", depth_col)
-    normal_img = export.normal_to_image(rec.canon_normal[i])
-    written["normal"] = export.save_image(out / "normal.png", normal_img)
+    written["depth_color"] = pictures.save_png(out / "depth_color.png", pics[3])
+    written["normal"] = pictures.save_png(out / "normal.png", pics[4])
     if mesh:
         # the outer S//32 columns of a canonical depth are pinned to the border depth (Unsup3D): crop them off
         crop = max(1, cd.shape[-1] // 32)
@@ -255,35 +257,27 @@ def write_reconstruction(
                                      max_jump=max_jump, crop=crop)
         written.update(m)
     if turntable > 0:
-        try:
-            frames = export.turntable_frames(cd, rec.canon_image[i].clamp(0, 1), n_frames=turntable, fov_deg=fov,
-                                             shape=True, depth_range=rec.depth_range)
-            written["turntable"] = export.write_gif(out / "turntable.gif", frames)
-        except ImportError as e:  # renderer missing (only while the toolkit is being assembled)
-            (out / "turntable.txt").write_text(f"turntable not rendered: {e}\n")
-    row = summary_row(image, rec, i, depth_col, normal_img)
-    written["summary"] = export.save_grid(out / "summary.png", [row], SUMMARY_LABELS)
+        frames = turntable_frames(cd, rec.canon_image[i].clamp(0, 1), n_frames=turntable, fov_deg=fov, shape=True,
+                                  depth_range=rec.depth_range)
+        written["turntable"] = pictures.write_gif(out / "turntable.gif", frames)
+    written["summary"] = pictures.save_png(out / "summary.png", pictures.image_grid([pics], col_labels=SUMMARY_LABELS))
     return {k: str(v) for k, v in written.items()}
 
 
 SUMMARY_LABELS = ("input", "recon", "albedo", "depth", "normals", "shading")
 
 
-def summary_row(image: Tensor, rec: Reconstruction, i: int, depth_col: np.ndarray | None = None,
-                normal_img: np.ndarray | None = None) -> list[np.ndarray]:
-    """Pictures of one photo: input | re-render | albedo | depth | normals | shading, (S, S, 3) uint8 each."""
-    if depth_col is None:
-        depth_col = export.depth_to_color(rec.canon_depth[i])
-    if normal_img is None:
-        normal_img = export.normal_to_image(rec.canon_normal[i])
+def summary_row(image: Tensor, rec: Reconstruction, i: int) -> list[np.ndarray]:
+    """Pictures of one photo: input | re-render | albedo | canonical depth (`lapdata.pictures.depth_colors`) |
+    canonical normals | shading (scaled to its maximum), (S, S, 3) uint8 each."""
     sh = rec.canon_shading[i]
     return [
-        export.to_uint8_image(image),
-        export.to_uint8_image(rec.recon_image[i].clamp(0, 1)),
-        export.to_uint8_image(rec.canon_albedo[i].clamp(0, 1)),
-        depth_col,
-        normal_img,
-        export.to_uint8_image((sh / max(float(sh.max()), 1e-6)).clamp(0, 1)),
+        pictures.to_uint8(image),
+        pictures.to_uint8(rec.recon_image[i].clamp(0, 1)),
+        pictures.to_uint8(rec.canon_albedo[i].clamp(0, 1)),
+        pictures.depth_colors(rec.canon_depth[i]),
+        pictures.normal_colors(rec.canon_normal[i]),
+        pictures.to_uint8((sh / max(float(sh.max()), 1e-6)).clamp(0, 1)),
     ]
 
 
@@ -331,8 +325,8 @@ def reconstruct_images(
         outputs["set"] = write_reconstruction(out / "set", images[0], rec, 0, turntable=turntable, mesh=mesh)
     summary = None
     if rows:
-        summary = str(export.save_grid(out / "summary.png", rows, SUMMARY_LABELS,
-                                       row_labels=[n[:16] for n in names[: len(rows)]]))
+        grid = pictures.image_grid(rows, col_labels=SUMMARY_LABELS, row_labels=list(names[: len(rows)]))
+        summary = str(pictures.save_png(out / "summary.png", grid))
     return {"outputs": outputs, "summary": summary}
 
 

@@ -24,7 +24,6 @@ its flipped version, Eq. 3 + perceptual + smoothness) is ``lapmodel.models.photo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -250,53 +249,6 @@ class LAPModel(nn.Module):
             logs.update(lg)
         logs["loss"] = total.detach()
         return total, logs
-
-    # ----------------------------------------------------------------------------------------- pictures
-
-    @torch.no_grad()
-    def picture_panels(self, out: LAPOutput, n: int = 6, yaws: tuple[float, ...] = (-60, -30, 0, 30, 60)
-                       ) -> list[tuple[str, Tensor]]:
-        """Named panels (k, 3, S, S) in [0, 1] of the first ``n`` views (for lapmodel.training.train's picture grids):
-        input, re-render of the identity (a_c, d_c) and its flip, a_c, d_c, normals, shading, refined re-render /
-        albedo / depth (stages personalize, finetune) and a turntable of the shaded canonical identity."""
-        from lapmodel.render import renderer
-
-        c = self.cfg
-        k = min(n, out.images.shape[0])
-        s = out.images.shape[-1]
-
-        def rgb(t: Tensor) -> Tensor:
-            t = t[:k].detach().float()
-            if t.dim() == 3:
-                t = t[:, None]
-            if t.shape[-1] != s:
-                t = F.interpolate(t, size=(s, s), mode="bilinear", align_corners=False)
-            return (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t).clamp(0, 1).cpu()
-
-        def dpic(d: Tensor) -> Tensor:
-            return 1 - (d - c.min_depth) / (c.max_depth - c.min_depth)
-
-        panels = [("input", rgb(out.images))]
-        r = out.agg
-        if r is not None:
-            panels += [("recon set", rgb(r.recon)), ("recon flip", rgb(r.recon_flip if r.recon_flip is not None
-                                                                        else r.recon)),
-                       ("albedo set", rgb(r.albedo)), ("depth set", rgb(dpic(r.depth))),
-                       ("normal set", rgb((r.normal.permute(0, 3, 1, 2) + 1) / 2)), ("shading", rgb(r.shading / 2))]
-        if out.ref is not None:
-            t = out.ref
-            panels += [("recon pers.", rgb(t.recon)), ("albedo pers.", rgb(t.albedo)),
-                       ("depth pers.", rgb(dpic(t.depth)))]
-        if r is not None:
-            try:
-                with torch.autocast(device_type=r.depth.device.type, enabled=False):
-                    tt = renderer.turntable(r.depth[:k].float(), r.canon_image[:k].float(),
-                                            [math.radians(y) for y in yaws], c.fov_deg,
-                                            depth_range=photogeo.depth_range(c))  # (k, T, 3, S, S)
-                panels += [(f"yaw {y:+d}", rgb(tt[:, i])) for i, y in enumerate(yaws)]
-            except Exception:  # noqa: BLE001 - a picture never stops training
-                pass
-        return panels
 
     # ----------------------------------------------------------------------------------------- inference
 

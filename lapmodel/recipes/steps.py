@@ -130,13 +130,14 @@ def run_reconstruct(step: StepConfig, ctx: StepContext) -> dict:
                            turntable=int(a.get("turntable", 12)))
         r, lab = compare_rows(model, images, gt)
         rows += r
-        labels += lab
+        labels += [f"{ident}: {lab[0]}"] + lab[1:]
         doc["identities"].append({"identity": ident, "views": len(images)})
     if rows:
-        from lapmodel.viz.report import image_grid, save_png
+        from lapdata.pictures import image_grid, save_png
 
         cols = [f"view {i}" for i in range(max(len(r) for r in rows))]
-        save_png(image_grid(rows, labels, cols, cell=max(64, model.cfg.image_size)), out / "compare.png")
+        save_png(out / "compare.png", image_grid(rows, row_labels=labels, col_labels=cols,
+                                                 cell=max(64, model.cfg.image_size)))
         doc["compare"] = str(out / "compare.png")
     return doc
 
@@ -173,8 +174,9 @@ def compare_rows(model, images, gt):
     set / alone / ground truth; canonical normals from the set / alone."""
     import torch
 
+    from lapdata.pictures import depth_colors, normal_colors
+
     from lapmodel.inference.reconstruct import model_accepts_sets
-    from lapmodel.viz.report import depth_picture, normal_picture
 
     with torch.no_grad():
         rs = model.reconstruct(images, as_set=True) if model_accepts_sets(model) else model.reconstruct(images)
@@ -184,14 +186,14 @@ def compare_rows(model, images, gt):
     rows = [[np_(images[i]) for i in range(k)],
             [np_(rs.recon_image[i]) for i in range(k)],
             [np_(r1.recon_image[i]) for i in range(k)],
-            [depth_picture(np_(rs.recon_depth[i]), np_(rs.recon_mask[i])) for i in range(k)],
-            [depth_picture(np_(r1.recon_depth[i]), np_(r1.recon_mask[i])) for i in range(k)]]
+            [depth_colors(rs.recon_depth[i], rs.recon_mask[i]) for i in range(k)],
+            [depth_colors(r1.recon_depth[i], r1.recon_mask[i]) for i in range(k)]]
     labels = ["input", "recon set", "recon single", "depth set", "depth single"]
     if gt is not None:
-        rows.append([depth_picture(np_(gt[i])) for i in range(k)])
+        rows.append([depth_colors(gt[i]) for i in range(k)])
         labels.append("depth gt")
-    rows += [[normal_picture(np_(rs.canon_normal[i])) for i in range(k)],
-             [normal_picture(np_(r1.canon_normal[i])) for i in range(k)]]
+    rows += [[normal_colors(rs.canon_normal[i]) for i in range(k)],
+             [normal_colors(r1.canon_normal[i]) for i in range(k)]]
     labels += ["normal set", "normal single"]
     return rows, labels
 

@@ -2,8 +2,8 @@
 
 A model is an nn.Module with ``forward(batch: Batch) -> output`` and ``loss(output, batch) -> (loss, logs)``;
 optionally ``trainable_parameters(stage)``, ``compile_networks()``, a ``step`` attribute (the loop sets it) and
-``picture_panels(output)`` for the picture grids. ``build_model(cfg)`` is the one place that maps
-``cfg.model.kind`` to a class.
+``picture_panels(output, n)`` for the picture grids (else `lapmodel.viz.pictures` draws LAP's and Unsup3D-re's).
+``build_model(cfg)`` is the one place that maps ``cfg.model.kind`` to a class.
 
 Runs on CPU, one GPU, or many under torchrun (DDP: gloo on CPU, nccl on GPU; the batch is split over ranks).
 Everything a run writes is under ``cfg.out``::
@@ -29,24 +29,25 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from torch import Tensor, nn
+from torch import nn
 
 from lapdata.config import to_dict
 from lapdata.errors import LapError
-from lapdata.logs import get_logger, log_to_file, warn_once
+from lapdata.pictures import save_png
+from lapdata.logs import get_logger, log_to_file
 
-from lapmodel.render import renderer
 from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from lapmodel.config import TrainConfig
 from lapmodel.io.data import Batch, count_samples, data_position, expand_shards, make_loader
 from lapmodel.models.build import build_model
 
+from lapmodel.viz.pictures import loss_curve_png, training_picture
 
 LOG = get_logger("train")
 
@@ -96,94 +97,6 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
             raise LapError("precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
         return torch.float16
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
-
-
-# ------------------------------------------------------------------------------------------------ pictures
-
-
-def _to_rgb(t: Tensor) -> Tensor:
-    """(B, C, H, W) with C in {1, 3} -> (B, 3, H, W) clamped to [0, 1]."""
-    t = t.detach().float().cpu()
-    return (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t).clamp(0, 1)
-
-
-def picture_panels(model: nn.Module, out: Any, n: int = 6, yaws: tuple[float, ...] = (-60, -30, 0, 30, 60)
-                   ) -> list[tuple[str, Tensor]]:
-    """Named panels (B', 3, S, S) in [0, 1] of the first ``n`` images: input, reconstruction, flipped
-    reconstruction, canonical albedo, depth, normals, shading, shaded image, and a turntable (yaw in degrees)."""
-    if hasattr(model, "picture_panels"):
-        return model.picture_panels(out, n)
-    cfg = model.cfg
-    k = min(n, out.images.shape[0])
-    depth = out.canon_depth[:k].detach().float()
-    d = (depth - cfg.min_depth) / (cfg.max_depth - cfg.min_depth)
-    panels = [("input", out.images[:k]), ("recon", out.recon_image[:k]), ("flip", out.recon_image_flip[:k]),
-              ("albedo", out.canon_albedo[:k]), ("depth", (1 - d).unsqueeze(1)),
-              ("normal", (out.canon_normal[:k].detach().float().permute(0, 3, 1, 2) + 1) / 2),
-              ("shading", out.canon_shading[:k]), ("canon", out.canon_image[:k])]
-    with torch.no_grad(), torch.autocast(device_type=depth.device.type, enabled=False):
-        try:
-            tt = renderer.turntable(depth, out.canon_image[:k].detach().float(),
-                                    [math.radians(y) for y in yaws], cfg.fov_deg,
-                                    depth_range=(cfg.min_depth, cfg.max_depth))  # (k, T, 3, S, S)
-            panels += [(f"y{y:+d}", tt[:, i]) for i, y in enumerate(yaws)]
-        except Exception as e:  # noqa: BLE001 - a picture must never stop training
-            warn_once(LOG, f"turntable picture failed: {e}")
-    return [(name, _to_rgb(t)) for name, t in panels]
-
-
-def picture_grid(panels: list[tuple[str, Tensor]], pad: int = 2) -> np.ndarray:
-    """Panels -> (H, W, 3) uint8: one row per image, one column per panel (white gaps)."""
-    k, _, s, _ = panels[0][1].shape
-    cols = len(panels)
-    grid = torch.ones(3, k * (s + pad) + pad, cols * (s + pad) + pad)
-    for j, (_, t) in enumerate(panels):
-        for i in range(k):
-            y, x = pad + i * (s + pad), pad + j * (s + pad)
-            grid[:, y:y + s, x:x + s] = t[i]
-    img = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-    # a header strip naming the columns
-    from PIL import Image, ImageDraw
-
-    head = Image.new("RGB", (img.shape[1], 12), (255, 255, 255))
-    draw = ImageDraw.Draw(head)
-    for j, (name, _) in enumerate(panels):
-        draw.text((pad + j * (s + pad) + 1, 0), name[: max(1, s // 6)], fill=(0, 0, 0))
-    return np.concatenate([np.asarray(head), img], 0)
-
-
-def save_png(path: Path, img: np.ndarray) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def plot_loss_curve(log_path: Path, png: Path) -> None:
-    """log.jsonl -> loss.png (every logged loss term against step)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    if not rows:
-        return
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key in sorted({k for r in rows for k in r if k.startswith("loss")}):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, lw=2 if key == "loss" else 1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = png.with_name(png.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -383,14 +296,14 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
         # pictures
         if master and (done % cfg.picture_every == 0 or done == steps):
             try:  # a picture must never stop training
-                grid = picture_grid(picture_panels(raw_model, output))
+                grid = training_picture(raw_model, output)
                 save_png(out / "pictures" / f"step-{done:06d}.png", grid)
                 if tb is not None:
                     tb.add_image("pictures", grid, offset + done, dataformats="HWC")
             except Exception as e:  # noqa: BLE001
                 say(f"note: step {done}: picture grid failed ({type(e).__name__}: {e})")
             if log_path.exists():
-                plot_loss_curve(log_path, out / "loss.png")
+                loss_curve_png(log_path, out / "loss.png")
 
         # checkpoint
         if done % cfg.ckpt_every == 0 or done == steps:
