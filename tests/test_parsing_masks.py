@@ -87,6 +87,10 @@ def test_face_fraction_counts_colorize():
     assert len(c) == 19 and c[0] == 46 and c[1] == 50 and c[13] == 4 and sum(c) == 100
     rgb = colorize(seg)
     assert rgb.shape == (10, 10, 3) and rgb.dtype == np.uint8 and (rgb[9, 9] == 0).all()
+    assert rgb[0, 0].tolist() == [204, 102, 102] and rgb[5, 0].tolist() == [85, 40, 10]  # skin, hair: the demo palette
+    every = colorize(np.arange(19, dtype=np.uint8)[None])[0]
+    assert len({tuple(c) for c in every.tolist()}) == 19  # each class its own colour
+    assert (colorize(np.array([[-1, 19, 255]])) == 0).all()  # out of range: black like the background
 
 
 @pytest.mark.gpu
