@@ -90,7 +90,10 @@ def test_output_shapes_and_classes(model):
     x = torch.randn(2, 3, 96, 64)
     with torch.inference_mode():
         out = model(x)
-    assert out.logits.shape == (2, 19, 96, 64) and out.logits16 is None
+        full = model(x, aux=True)
+    assert out.logits.shape == (2, 19, 96, 64) and out.logits16 is None and out.logits32 is None
+    assert full.logits16.shape == full.logits32.shape == (2, 19, 96, 64)  # aux heads upsampled to the input
+    assert torch.equal(full.logits, out.logits) and not torch.allclose(full.logits16, full.logits)
 
 
 def test_parser_sizes_and_labels(model):
