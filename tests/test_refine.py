@@ -67,8 +67,21 @@ def test_vector_injection_only_uses_1x1():
 def test_filtered_connection_ablation(mode):
     ref = Refiner(out_size=64, width=8, target_size=32, filtered_connection=mode)
     torch.nn.init.normal_(ref.albedo.head.weight, std=0.1)
+    seen = []
+    for s, skip in ref.albedo.skips.items():
+        skip.register_forward_hook(lambda m, inp, out, s=s: seen.append((int(s), inp[0], out[0])))
     out = ref(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64), torch.rand(1, 3, 32, 32))
     assert out.albedo.shape == (1, 3, 64, 64) and out.albedo_detail.attention == {}
+    # plain: the encoder feature itself goes to the decoder (a U-Net skip); none: nothing does
+    assert sorted(s for s, _, _ in seen) == [4, 8, 16, 32]
+    for s, e, passed in seen:
+        assert (passed is e) if mode == "plain" else (passed is None), s
+    # ... and the decoder convs are sized for it: plain takes the skip channels like the filtered model, none not
+    full = Refiner(out_size=64, width=8, target_size=32).albedo
+    for s, up in ref.albedo.ups.items():
+        drop = 0 if mode == "plain" else full.enc_channels[int(s)]
+        assert up[0].in_channels == full.ups[s][0].in_channels - drop, s
+    assert not list(ref.albedo.skips.parameters())  # no attention network in either ablation
 
 
 def test_filtered_connection_unit():
