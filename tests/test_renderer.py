@@ -212,12 +212,17 @@ def test_turntable():
     S = 16
     depth = _smooth_depth(S, B=2)
     img = torch.rand(2, 3, S, S)
-    frames = R.turntable(depth, img, [-0.3, 0.0, 0.3], FOV, background=1.0)
+    yaws = [-0.3, 0.0, 0.3]
+    frames = R.turntable(depth, img, yaws, FOV, background=1.0)
     assert frames.shape == (2, 3, 3, S, S)
-    ref = R.render(depth, img, torch.zeros(2, 6), FOV)
-    m = ref.mask.unsqueeze(1) > 0
-    assert torch.allclose(frames[:, 1][m.expand_as(ref.image)], ref.image[m.expand_as(ref.image)])
-    assert (frames[:, 1][~m.expand_as(ref.image)] == 1.0).all()
+    for t, yaw in enumerate(yaws):  # frame t of face b = face b rendered at yaw t, background where no surface
+        view = torch.zeros(2, 6)
+        view[:, 1] = yaw
+        ref = R.render(depth, img, view, FOV)
+        m = (ref.mask.unsqueeze(1) > 0).expand_as(ref.image)
+        assert bool((~m).any()) == (yaw != 0.0), yaw  # turned away, the mesh no longer covers the frame
+        assert torch.allclose(frames[:, t][m], ref.image[m], atol=1e-6) and (frames[:, t][~m] == 1.0).all(), yaw
+    assert not torch.allclose(frames[:, 0], frames[:, 2])
 
 
 def test_errors_and_backends():
