@@ -110,6 +110,17 @@ def test_perceptual_loss_with_vgg(tmp_path, shards):
     out = m(torch.rand(2, 3, 32, 32))
     loss, logs = m.loss(out)
     assert {"loss_perc", "loss_perc_flip"} <= set(logs)
+    # the term is the VGG feature distance of the reconstruction to the input (quarter-size confidence) ...
+    from lapmodel.models.losses import perceptual_loss
+
+    perc = perceptual_loss(m.vgg, out.recon_image, out.images, out.conf_perc[:, :1], out.recon_mask)
+    torch.testing.assert_close(logs["loss_perc"], perc.detach())
+    # ... and it enters the total with lam_perc (its flipped twin with the flip weight too)
+    lam, f, mc = cfg.model.lam_perc, m.flip_weight(), cfg.model
+    want = (logs["loss_l1"] + f * logs["loss_l1_flip"] + lam * (logs["loss_perc"] + f * logs["loss_perc_flip"])
+            + mc.lam_depth_sm * logs["loss_depth_sm"])
+    assert lam > 0 and logs["loss_perc"] != 0
+    torch.testing.assert_close(loss.detach(), want)
     assert not any(k.startswith("vgg") for k in m.state_dict())  # the VGG never goes into checkpoints
     res = train(cfg, progress=False)
     assert "loss_perc" in res.last_logs
