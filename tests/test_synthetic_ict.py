@@ -111,9 +111,20 @@ def test_tiny_model_renders(tiny_model, tmp_path):
     rng = np.random.default_rng(1)
     views = b.render_views(b.sample_identity(rng), [Pose(-20, 0, 0), Pose(0, 0, 0), Pose(20, 3, 2)], 32, rng)
     for v in views:
-        assert v.image.shape == (32, 32, 3) and v.mask.any()
+        assert v.image.shape == (32, 32, 3) and 0.3 < v.mask.mean() < 0.9
         np.testing.assert_array_equal(np.isfinite(v.depth), v.mask)
         assert np.isfinite(v.canon_depth).any()
+        assert 0.9 < np.nanmin(v.depth) and np.nanmax(v.depth) < 1.1  # the head's anchor at distance 1
+        n = np.linalg.norm(v.normal, axis=-1)
+        np.testing.assert_allclose(n[v.mask], 1.0, atol=1e-4)
+        assert (n[~v.mask] == 0).all()
+    front = views[1]
+    # the frontal view is its own canonical view; a turned one is not; the symmetric sheet sits in the middle
+    np.testing.assert_array_equal(front.depth, front.canon_depth)
+    assert abs(np.nonzero(front.mask)[1].mean() - 15.5) < 0.05
+    turned = views[0]
+    both = turned.mask & np.isfinite(turned.canon_depth)
+    assert np.abs(turned.depth - turned.canon_depth)[both].max() > 1e-2
 
 
 @pytest.mark.parametrize(
