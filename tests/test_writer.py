@@ -87,9 +87,13 @@ def test_plan_deterministic_and_order_independent():
 
 
 def test_plan_by_bytes():
-    g = make_groups(6)
+    g = make_groups(6)  # 6 train identities of 100 estimated bytes each
     tasks = plan_shards(g, 100, max_shard_bytes=250, size_of=lambda p: 100)
-    assert all(len(t.items) <= 2 for t in tasks)
+    assert [len(t.items) for t in tasks] == [2, 2, 2]  # the byte budget, not the count of 100, closes each shard
+    assert sorted(i for t in tasks for i, _ in t.items) == sorted(i for i, _, _ in g)
+    big = plan_shards(g, 100, max_shard_bytes=250, size_of=lambda p: 300)
+    assert [len(t.items) for t in big] == [1] * 6  # a group over the budget still gets its own shard
+    assert [len(t.items) for t in plan_shards(g, 100, size_of=lambda p: 300)] == [6]  # no budget: count only
     with pytest.raises(ValueError):
         plan_shards(g, 0)
 
