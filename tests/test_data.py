@@ -71,7 +71,10 @@ def test_batch_shapes_and_fields(tmp_path):
     assert b.mask.shape == (5, 3, 32, 32) and set(b.mask.unique().tolist()) <= {0.0, 1.0}
     assert b.depth.shape == (5, 3, 32, 32) and torch.isnan(b.depth).any()
     assert b.canon_depth is None  # not in these shards
-    assert b.hard is not None and b.hard.shape == (5, 3)
+    assert b.hard is not None and b.hard.shape == (5, 3) and not b.hard[~b.valid].any()
+    assert (b.hard.sum(1) <= 1).all()  # the shards mark view 1 of each identity hard, no other
+    full = next(D.make_loader(urls, cfg(min_set=3, max_set=3), 32, batch_size=4))
+    assert full.hard.sum(1).tolist() == [1, 1, 1, 1]  # sets of all 3 views: each holds its one hard view
     assert len(b.identity) == 5 and all(i.startswith("person") for i in b.identity)
     assert b.views().shape == (int(n.sum()), 3, 32, 32)
 
