@@ -69,7 +69,13 @@ def test_stylegan_pose_edit(gan_files):
     views = b.render_views(p, poses, 24, np.random.default_rng(0))
     assert [v.image.shape for v in views] == [(24, 24, 3)] * 3
     assert [v.pose.yaw for v in views] == [-60, 0, 30] and views[0].depth is None
+    assert [v.meta["boundary_distance"] for v in views] == pytest.approx([-3.0, 0.0, 1.5])
     assert not np.array_equal(views[0].image, views[2].image)
+    # at the generator's own 8 px: each view is G(w) of its edited latent, mapped from [-1, 1] to 0..255
+    with torch.no_grad():
+        want = (torch.jit.load(str(gan_files["generator"]))(w) + 1) / 2 * 255  # (3, 3, 8, 8)
+    native = np.stack([v.image for v in b.render_views(p, poses, 8, np.random.default_rng(0))])
+    np.testing.assert_allclose(native.astype(np.float64), want.permute(0, 2, 3, 1).numpy(), atol=0.51)
 
 
 def test_stylegan_end_to_end(gan_files, tmp_path):
