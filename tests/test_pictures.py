@@ -159,6 +159,11 @@ def test_turntable_frames():
     img = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
     frames = turntable_frames(d, img, n_frames=5)
     assert frames.shape == (5, 16, 16, 3) and frames.dtype == np.uint8
+    # the loop starts at yaw 0: the identity view gives the canonical image back (to a rounding level)
+    assert np.abs(frames[0].astype(int) - P.to_uint8(img)).max() <= 1
+    assert np.abs(frames[1].astype(int) - frames[0]).mean() > 10  # then it turns (yaw 45 sin 72 deg)
     both = turntable_frames(d, img, n_frames=3, shape=True)
     assert both.shape == (3, 16, 32, 3)
     assert np.array_equal(both[0, :, :16], frames[0])  # left half: the textured face (yaw 0 in both)
+    shape_half = both[0, :, 16:].astype(int)  # right half: grey albedo under white light, so R = G = B
+    assert (np.abs(shape_half - shape_half[..., :1]) <= 1).all() and shape_half.std() > 1
