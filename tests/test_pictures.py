@@ -131,6 +131,16 @@ def test_png_roundtrip_and_gif(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
     frames = np.random.default_rng(0).random((7, 3, 12, 12)).astype(np.float32)
     assert P.gif_frame_count(P.write_gif(tmp_path / "t.gif", frames, fps=10)) == 7
+    from PIL import Image
+
+    seq = [np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 3), 255, np.uint8), np.full((8, 8, 3), (255, 0, 0), np.uint8)]
+    with Image.open(P.write_gif(tmp_path / "c.gif", seq, fps=20)) as im:  # the frames come back, in order
+        back = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            back.append(np.asarray(im.convert("RGB")))
+        assert im.info["duration"] == 50 and im.info.get("loop") == 0
+    assert len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(back, seq))
     with pytest.raises(ValueError):
         P.write_gif(tmp_path / "v.gif", [])
 
