@@ -141,12 +141,17 @@ def test_load_faces_aligned_unreadable_and_noface(tmp_path):
     _write_png(d / "wide.png", np.full((40, 70, 3), 128, np.uint8))  # non-square: goes to the detector
     faces = load_faces([d], 16)
     assert faces.names == ["a", "b"] and faces.images.shape == (2, 3, 16, 16)
-    assert 0.0 <= faces.images.min() and faces.images.max() <= 1.0
+    # square files are aligned crops: the whole square, area-resized, as (3, S, S) floats in [0, 1]
+    a = np.asarray(Image.open(d / "a.png"))
+    want = np.asarray(Image.fromarray(a).resize((16, 16), Image.BOX)).transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(faces.images[0].numpy(), want, atol=1e-6)
+    assert faces.rules == ["prealigned:resize;center-square,size=16"] * 2
     reasons = {Path(s["path"]).name: s["reason"] for s in faces.skipped}
     assert "unreadable" in reasons["broken.jpg"] and reasons["wide.png"] == "no face found"
     # forcing --aligned crops the wide image too (centre square)
     faces2 = load_faces([d / "wide.png", d / "a.png"], 16, aligned=True)
-    assert faces2.names == ["wide", "a"]
+    assert faces2.names == ["wide", "a"] and not faces2.skipped
+    assert torch.allclose(faces2.images[0], torch.tensor(128 / 255)) and torch.equal(faces2.images[1], faces.images[0])
     with pytest.raises(LapError, match="no such file"):
         load_faces([tmp_path / "missing.jpg"], 16)
     empty = tmp_path / "empty"
@@ -188,14 +193,21 @@ def test_reconstruct_paths_with_model(tmp_path):
 def test_detect_real_photo(tmp_path):
     from conftest import shared_path
 
-    photos = sorted(shared_path("faces", "wild-photos").glob("*.jpg"))[:2]
-    if not photos:
-        pytest.skip("no wild photos")
-    faces = load_faces(photos, 64, aligned=False)
-    assert len(faces.names) + len(faces.skipped) == len(photos)
-    assert faces.images.shape[1:] == (3, 64, 64)
+    from lapdata.detectors import DlibDetector
+    from lapdata.faces import lap_template, largest_face
+
+    photos = [shared_path("faces", "wild-photos", n) for n in ("couple.jpg", "img1.jpg")]
+    faces = load_faces(photos, 128, aligned=False)
+    assert faces.names == ["couple", "img1"] and not faces.skipped and faces.images.shape == (2, 3, 128, 128)
+    assert all(r.startswith("sim5:template=lap") for r in faces.rules)
+    # the crops are aligned faces: detected again inside the crop, the eyes sit on the template's (IOD 45 px)
+    det = DlibDetector()
+    for img in faces.images:
+        face = largest_face(det((img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)))
+        assert face is not None
+        assert np.abs(face.points5()[:2] - lap_template(128)[:2]).max() < 6.0
     res = reconstruct_images(StandIn(), faces.images, tmp_path, faces.names, turntable=0, progress=False)
-    assert len(res["outputs"]) == len(faces.names)
+    assert sorted(res["outputs"]) == ["couple", "img1"]
 
 
 def _tiny_checkpoint(path: Path, kind: str = "unsup3d") -> Path:
