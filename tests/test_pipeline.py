@@ -184,7 +184,14 @@ def test_report_folder_is_self_contained(tmp_path):
     assert "camera-controls" in text
     assert (out / "model-viewer.LICENSE.txt").is_file()
     sha = git_commit()
-    assert sha == "unknown" or len(sha.split()[0]) == 40
+    if (REPO / ".git").exists():  # a checkout: the commit this code runs from (HEAD may move meanwhile: any commit)
+        import subprocess
+
+        head = sha.split()[0]
+        kind = subprocess.run(["git", "cat-file", "-t", head], cwd=REPO, capture_output=True, text=True).stdout
+        assert len(head) == 40 and kind.strip() == "commit", sha
+    else:  # an installed copy
+        assert sha == "unknown"
     v = versions()
     assert set(v) >= {"python", "torch", "numpy", "lap-toolkit"} and v["torch"] == torch.__version__
 
