@@ -61,7 +61,11 @@ def test_defaults_come_from_the_dataclass():
 def test_help_shows_choices_comments_and_defaults():
     app, _ = make_app()
     out = CliRunner().invoke(app, ["toy", "--help"], env={"COLUMNS": "200"}).output
-    assert "auto|aligned" in out and "output face size in pixels" in out and "128" in out
+    assert "auto|aligned" in out and "the source folder [required]" in out
+    # each option's help is its field's comment followed by that field's default
+    for text in ("output face size in pixels [default: 128]", "crop rule [default: auto]", "part I of N [default: 0/1]",
+                 "skip duplicates [default: dedup]"):
+        assert text in out, text
 
 
 def test_bad_choice_and_missing_required_fail_with_exit_2():
