@@ -188,6 +188,12 @@ def test_reconstruct_paths_with_model(tmp_path):
         reconstruct_paths(ReconstructConfig((str(src),), str(tmp_path / "nope.pt"), str(tmp_path / "out2")))
     with pytest.raises(LapError, match="batch_size must be >= 1"):
         ReconstructConfig((str(src),), "x.pt", str(tmp_path / "out3"), batch_size=0)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(LapError, match="--out is a file"):
+        reconstruct_paths(ReconstructConfig((str(src),), "x.pt", str(tmp_path / "afile")), model=model)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(LapError, match="empty file"):
+        reconstruct_paths(ReconstructConfig((str(src),), str(tmp_path / "empty.pt"), str(tmp_path / "out4")))
 
 
 def test_detect_real_photo(tmp_path):

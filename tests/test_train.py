@@ -283,3 +283,41 @@ def test_init_and_epochs(tmp_path, shards):
     assert b["step"] == 2
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+# ------------------------------------------------------------------------------------------------ hardening
+
+
+def test_last_checkpoint_is_byte_reproducible(tmp_path, shards):
+    """Two runs of the same config write the same last.pt, byte for byte (every RNG is seeded, Python's too)."""
+    import random
+
+    first = train(tiny_cfg(tmp_path, shards, steps=2), progress=False).checkpoint.read_bytes()
+    (tmp_path / "run").rename(tmp_path / "first")
+    random.seed(12345)  # whatever the process did before must not matter
+    again = train(tiny_cfg(tmp_path, shards, steps=2), progress=False).checkpoint.read_bytes()
+    assert first == again
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path, shards):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(LapError, match="--out is a file"):
+        train(tiny_cfg(tmp_path, shards, out=str(f)), progress=False)
+
+
+def test_skipped_samples_are_counted_in_the_log(tmp_path, shards):
+    import numpy as np
+    import webdataset as wds
+
+    from lapdata.sample import IdentitySample, View, encode_sample
+
+    bad = tmp_path / "bad.tar"
+    with wds.TarWriter(str(bad)) as tw:
+        d = encode_sample(IdentitySample("broken-0000", "broken", "train", [View(image=np.zeros((8, 8, 3), np.uint8))]))
+        d["000.jpg"] = b"not a jpeg"
+        tw.write(d)
+    res = train(tiny_cfg(tmp_path, [*shards, str(bad)], steps=6, data={"shuffle_buffer": 0}), progress=False)
+    rows = [json.loads(x) for x in (res.out / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["skipped_samples"] == 0 or rows[-1]["skipped_samples"] >= 1
+    assert rows[-1]["skipped_samples"] >= 1 and all(r["skipped_samples"] <= 2 for r in rows)

@@ -422,6 +422,8 @@ def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progre
     from lapdata.device import resolve_device
     from lapmodel.inference.reconstruct import model_image_size
 
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise LapError(f"{cfg.out}: --out is a file, not a folder")
     if model is None:
         from lapmodel.io.checkpoint import load_model
 

@@ -363,6 +363,8 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
     from lapdata.device import resolve_device
 
     paths, checkpoint, out_dir, as_set, size = cfg.paths, cfg.checkpoint, cfg.out, cfg.as_set, cfg.size
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise LapError(f"{out_dir}: --out is a file, not a folder")
     aligned, batch_size, turntable, mesh = cfg.aligned, cfg.batch_size, cfg.turntable, cfg.mesh
     if model is None:
         from lapmodel.io.checkpoint import load_model

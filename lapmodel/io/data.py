@@ -38,6 +38,7 @@ from torch import Tensor
 from lapdata.errors import LapError
 from lapdata.logs import get_logger, warn_once
 from lapdata.sample import decode_sample, sample_json
+from lapdata.schema import NUM_SAMPLES
 from lapdata.shards import preprocess_field, preprocess_image
 
 from lapmodel.config import DataConfig
@@ -127,13 +128,17 @@ def count_samples(urls: Sequence[str]) -> int:
         if stats.is_file():
             try:
                 doc = json.loads(stats.read_text())
-                if isinstance(doc.get("num_samples"), int):
-                    total += doc["num_samples"]
+                if isinstance(doc.get(NUM_SAMPLES), int):
+                    total += doc[NUM_SAMPLES]
                     continue
             except (ValueError, OSError):
                 pass
-        with tarfile.open(u) as tf:
-            total += len({m.name.split("/")[-1].split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
+        try:
+            with tarfile.open(u) as tf:
+                total += len({m.name.split("/")[-1].split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise LapError(f"{u}: not a readable shard tar ({type(e).__name__}: "
+                           f"{(str(e).strip().splitlines() or [''])[-1][:100]})") from None
     return total
 
 

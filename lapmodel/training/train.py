@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 import warnings
 from contextlib import nullcontext
@@ -38,16 +39,17 @@ import yaml
 from torch import nn
 
 from lapdata.config import to_dict
+from lapdata.device import resolve_device
 from lapdata.errors import LapError
 from lapdata.pictures import save_png
-from lapdata.logs import get_logger, log_to_file
+from lapdata.logs import get_logger, log_to_file, warn_once
 
 from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from lapmodel.config import TrainConfig
 from lapmodel.io.data import Batch, count_samples, data_position, expand_shards, make_loader
 from lapmodel.models.build import build_model
-
 from lapmodel.viz.pictures import loss_curve_png, training_picture
+
 
 LOG = get_logger("train")
 
@@ -72,14 +74,10 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local}"
-    dev = torch.device(device)
+    dev = resolve_device(device)  # a one-line LapError for a device this machine does not have
+    if dev.type == "cuda" and dev.index is None and world > 1:
+        dev = torch.device(f"cuda:{local}")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LapError("--device cuda: no CUDA device is available")
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
@@ -107,6 +105,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     """Train ``cfg`` into ``cfg.out``. ``resume``: continue from ``cfg.out/last.pt`` (exactly).
 
     ``log``: where the run's messages go (default: the ``lap.train`` logger, also written to ``OUT/train.log``)."""
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise LapError(f"{cfg.out}: --out is a file, not a folder")
     with log_to_file(Path(cfg.out) / "train.log"):
         return _train(cfg, resume=resume, stage=stage, progress=progress, log=log or LOG.info)
 
@@ -137,6 +137,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
         steps = math.ceil(cfg.epochs * count_samples(urls) / cfg.batch)
 
     # -- model and optimizer (same init on every rank)
+    random.seed(cfg.seed)  # Python's RNG too: its state is in every checkpoint (byte-reproducible last.pt)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = build_model(cfg).to(device)
@@ -232,10 +233,12 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
 
         pbar = tqdm(total=steps, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=None)
     t0, seen = time.time(), 0
+    skipped: dict[int, int] = {}  # data stream -> unreadable samples it skipped so far
     step = start
     for step in range(start, steps):
         # fetch a batch
         batch: Batch = next(loader).to(device, non_blocking=True)
+        skipped[batch.stream] = batch.skipped
         raw_model.step = step
 
         # forward, loss, backward
@@ -279,6 +282,12 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
             dt = time.time() - t0
             last_logs = {k: float(v) for k, v in zip(list(logs) + ["grad_norm"], vals.tolist())}
             last_logs["identities_per_s"] = seen / max(dt, 1e-9)
+            n_skip = torch.tensor(float(sum(skipped.values())), device=device)
+            if world > 1:
+                dist.all_reduce(n_skip)
+            last_logs["skipped_samples"] = int(n_skip.item())
+            if last_logs["skipped_samples"]:
+                warn_once(LOG, "unreadable samples are being skipped (their count: skipped_samples in log.jsonl)")
             t0, seen = time.time(), 0
             if master:
                 with log_path.open("a") as f:
