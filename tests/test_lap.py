@@ -282,6 +282,12 @@ def test_train_command_stage_option(shards, tmp_path):
                                    "--out", str(tmp_path / "run"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run/aggregate/only/done.json").exists() and (tmp_path / "run/aggregate/last.pt").exists()
+    from lapmodel.io.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tmp_path / "run/aggregate/last.pt")  # the stage's one phase, as the options said
+    assert ck["step"] == 1 and ck["config"]["model"]["lap"]["stage"] == "aggregate"
+    assert ck["config"]["data"]["shards"] == [str(shards)]
+    assert json.loads((tmp_path / "run/aggregate/only/done.json").read_text())["step"] == 1
     res = CliRunner().invoke(app, ["train", "--config", str(p), "--stage", "stage9", "--shards", str(shards),
                                    "--out", str(tmp_path / "run")], env={"COLUMNS": "200"})
     assert res.exit_code == 2 and "'stage9' is not one of 'aggregate', 'personalize', 'finetune'" in res.output
