@@ -33,10 +33,16 @@ def test_shapes_at_paper_sizes(size):
 
 def test_target_encoder_levels():
     ref = Refiner(out_size=64, width=8, target_size=64)
-    feats = ref.target_encoder(torch.rand(2, 3, 128, 128))
+    photo = torch.rand(2, 3, 128, 128)
+    feats = ref.target_encoder(photo)
     assert feats[8].shape == (2, ref.target_encoder.channels[8], 8, 8)
     assert feats[4].shape == (2, ref.target_encoder.channels[4], 4, 4)
     assert feats[1].shape == (2, 256, 1, 1)
+    # a photo of another size is first resized to the encoder's 64 px (bilinear): the same features as resizing it
+    small = torch.nn.functional.interpolate(photo, size=(64, 64), mode="bilinear", align_corners=False)
+    for lv, f in ref.target_encoder(small).items():
+        torch.testing.assert_close(feats[lv], f)
+    assert not torch.allclose(feats[1][0], feats[1][1])  # and the features depend on the photo
 
 
 def test_untrained_refiner_returns_canonical_maps():
