@@ -276,3 +276,8 @@ def test_cli_set_lap(tmp_path):
                                  "--turntable-frames", "0", "--no-mesh"])
     assert r.exit_code == 0, r.output
     assert (out / "set" / "albedo.png").exists() and (out / "p2" / "recon.png").exists()
+    # one identity (the refiner untrained: no personalisation): every photo shows the set's canonical albedo
+    set_albedo = np.asarray(Image.open(out / "set" / "albedo.png"))
+    for n in ("p0", "p1", "p2"):
+        assert np.array_equal(np.asarray(Image.open(out / n / "albedo.png")), set_albedo), n
+    assert not list(out.rglob("mesh.obj"))  # --no-mesh
