@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from lapdata.errors import LapError
+
+if TYPE_CHECKING:  # torch loads only when a device is resolved (the CLIs' --help and data commands stay fast)
+    import torch
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps`` -> a usable torch.device; LapError naming the fault."""
+    import torch
+
     if isinstance(name, torch.device):
         return name
     name = (name or "auto").strip()

@@ -21,12 +21,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..errors import LapError
 from .labels import CLASSES, CLASS_ID
+
+if TYPE_CHECKING:  # torch loads with label_to_masks only (the lapdata CLI starts without it)
+    from torch import Tensor
 
 LUT_SIZE = 256
 
@@ -97,6 +100,8 @@ def label_to_masks(seg: Tensor, config: RCLMaskConfig = RCLMaskConfig()) -> tupl
     Returns:
         M: (..., H, W) float32 in {0, face_weight}; M_re: (..., H, W) float32, on ``seg``'s device.
     """
+    import torch
+
     if seg.is_floating_point() or seg.is_complex() or seg.dtype == torch.bool:
         raise TypeError(f"label_to_masks: seg must be an integer tensor, got {seg.dtype}")
     m_np, m_re_np = mask_tables(config)
