@@ -13,8 +13,14 @@ Checks (each failure is one fault line naming the file/shard/photo):
   counts match shards.parquet; every photo row that names a shard was found there; every ok row is in a shard;
   parse-masks columns consistent (a row with ``parser`` has a seg view, class_counts has 19 entries);
 * counts: stats.json photos and status counts, identities.parquet vs the photo rows;
-* leakage: no identity and no identical image (same source sha256) in two splits;
-* min-images: no written identity has fewer ok photos than the run's ``min_images`` (from stats.json config).
+* leakage: no identity and no identical image (same source sha256) in two splits; no cross-identity duplicate
+  (duplicates.parquet, exact or near) across two splits;
+* min-images: no written identity has fewer ok photos than the run's ``min_images`` (from stats.json config);
+* integrity (``lapdata.audit_integrity``): the run is complete (no failed shards); the manifests' checksums
+  (stats.json ``manifests``, shard json ``parquet_sha256``) match; photos.parquet equals the shard parquets +
+  unsharded.parquet; every path read from a manifest stays inside the dataset (never read when it does not).
+
+A folder that holds none of a dataset's files is a LapError (not a dataset), so is a path that is not a folder.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from . import audit_integrity as integrity
 from .errors import LapError
 from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, STATUSES, check_schema
 from .shards import (
@@ -79,8 +86,12 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 1000) -> AuditReport:
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise LapError(f"{root}: dataset folder does not exist")
+    if not root.is_dir():
+        raise LapError(f"{root}: not a folder (lapdata audit takes a dataset folder)")
+    if not any((root / n).exists() for n in ("photos.parquet", "shards.parquet", "stats.json", SHARD_DIR)):
+        raise LapError(f"{root}: not a lapdata dataset (no photos.parquet, shards.parquet, stats.json or {SHARD_DIR}/)")
     rep = AuditReport(str(root))
     faults = rep.faults
 
@@ -100,25 +111,44 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         try:
             t = pq.read_table(p)
         except Exception as e:
-            fault(f"{p}: unreadable parquet ({e})")
+            fault(f"{p}: unreadable parquet ({type(e).__name__}: {str(e)[:160]})")
             continue
-        for f in check_schema(t, schema, p.name):
+        bad = check_schema(t, schema, p.name)
+        for f in bad:
             fault(f)
-        tables[name] = t
+        if not bad:  # a table without the contract's columns is not read further (its faults are listed)
+            tables[name] = t
     stats = None
     if (root / "stats.json").exists():
         try:
-            stats = json.loads((root / "stats.json").read_text())
-        except ValueError as e:
-            fault(f"{root / 'stats.json'}: not valid JSON ({e})")
+            stats = json.loads((root / "stats.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            fault(f"{root / 'stats.json'}: not valid JSON ({str(e)[:160]})")
+        if stats is not None and not isinstance(stats, dict):
+            fault(f"{root / 'stats.json'}: not a JSON object")
+            stats = None
     else:
         fault(f"{root / 'stats.json'}: missing")
+    if stats is not None:
+        integrity.check_run(stats, fault)
+        integrity.check_checksums(root, stats, fault)
+    shard_docs: dict[str, Any] = {}
+    for js in sorted((root / SHARD_DIR).glob("*.json")) if (root / SHARD_DIR).is_dir() else []:
+        try:
+            doc = json.loads(js.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            fault(f"{js}: not valid JSON ({str(e)[:160]})")
+            continue
+        if integrity.check_shard_json(root, js, doc, fault):
+            shard_docs[js.stem] = doc
+    dup_summary = integrity.check_duplicates(root, fault)
     if "photos" not in tables or "shards" not in tables:
         rep.summary = {"photos": None}
         return rep
+    integrity.check_photo_rows(root, tables["photos"], sorted(shard_docs), fault)
     photos = tables["photos"].to_pydict()
     cols = set(photos)
-    n = len(photos["photo_id"])
+    n = tables["photos"].num_rows
 
     def col(c):
         return photos[c] if c in cols else [None] * n
@@ -151,7 +181,9 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
     n_images = n_samples = 0
     for r in srows:
         name = r[SHARD]
-        tar = root / (r[SHARD_PATH] or f"{SHARD_DIR}/{name}.tar")
+        tar = integrity.tar_of(root, name, r[SHARD_PATH], fault)
+        if tar is None:
+            continue
         if not tar.exists():
             fault(f"{tar}: shard in shards.parquet is missing")
             continue
@@ -167,8 +199,13 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         if not contents:
             continue
         ns = ni = 0
+
+        def bad_sample(e: Exception) -> bool:  # a member over the size limit: that sample is skipped
+            fault(str(e))
+            return True
+
         try:
-            for d in iter_tar_samples(tar):
+            for d in iter_tar_samples(tar, handler=bad_sample):
                 ns += 1
                 k = d[KEY]
                 where = f"{name}/{k}"
@@ -319,6 +356,7 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         "images": n_images if contents else sum(r[NUM_IMAGES] or 0 for r in srows),
         "bytes": sum(r[SHARD_BYTES] or 0 for r in srows),
         "contents_checked": contents,
+        **dup_summary,
     }
     return rep
 
@@ -342,6 +380,10 @@ def print_report(rep: AuditReport, max_lines: int = 40) -> None:
                 v = f"{v / 2**20:.1f} MiB"
             t.add_row(k.replace("_", " "), str(v))
     con.print(t)
+    same = s.get("cross_identity_duplicates_same_split")
+    if same:
+        con.print(f"[yellow]warning[/yellow]: {same} photo(s) duplicate another identity's in the same split "
+                  f"(label noise, no leakage; see duplicates.parquet)")
     if rep.ok:
         con.print("[green]OK[/green]: shards and manifests agree")
     else:

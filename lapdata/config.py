@@ -151,8 +151,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise LapError(f"{p}: config file does not exist")
+    from .paths import read_utf8
+
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(read_utf8(p, "config file")) or {}
     except yaml.YAMLError as e:
         raise LapError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

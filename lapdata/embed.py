@@ -148,7 +148,12 @@ class DlibEmbedder:
 class ArcFaceEmbedder:
     """insightface ArcFace recognition ONNX. ``__call__(aligned lap crops) -> (N, D)`` float32, L2-normalised.
 
-    onnx_path: e.g. ``w600k_r50.onnx``; a missing or unloadable file is a one-line LapError naming it."""
+    onnx_path: e.g. ``w600k_r50.onnx``; a missing or unloadable file is a one-line LapError naming it, and so is a
+    valid graph that is not a face embedder: loading runs it once (:meth:`check_model`) on a synthetic crop, its
+    inverse and the crop again, and requires an embedding of at least ``MIN_DIM`` values (ArcFace: 512), finite,
+    the same crop twice at cosine >= 0.999 and the two different crops under 0.99."""
+
+    MIN_DIM = 64  # ArcFace models give 512 (some 128, 256); a narrower output is not an identity embedding
 
     default_threshold = ARCFACE_DEFAULT_THRESHOLD
     centre_threshold = ARCFACE_CENTRE_THRESHOLD
@@ -180,6 +185,33 @@ class ArcFaceEmbedder:
                 self.mean, self.std = 0.0, 1.0
         except Exception:  # noqa: BLE001 - normalisation sniffing is best-effort
             pass
+        self.check_model()
+
+    def check_model(self) -> None:
+        """Run the graph on a synthetic crop, its inverse and the crop again: LapError unless it behaves like an
+        identity embedder (width >= MIN_DIM, finite, deterministic, different crops apart); sets ``dim``."""
+        s = self.input_size
+        y, x = np.mgrid[0:s, 0:s].astype(np.float32) / max(1, s - 1)
+        a = np.stack([255 * x, 255 * y, 255 * (1 - x) * y], axis=-1).clip(0, 255).astype(np.uint8)
+        crops = [a, (255 - a).astype(np.uint8), a]
+        what = f"{self.onnx_path}: not an ArcFace recognition model"
+        try:
+            e = self.embed_arcface_crops(crops)
+        except Exception as exc:  # noqa: BLE001 - any failure to run is this one fault
+            raise LapError(f"{what} (running it on a {s}x{s} crop failed: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        if e.ndim != 2 or e.shape[0] != 3 or e.shape[1] < self.MIN_DIM:
+            raise LapError(f"{what} (its output has {e.shape[-1] if e.ndim == 2 else e.shape} values per face; "
+                           f"an identity embedding has 512, or at least {self.MIN_DIM})")
+        if not np.isfinite(e).all():
+            raise LapError(f"{what} (its output holds NaN/inf)")
+        same, other = float(e[0] @ e[2]), float(e[0] @ e[1])
+        if same < 0.999:
+            raise LapError(f"{what} (the same crop twice gives cosine {same:.4f}, not 1: not deterministic)")
+        if other >= 0.99:
+            raise LapError(f"{what} (two different crops give cosine {other:.4f}: its output does not depend on "
+                           f"the face)")
+        self.dim = int(e.shape[1])
 
     def __getstate__(self):
         return {"onnx_path": self.onnx_path, "iod": self.iod, "eye_y": self.eye_y, "batch_size": self.batch_size}

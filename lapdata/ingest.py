@@ -8,7 +8,8 @@ Steps (``run_ingest(IngestConfig)``):
 3. plan shards (lapdata.writer.plan_shards) and write them (lapdata.writer.write_dataset) with
    :func:`process_shard` in ``workers`` processes, per identity:
 
-   * read each photo (unreadable / truncated / non-image files -> status=error with the message);
+   * read each photo (unreadable / truncated / non-image files -> status=error with the message; every PIL mode is
+     decoded to RGB or refused by name, lapdata.photos; over ``max_pixels`` -> skipped/too_large, nothing decoded);
    * face: pre-aligned layouts (ArcFace 112, CelebA img_align, CelebA-HQ) are cropped with a fixed rule
      (lapdata.faces.crop_prealigned); other photos are detected and aligned (lapdata.faces: dlib by default,
      insightface SCRFD with ``det_model``), the largest face kept, the others' boxes in other_boxes; no face ->
@@ -21,8 +22,14 @@ Steps (``run_ingest(IngestConfig)``):
    * samples of at most ``max_per_sample`` photos (chunks 000, 001, ...), images JPEG-encoded in the worker.
 
 4. after a whole (non-part) run: photos that duplicate a photo of *another* identity (exact or near) are listed in
-   OUT/duplicates.parquet (:func:`cross_identity_duplicates`; shards are not changed; exact copies across splits
-   are leakage that ``lapdata audit`` reports).
+   OUT/duplicates.parquet (lapdata.duplicates; shards are not changed; copies across splits are leakage that
+   ``lapdata audit`` reports).
+
+Every input record gets exactly one row: records the source decided on (a refused symlink, an empty folder, a CSV
+path leaving its folder: ``PhotoRecord.note``) and later records with an already-seen photo_id (a CSV path listed
+twice: status error, their own photo_id ``sha256("{source}:{path}#{n}")[:16]``) go to unsharded.parquet.
+A rerun into an existing OUT must be the same command on the same source (ingest.json holds the source's resolved
+path and a fingerprint of its records); anything else is one LapError naming both sources.
 
 Everything a photo went through is in its manifest row; the run ends with a one-line summary (:func:`summary_line`).
 """
@@ -32,18 +39,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
+import os
 import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from .duplicates import record_duplicates
 from .errors import LapError
+from .ingest_config import ADDED_OPTIONS, CONTENT_KEYS, IngestConfig  # noqa: F401  (IngestConfig is re-exported)
+from .photos import PhotoRejected, PhotoTooLarge, decode_photo, max_file_bytes
 from .sample import IdentitySample, View, encode_image, sample_key
 from .schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from .sources import PhotoRecord, SourceOptions, load_bytes, load_celebamask_seg, open_source
@@ -51,61 +61,6 @@ from .split import SplitConfig, load_split_manifest, split_of
 from .writer import ShardResult, ShardTask, plan_shards, write_dataset
 
 PREALIGNED_SIZES = {(112, 112): "arcface112", (218, 178): "celeba-align"}  # (h, w) -> crop rule
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    kind: Literal["celeba", "casia", "folders", "csv", "celebamask-hq", "rec"]  # source layout
-    src: str                            # source folder, CSV file or .rec file
-    out: str                            # output dataset folder (rerun the same command to resume)
-    size: int = 128                     # output face size in pixels
-    min_images: int = 6                 # keep identities with at least this many (good) photos
-    max_per_sample: int = 64            # photos per WebDataset sample; larger identities become several samples
-    mode: Literal["auto", "aligned", "detect"] = "auto"  # auto: by source layout and image size; aligned; detect
-    detector: Literal["dlib", "insightface"] = "dlib"  # face detector for unaligned photos
-    det_model: str | None = None        # insightface SCRFD .onnx (with --detector insightface)
-    id_filter: bool = False             # drop photos far from their identity's robust centre
-    id_model: str | None = None         # ArcFace .onnx for --id-filter (default: dlib 128-D)
-    id_threshold: float | None = None   # cosine-to-centre threshold (default: the embedder's)
-    dedup: bool = True                  # skip exact and near duplicates inside an identity
-    phash_distance: int = 4             # near-duplicate: perceptual hashes within this many bits
-    seed: int = 0                       # split seed
-    fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)  # train,val,test fractions of the identities
-    split_manifest: str | None = None   # identity -> split parquet, e.g. manifests/celeba_split.parquet
-    samples_per_shard: int = 64         # identity samples per shard
-    shard_bytes: int = 512 * 2**20      # estimated bytes per shard (estimated before encoding)
-    workers: int = 1                    # worker processes
-    part: tuple[int, int] = (0, 1)      # build part I/N (disjoint, deterministic); join the parts with lapdata merge
-    quality: int = 95                   # JPEG quality of the stored faces
-    identity_file: str | None = None    # identity_CelebA.txt (celeba, celebamask-hq)
-    path_column: str = "file"           # csv: the column with the photo path
-    identity_column: str = "identity"   # csv: the column with the identity
-    progress: bool = True               # progress bar (only on a terminal)
-
-    def __post_init__(self) -> None:
-        i, n = self.part
-        checks = [(self.size >= 16, f"--size {self.size}: must be >= 16 pixels"),
-                  (self.min_images >= 1, f"--min-images {self.min_images}: must be >= 1"),
-                  (self.max_per_sample >= 1, f"--max-per-sample {self.max_per_sample}: must be >= 1"),
-                  (self.samples_per_shard >= 1, f"--samples-per-shard {self.samples_per_shard}: must be >= 1"),
-                  (self.shard_bytes >= 1, f"--shard-bytes {self.shard_bytes}: must be >= 1"),
-                  (self.workers >= 1, f"--workers {self.workers}: must be >= 1"),
-                  (0 <= i < n, f"--part {i}/{n}: need 0 <= I < N"),
-                  (1 <= self.quality <= 100, f"--quality {self.quality}: must be in 1..100"),
-                  (self.phash_distance >= 0, f"--phash-distance {self.phash_distance}: must be >= 0"),
-                  (self.id_threshold is None or -1.0 <= self.id_threshold <= 1.0,
-                   f"--id-threshold {self.id_threshold}: a cosine, must be in [-1, 1]"),
-                  (len(self.fractions) == 3 and all(f >= 0 for f in self.fractions) and sum(self.fractions) > 0,
-                   f"--fractions {self.fractions}: three non-negative numbers, not all 0")]
-        for ok, msg in checks:
-            if not ok:
-                raise LapError(msg)
-
-
-# options that change the shards' content: a resumed run must use the same ones
-CONTENT_KEYS = ("kind", "size", "min_images", "max_per_sample", "mode", "detector", "det_model", "id_filter",
-                "id_model", "id_threshold", "dedup", "phash_distance", "seed", "fractions", "split_manifest",
-                "samples_per_shard", "shard_bytes", "quality", "identity_file", "path_column", "identity_column")
 
 
 # ------------------------------------------------------------------------------------------- seams to lapdata.faces
@@ -197,29 +152,29 @@ def _msg(e: Exception) -> str:
     return f"{type(e).__name__}: {text}".splitlines()[0]
 
 
-def decode_photo(data: bytes) -> np.ndarray:
-    """Encoded bytes -> (H, W, 3) uint8 RGB (EXIF orientation applied); raises on non-image/truncated data."""
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()  # truncated files fail here
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"))
-
-
 def prepare_photo(rec: PhotoRecord, split: str, cfg: IngestConfig) -> Prepared:
     from . import faces
 
-    row: dict[str, Any] = {"photo_id": rec.photo_id, "identity": rec.identity, "split": split, "source": rec.source,
-                           "path": rec.path, "size": cfg.size}
+    row = base_row(rec, split, cfg)
     try:
+        cap = max_file_bytes(cfg.max_pixels)
+        if rec.file is not None and os.stat(rec.file).st_size > cap:
+            row.update(status=STATUS_SKIPPED, reason="too_large",
+                       error=f"{os.stat(rec.file).st_size} bytes, over the {cap >> 20} MiB file cap of --max-pixels")
+            return Prepared(row)
         data = load_bytes(rec)
     except Exception as e:
         row.update(status=STATUS_ERROR, error=f"cannot read: {_msg(e)}")
         return Prepared(row)
     row["sha256"] = hashlib.sha256(data).hexdigest()
     try:
-        img = decode_photo(data)
+        img = decode_photo(data, cfg.max_pixels)
+    except PhotoTooLarge as e:
+        row.update(status=STATUS_SKIPPED, reason="too_large", error=str(e), orig_width=e.width, orig_height=e.height)
+        return Prepared(row)
+    except PhotoRejected as e:
+        row.update(status=STATUS_ERROR, error=f"not decoded: {e}")
+        return Prepared(row)
     except Exception as e:
         row.update(status=STATUS_ERROR, error=f"not a readable image ({len(data)} bytes): {_msg(e)}")
         return Prepared(row)
@@ -270,6 +225,15 @@ def prepare_photo(rec: PhotoRecord, split: str, cfg: IngestConfig) -> Prepared:
     if row.get("landmarks") is not None:
         meta["landmarks"] = row["landmarks"]
     return Prepared(row, np.ascontiguousarray(crop), seg, meta)
+
+
+def base_row(rec: PhotoRecord, split: str | None, cfg: IngestConfig) -> dict[str, Any]:
+    """The PHOTOS columns every row of ``rec`` has (id, identity, split, source, path, size, name_escaped)."""
+    row: dict[str, Any] = {"photo_id": rec.photo_id, "identity": rec.identity, "split": split, "source": rec.source,
+                           "path": rec.path, "size": cfg.size}
+    if rec.escaped:
+        row["name_escaped"] = True
+    return row
 
 
 def _seg_for_resize(seg: np.ndarray | None, size: int) -> np.ndarray | None:
@@ -355,38 +319,85 @@ def _config_doc(cfg: IngestConfig) -> dict:
     return d
 
 
-def _check_resume(out: Path, cfg: IngestConfig) -> None:
-    """A resumed run must use the options the finished shards were written with."""
+def check_out(out: Path) -> None:
+    """--out must be a folder (or not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise LapError(f"{out}: --out exists and is not a folder")
+
+
+def _check_resume(out: Path, cfg: IngestConfig, source: dict) -> None:
+    """A resumed run must use the options and the source the finished shards were written with (``source``: the
+    source's resolved path and a fingerprint of its records, ``source_doc``)."""
     p = out / "ingest.json"
-    doc = _config_doc(cfg)
+    doc = {**_config_doc(cfg), "source": source}
     if p.exists():
-        old = json.loads(p.read_text())
-        diff = [k for k in CONTENT_KEYS if old.get(k) != doc.get(k)]
+        try:
+            old = json.loads(p.read_text(encoding="utf-8"))
+            assert isinstance(old, dict)
+        except (OSError, ValueError, AssertionError):
+            raise LapError(f"{p}: unreadable (not the JSON lapdata ingest writes); use a new --out") from None
+        diff = [k for k in CONTENT_KEYS if old.get(k, ADDED_OPTIONS.get(k)) != doc.get(k)]
         if diff:
             raise LapError(f"{out} holds shards written with other options ({', '.join(f'{k}={old.get(k)!r}' for k in diff)});"
                            f" rerun with the same options or use a new --out")
+        was = old.get("source")
+        if isinstance(was, dict) and was.get("fingerprint") != source["fingerprint"]:
+            raise LapError(f"{out} holds shards of another source ({was.get('src')}: {was.get('photos')} photos of "
+                           f"{was.get('identities')} identities; now {source['src']}: {source['photos']} photos of "
+                           f"{source['identities']}); rerun with the same source to resume, or use a new --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
+def source_doc(cfg: IngestConfig, groups, extra: Sequence[dict], counts: dict) -> dict:
+    """The source of a run: its resolved path and a fingerprint (sha256 of every record's identity and photo_id,
+    the planned ones and the unsharded ones) that a resumed run must match."""
+    h = hashlib.sha256()
+    for ident, split, recs in groups:
+        for r in recs:
+            h.update(f"{ident}\t{split}\t{r.photo_id}\n".encode("utf-8"))
+    for r in extra:
+        h.update(f"{r['identity']}\t-\t{r['photo_id']}\n".encode("utf-8"))
+    return {"src": str(Path(cfg.src).resolve()), "photos": counts["photos"], "identities": counts["identities"],
+            "fingerprint": h.hexdigest()}
+
+
 def group_records(records, cfg: IngestConfig):
-    """records -> (groups [(identity, split, records)], unsharded rows of identities under min_images, counts)."""
+    """records -> (groups [(identity, split, records)], unsharded rows, counts). Unsharded: identities under
+    min_images, records the source decided on (``note``) and repeated photo_ids (error rows)."""
     by_id: dict[str, list[PhotoRecord]] = defaultdict(list)
     n = 0
+    extra: list[dict] = []
+    seen: dict[str, int] = {}
     for r in records:
-        by_id[r.identity].append(r)
         n += 1
+        k = seen.get(r.photo_id, 0)
+        seen[r.photo_id] = k + 1
+        if r.note is None and not k:
+            by_id[r.identity].append(r)
+            continue
+        row = base_row(r, None, cfg)
+        if r.note is not None:
+            row.update(status=r.note[0], reason=r.note[1], error=r.note[2])
+        else:  # the same source path again (a CSV that lists it twice): read once
+            row.update(status=STATUS_ERROR, error=f"path listed again (occurrence {k + 1}): read once, as photo "
+                                                 f"{r.photo_id}")
+        if k:  # an id of its own
+            row["photo_id"] = hashlib.sha256(f"{r.source}:{r.path}#{k}".encode("utf-8")).hexdigest()[:16]
+        extra.append(row)
     if n == 0:
         raise LapError(f"{cfg.src}: no photos found (empty source)")
+    if not by_id:
+        raise LapError(f"{cfg.src}: no readable photo records ({n} records, all refused: e.g. "
+                       f"{extra[0]['path']}: {extra[0].get('error') or extra[0].get('reason')})")
     manifest = load_split_manifest(cfg.split_manifest) if cfg.split_manifest else {}
     scfg = SplitConfig(seed=cfg.seed, fractions=tuple(cfg.fractions), min_images=cfg.min_images)
-    groups, extra = [], []
+    groups = []
     for ident in sorted(by_id):
         recs = sorted(by_id[ident], key=lambda r: r.path)
         if len(recs) < cfg.min_images:
-            extra.extend({"photo_id": r.photo_id, "identity": ident, "source": r.source, "path": r.path,
-                          "status": STATUS_SKIPPED, "reason": "min_images", "size": cfg.size} for r in recs)
+            extra.extend({**base_row(r, None, cfg), "status": STATUS_SKIPPED, "reason": "min_images"} for r in recs)
             continue
         split = manifest.get(ident) or split_of(ident, scfg.seed, scfg.fractions)
         groups.append((ident, split, tuple(recs)))
@@ -401,20 +412,22 @@ def run_ingest(cfg: IngestConfig) -> dict:
     """Run the whole ingest (resumable); returns the stats written to OUT/stats.json."""
     t0 = time.perf_counter()
     out = Path(cfg.out)
+    check_out(out)
     if cfg.detector == "insightface" and not cfg.det_model:
         raise LapError("--detector insightface needs --det-model PATH (an insightface SCRFD .onnx file)")
     for p, what in ((cfg.det_model, "detector model"), (cfg.id_model, "identity model"),
                     (cfg.split_manifest, "split manifest")):
         if p and not Path(p).is_file():
             raise LapError(f"{p}: {what} file does not exist")
-    records = open_source(cfg.kind, cfg.src, SourceOptions(cfg.identity_file, cfg.path_column, cfg.identity_column))
+    records = open_source(cfg.kind, cfg.src, SourceOptions(cfg.identity_file, cfg.path_column, cfg.identity_column,
+                                                           cfg.csv_root))
     groups, extra, counts = group_records(records, cfg)
     # a bad model file is one clear line before any work (not one failure per shard)
     if cfg.detector == "insightface" and cfg.mode != "aligned":
         get_detector(cfg.detector, cfg.det_model)
     if cfg.id_filter and cfg.id_model:
         get_embedder(cfg.id_model)
-    _check_resume(out, cfg)
+    _check_resume(out, cfg, source_doc(cfg, groups, extra, counts))
     est = max(1, cfg.size * cfg.size * 3 // 8)  # rough JPEG q95 bytes per face crop
     tasks = plan_shards(groups, cfg.samples_per_shard, max_shard_bytes=cfg.shard_bytes,
                         size_of=lambda recs: est * len(recs))
@@ -422,57 +435,13 @@ def run_ingest(cfg: IngestConfig) -> dict:
                           part=tuple(cfg.part), config=_config_doc(cfg), quality=cfg.quality,
                           progress=cfg.progress, extra_rows=extra)
     stats["input"] = counts
-    if tuple(cfg.part)[1] == 1:
-        stats["cross_identity_duplicates"] = cross_identity_duplicates(out, cfg.phash_distance)
     stats["seconds"] = round(time.perf_counter() - t0, 2)
-    doc = {k: v for k, v in stats.items() if k != "failed"}
+    if tuple(cfg.part)[1] == 1:  # also writes stats.json (the duplicates' counts and checksum)
+        return record_duplicates(out, stats, cfg.phash_distance)
     from .writer import _atomic_write_json
 
-    _atomic_write_json(out / "stats.json", doc)
+    _atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "failed"})
     return stats
-
-
-DUPLICATES_SCHEMA_COLUMNS = ("photo_id", "identity", "split", "dup_of", "dup_identity", "dup_split", "kind", "distance")
-
-
-def cross_identity_duplicates(out: str | Path, max_distance: int = 4) -> dict:
-    """Flag written photos that duplicate a photo of *another* identity (exact sha256 or near phash), dataset-wide.
-
-    Workers only see one identity at a time, so this pass runs after the shards are written: it does not change the
-    shards, it lists the pairs in OUT/duplicates.parquet (photo_id, identity, split, dup_of, dup_identity, dup_split,
-    kind, distance) and returns counts (``pairs``, ``cross_split``: pairs whose identities are in different splits,
-    the leakage lapdata audit reports for exact copies)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from .idfilter import DuplicateIndex
-    from .writer import read_dataset
-
-    t = read_dataset(out, ["photo_id", "identity", "split", "path", "sha256", "phash", "status"]).to_pydict()
-    order = sorted((i for i, st in enumerate(t["status"]) if st == STATUS_OK and t["phash"][i]),
-                   key=lambda i: (t["identity"][i], t["path"][i] or "", t["photo_id"][i]))
-    index = DuplicateIndex(max_distance)
-    where = {}
-    rows = []
-    for i in order:
-        pid = t["photo_id"][i]
-        where[pid] = i
-        m = index.add(pid, t["sha256"][i], int(t["phash"][i], 16), t["identity"][i])
-        if m.dup_of is not None and not m.same_identity:
-            j = where[m.dup_of]
-            rows.append({"photo_id": pid, "identity": t["identity"][i], "split": t["split"][i], "dup_of": m.dup_of,
-                         "dup_identity": t["identity"][j], "dup_split": t["split"][j],
-                         "kind": "exact" if m.kind and "exact" in m.kind else "near", "distance": m.distance})
-    table = pa.Table.from_pylist(rows, schema=pa.schema([
-        ("photo_id", pa.string()), ("identity", pa.string()), ("split", pa.string()), ("dup_of", pa.string()),
-        ("dup_identity", pa.string()), ("dup_split", pa.string()), ("kind", pa.string()), ("distance", pa.int32())]))
-    tmp = Path(out) / "duplicates.parquet.tmp"
-    pq.write_table(table, tmp)
-    import os
-
-    os.replace(tmp, Path(out) / "duplicates.parquet")
-    return {"pairs": len(rows), "exact": sum(r["kind"] == "exact" for r in rows),
-            "cross_split": sum(r["split"] != r["dup_split"] for r in rows)}
 
 
 def summary_line(stats: dict, out: str | Path) -> str:

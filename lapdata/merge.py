@@ -3,7 +3,10 @@
 Every finished shard (tar, parquet, json) of every part is copied (or hard-linked) into OUT/shards; a shard name
 present in two parts must be byte-identical (same sha256), else it is a LapError (the parts come from different
 plans). The unsharded rows (identities dropped before planning; kept by part 0) are joined, de-duplicated by
-photo_id. Then the dataset manifests are rebuilt by lapdata.writer.finalize_dataset.
+photo_id. Then the dataset manifests are rebuilt by lapdata.writer.finalize_dataset, and the cross-identity
+duplicates are found over the whole dataset (duplicates.parquet and stats.json ``cross_identity_duplicates``, as a
+whole ingest run writes them: no part can see the other parts' photos). Each part's shard jsons are checked
+(``lapdata.manifests.read_shard_json``) before anything is copied.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .duplicates import record_duplicates
 from .errors import LapError
 from .schema import PHOTOS, SHARD_DIR, SHARD_SHA256
-from .writer import UNSHARDED, finalize_dataset
+from .writer import UNSHARDED, finalize_dataset, read_shard_json
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:
@@ -35,6 +39,8 @@ def _place(src: Path, dst: Path, link: bool) -> None:
 
 def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = False) -> dict:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LapError(f"{out}: --out exists and is not a folder")
     srcs = [Path(d) for d in dirs]
     for d in srcs:
         if not (d / SHARD_DIR).is_dir():
@@ -47,7 +53,7 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
     seen: dict[str, str] = {}
     for d in srcs:
         for js in sorted((d / SHARD_DIR).glob("*.json")):
-            st = json.loads(js.read_text())
+            st = read_shard_json(js)
             name = js.stem
             if name in seen:
                 if seen[name] != st.get(SHARD_SHA256):
@@ -59,7 +65,7 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
                 if not p.exists():
                     raise LapError(f"{p}: missing (the part's shard {name} is incomplete)")
             dst_json = out / SHARD_DIR / js.name
-            if dst_json.exists() and json.loads(dst_json.read_text()).get(SHARD_SHA256) == st.get(SHARD_SHA256):
+            if dst_json.exists() and read_shard_json(dst_json).get(SHARD_SHA256) == st.get(SHARD_SHA256):
                 continue  # already merged (rerun)
             _place(js.with_suffix(".tar"), out / SHARD_DIR / f"{name}.tar", link)
             _place(js.with_suffix(".parquet"), out / SHARD_DIR / f"{name}.parquet", link)
@@ -93,5 +99,7 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
         config["merged_from"] = [str(d) for d in srcs]
     # complete when every part comes from the same plan and all its shards are here
     plan = planned.pop() if len(planned) == 1 else -1
-    return finalize_dataset(out, config=config, extra_rows=extra,
-                            run={"merged": len(srcs), "part": [0, 1], "failed_shards": [], "planned_shards": plan})
+    stats = finalize_dataset(out, config=config, extra_rows=extra,
+                             run={"merged": len(srcs), "part": [0, 1], "failed_shards": [], "planned_shards": plan})
+    distance = (config or {}).get("phash_distance")
+    return record_duplicates(out, stats, distance if isinstance(distance, int) else 4)

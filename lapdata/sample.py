@@ -13,6 +13,10 @@ Fields of a sample (WebDataset splits key from field at the *first* dot, so keys
 
 16-bit depth: ``v = 1 + round((d - lo) / (hi - lo) * 65534)``, ``v = 0`` where there is no surface; ``lo, hi`` are in
 the view's metadata as ``depth_range`` / ``cdepth_range`` (one quantum = (hi-lo)/65534, lossless for our purposes).
+
+Integrity: the writer stores each view's ``image_sha256`` (of the image member's bytes); ``decode_sample`` checks
+every view image it decodes against it (``CorruptView``, a LapError naming the sample and view) and
+``view_faults`` lists every mismatch of a raw sample (``lapdata.shards`` readers with ``verify``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+
+from .errors import LapError
 
 # The member names of a sample, defined once (writer, readers, audit and lapmodel use these; see lapdata.shards).
 KEY = "__key__"  # the sample key (the member names' prefix up to the first dot)
@@ -46,6 +52,34 @@ def field_member(i: int, name: str) -> str:
     return f"{i:03d}.{name}.{FIELD_EXT}"
 
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+class CorruptView(LapError):
+    """A view's stored image bytes do not match the image_sha256 its writer recorded (a corrupt shard)."""
+
+
+def _check_image(d: Mapping[str, Any], i: int, meta: Mapping[str, Any]) -> str | None:
+    """Why view ``i``'s image member is not the one its writer stored, or None."""
+    name = image_member(i, meta.get("image_ext", "jpg"))
+    data = d.get(name)
+    if data is None:
+        return f"view {i}: image {name} missing"
+    want = meta.get("image_sha256")
+    if want and hashlib.sha256(data).hexdigest() != want:
+        return f"view {i}: {name} bytes do not match its image_sha256 (corrupt)"
+    return None
+
+
+def view_faults(d: Mapping[str, Any]) -> list[str]:
+    """Faults of a raw sample's views: unreadable json, missing image members, image bytes that do not match
+    their image_sha256; [] when every view is intact."""
+    try:
+        views = sample_json(d)["views"]
+        if not isinstance(views, list):
+            raise TypeError("views is not a list")
+    except (KeyError, TypeError, ValueError) as e:
+        return [f"bad json ({type(e).__name__}: {str(e)[:100]})"]
+    return [f for i, m in enumerate(views) if (f := _check_image(d, i, m if isinstance(m, dict) else {}))]
 
 
 def sample_key(identity: str, chunk: int = 0) -> str:
@@ -209,6 +243,7 @@ def decode_sample(
     """Raw webdataset dict (bytes per field) -> IdentitySample, decoding only ``views`` (indices) and ``fields``.
 
     Fields a view does not have are left None. ``fields`` names: image, depth, cdepth, normal, mask, seg.
+    A decoded image whose bytes do not match the view's ``image_sha256`` raises CorruptView.
     """
     doc = sample_json(d)
     all_meta = doc.pop("views")
@@ -222,6 +257,9 @@ def decode_sample(
         have = set(m.get("fields", []))
         v = View(image=None, meta=m)
         if "image" in fields:
+            bad = _check_image(d, i, m)
+            if bad is not None:
+                raise CorruptView(f"{d.get(URL, 'sample')}: {d.get(KEY, '?')} {bad}")
             v.image = decode_image(d[image_member(i, m.get("image_ext", "jpg"))], "RGB")
         if "depth" in fields and "depth" in have:
             v.depth = decode_depth(d[field_member(i, "depth")], m["depth_range"])

@@ -40,6 +40,7 @@ NUM_ROWS = "num_rows"  # PHOTOS rows of the shard
 STATUS_COUNTS = "status_counts"
 REASON_COUNTS = "reason_counts"
 SECONDS = "seconds"
+PARQUET_SHA256 = "parquet_sha256"  # sha256 of the shard's .parquet (audit checks it)
 
 PHOTOS = pa.schema(
     [
@@ -75,8 +76,11 @@ PHOTOS = pa.schema(
         pa.field("class_counts", pa.list_(pa.int64())),  # parse-masks: 19 per-class pixel counts
         pa.field("hard", pa.bool_()),  # parse-masks: marked hard (training skips it); reason in hard_reason
         pa.field("hard_reason", pa.string()),
+        pa.field("name_escaped", pa.bool_()),  # identity/path held non-UTF-8 bytes, written with backslash escapes
     ]
 )
+# columns added after datasets were first written: a manifest without them is not a fault (they read as null)
+ADDED_COLUMNS = frozenset({"name_escaped"})
 
 IDENTITIES = pa.schema(
     [
@@ -121,7 +125,8 @@ def check_schema(table: pa.Table, schema: pa.Schema, where: str) -> list[str]:
     faults = []
     for f in schema:
         if f.name not in table.schema.names:
-            faults.append(f"{where}: missing column {f.name}")
+            if f.name not in ADDED_COLUMNS:
+                faults.append(f"{where}: missing column {f.name}")
         elif not table.schema.field(f.name).type.equals(f.type):
             faults.append(f"{where}: column {f.name} has type {table.schema.field(f.name).type}, expected {f.type}")
         elif not f.nullable and table.column(f.name).null_count:

@@ -23,6 +23,14 @@ sample. Shards are plain (uncompressed) local tars. A damaged tar is a ``LapErro
 header or data, a member name given twice in one sample, or a tar cut short exactly at a member boundary (which
 Python's tarfile would take for a clean end: a tar ends with zero blocks, a cut one does not).
 
+One bad sample is not a bad shard: a member over ``max_member_bytes`` (default ``MAX_MEMBER_BYTES``, 64 MiB: a
+view is a few hundred KiB) is never read into memory, and with ``verify`` a view whose image bytes do not match
+its ``image_sha256`` is caught; either makes that sample a ``SampleError`` (a LapError naming shard, key and fault)
+given to ``handler``: True skips the sample (the reader goes on with the next one), False stops, None raises it.
+``tar_samples`` verifies by default, and ``lapdata.sample.decode_sample`` checks every view it decodes, so no
+reader (training included, whose handler counts what it skips) trains on flipped bytes. ``SkipCounter`` is a
+handler that logs each skip once and counts them.
+
 Preprocessing (one resampling, used everywhere)::
 
     preprocess_image(bytes_or_rgb, size)     # -> (3, size, size) float32 in [0, 1]
@@ -47,11 +55,13 @@ import numpy as np
 from PIL import Image
 
 from .errors import LapError
-from .sample import EXTRA_FIELDS, FIELD_EXT, IMAGE_EXTS, JSON, KEY, URL, decode_image, field_member, image_member
+from .sample import (EXTRA_FIELDS, FIELD_EXT, IMAGE_EXTS, JSON, KEY, URL, CorruptView, decode_image, field_member,
+                     image_member, view_faults)
 from .schema import (
     NUM_IMAGES,
     NUM_ROWS,
     NUM_SAMPLES,
+    PARQUET_SHA256,
     REASON_COUNTS,
     SECONDS,
     SHARD,
@@ -70,6 +80,38 @@ FIELD_RESAMPLE = Image.Resampling.NEAREST
 
 _MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: (key, field)
 _END_OF_ARCHIVE = tarfile.BLOCKSIZE  # a finished tar has at least one zero block after its last member
+MAX_MEMBER_BYTES = 64 * 2**20  # a member larger than this is not read (its sample is a SampleError)
+_FAULTS = object()  # key of a sample's faults while it is being read (never a member field)
+
+Handler = Callable[[Exception], bool]
+
+
+class SampleError(LapError):
+    """One sample of a shard that cannot be used (a member over the size limit, image bytes that do not match their
+    image_sha256); the shard's other samples can. ``url``, ``key`` and ``sample`` (the members that were read,
+    e.g. its json) let a handler record rows for it."""
+
+    def __init__(self, message: str, url: str = "", key: str = "", sample: RawSample | None = None):
+        super().__init__(message)
+        self.url, self.key, self.sample = url, key, sample or {}
+
+
+class SkipCounter:
+    """A reader error handler: logs each skipped shard/sample (once per message) and counts them; returns True."""
+
+    def __init__(self, log: Any = None) -> None:
+        self.count = 0
+        self.errors: list[str] = []
+        self._log = log
+
+    def __call__(self, exn: Exception) -> bool:
+        from .logs import get_logger, warn_once
+
+        self.count += 1
+        if len(self.errors) < 100:
+            self.errors.append(str(exn))
+        warn_once(self._log or get_logger("lapdata.shards"), f"skipped: {str(exn)[:300]}")
+        return True
 
 
 # ------------------------------------------------------------------------------------------------------ raw samples
@@ -79,10 +121,27 @@ def _damaged(path: str, why: str) -> LapError:
     return LapError(f"{path}: damaged shard tar ({why}); rewrite it (rerun the command that wrote it)")
 
 
-def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
+def iter_tar_samples(path: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYTES, verify: bool = False,
+                     handler: Handler | None = None) -> Iterator[RawSample]:
     """Raw samples of one local shard tar, in tar order: dicts of member bytes by field, plus ``__key__`` and
-    ``__url__`` (the path as given). LapError naming the file when it is missing or damaged."""
+    ``__url__`` (the path as given). LapError naming the file when it is missing or damaged. A sample with a member
+    over ``max_member_bytes`` (not read) or, with ``verify``, a view whose bytes do not match its image_sha256 is a
+    SampleError given to ``handler`` (True: skip it and go on; False: stop; None: raise)."""
     url = str(path)
+    stop = False
+
+    def finish(cur: RawSample) -> RawSample | None:
+        """The finished sample, or None when it is skipped (``stop`` set when the handler says so)."""
+        nonlocal stop
+        faults = cur.pop(_FAULTS, None) or (view_faults(cur) if verify else [])
+        if not faults:
+            return cur
+        e = SampleError(f"{url}: sample {cur[KEY]}: {'; '.join(faults)}", url, cur[KEY], cur)
+        if handler is None:
+            raise e
+        stop = not handler(e)
+        return None
+
     try:
         tf = tarfile.open(url, "r:")
     except FileNotFoundError:
@@ -99,14 +158,21 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
                 if match is None:
                     continue  # no field: not a sample member (webdataset skips it too)
                 key, field = match.group(1), match.group(2).lower()
-                data = tf.extractfile(m).read()  # type: ignore[union-attr]  (a file member has a reader)
                 if cur is None or cur[KEY] != key:
                     if cur is not None:
-                        yield cur
+                        done = finish(cur)
+                        if done is not None:
+                            yield done
+                        if stop:
+                            return
                     cur = {KEY: key, URL: url}
                 if field in cur:
                     raise _damaged(url, f"member {m.name} appears twice in sample {key}")
-                cur[field] = data
+                if m.size > max_member_bytes:  # not read: the tar reader seeks over it
+                    cur.setdefault(_FAULTS, []).append(f"member {m.name} is {m.size / 2**20:.1f} MiB, over the "
+                                                       f"{max_member_bytes / 2**20:.0f} MiB member limit (not read)")
+                    continue
+                cur[field] = tf.extractfile(m).read()  # type: ignore[union-attr]  (a file member has a reader)
             end = tf.offset  # where the next header would start
             size = Path(url).stat().st_size
         except (tarfile.TarError, OSError, EOFError) as e:
@@ -114,16 +180,21 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
     if size - end < _END_OF_ARCHIVE:
         raise _damaged(url, f"cut short after {end} bytes: no end-of-archive block")
     if cur is not None:
-        yield cur
+        done = finish(cur)
+        if done is not None:
+            yield done
 
 
 def tar_samples(
-    src: Iterable[str | Path | Mapping[str, Any]], handler: Callable[[Exception], bool] | None = None,
+    src: Iterable[str | Path | Mapping[str, Any]], handler: Handler | None = None, *, verify: bool = True,
+    max_member_bytes: int = MAX_MEMBER_BYTES,
 ) -> Iterator[RawSample]:
     """Webdataset pipeline stage: shard urls (paths, or ``{"url": path}`` dicts as ``wds.SimpleShardList`` yields)
     -> raw samples, shard after shard. ``handler`` as in webdataset (``wds.warn_and_continue``): called with the
-    LapError of a damaged shard, True goes on with the next shard, False stops; None raises. ``pipe:`` and
-    ``http(s)://`` urls are opened by webdataset itself (the same grouping; its errors, through ``handler``)."""
+    LapError of a damaged shard (True goes on with the next shard, False stops) and with the SampleError of a bad
+    sample (True skips it); None raises. Samples are verified (image bytes = image_sha256) unless ``verify=False``.
+    ``pipe:`` and ``http(s)://`` urls are opened by webdataset itself (the same grouping; its errors, through
+    ``handler``)."""
     for item in src:
         url = str(item["url"] if isinstance(item, Mapping) else item)
         if url.startswith("pipe:") or "://" in url:
@@ -132,7 +203,20 @@ def tar_samples(
             yield from wds.tarfile_to_samples(handler=handler or wds.reraise_exception)(iter([{"url": url}]))
             continue
         try:
-            yield from iter_tar_samples(url)
+            stopped: list[bool] = []
+
+            def on_sample(e: Exception) -> bool:
+                if handler is None:
+                    return False  # not reached: iter_tar_samples raises when its handler is None
+                go = bool(handler(e))
+                if not go:
+                    stopped.append(True)
+                return go
+
+            yield from iter_tar_samples(url, max_member_bytes=max_member_bytes, verify=verify,
+                                        handler=None if handler is None else on_sample)
+            if stopped:
+                return
         except LapError as e:
             if handler is None:
                 raise
@@ -147,12 +231,14 @@ def shard_urls(out_dir: str | Path, split: str) -> list[str]:
             if j.with_suffix(".tar").exists()]
 
 
-def iter_samples(out_dir: str | Path, split: str | None = None) -> Iterator[RawSample]:
-    """Raw samples of the finished shards of dataset DIR: of ``split``, or of every split (sorted by name)."""
+def iter_samples(out_dir: str | Path, split: str | None = None, handler: Handler | None = None
+                 ) -> Iterator[RawSample]:
+    """Raw samples of the finished shards of dataset DIR: of ``split``, or of every split (sorted by name);
+    verified, errors through ``handler`` as in ``tar_samples``."""
     shard_dir = Path(out_dir) / SHARD_DIR
     splits = [split] if split else sorted({p.name.split("-")[0] for p in shard_dir.glob("*.json")})
     for sp in splits:
-        yield from tar_samples(shard_urls(out_dir, sp))
+        yield from tar_samples(shard_urls(out_dir, sp), handler)
 
 
 # ------------------------------------------------------------------------------------------------------ preprocessing
@@ -210,8 +296,8 @@ __all__ = [
     # names (defined in lapdata.sample / lapdata.schema)
     "KEY", "URL", "JSON", "IMAGE_EXTS", "EXTRA_FIELDS", "FIELD_EXT", "image_member", "field_member", "SHARD_DIR",
     "SHARD", "SHARD_PATH", "SHARD_SPLIT", "NUM_SAMPLES", "NUM_IMAGES", "SHARD_BYTES", "SHARD_SHA256", "NUM_ROWS",
-    "STATUS_COUNTS", "REASON_COUNTS", "SECONDS",
+    "STATUS_COUNTS", "REASON_COUNTS", "SECONDS", "PARQUET_SHA256",
     # reading and preprocessing
     "RawSample", "iter_tar_samples", "tar_samples", "shard_urls", "iter_samples", "IMAGE_RESAMPLE", "FIELD_RESAMPLE",
-    "preprocess_image", "preprocess_field",
+    "preprocess_image", "preprocess_field", "MAX_MEMBER_BYTES", "SampleError", "SkipCounter", "CorruptView",
 ]

@@ -6,15 +6,32 @@ Sources (``open_source(kind, src, **options)``):
   ``identity_CelebA.txt`` (in DIR or DIR/Anno; optional header line ``image identity``).
 * ``casia`` / ``folders``  DIR with one sub-folder per identity (every non-hidden file in it is a photo; files that are
   not images become status=error rows).
-* ``csv``  a CSV file with a path column and an identity column (names configurable, default ``file``/``identity``;
-  relative paths are relative to the CSV's folder).
+* ``csv``  a UTF-8 CSV file with a path column and an identity column (names configurable, default
+  ``file``/``identity``); relative paths are relative to the CSV's folder; every path must stay inside the CSV's
+  folder, or inside ``csv_root`` when given (absolute paths too).
 * ``celebamask-hq``  DIR with ``CelebA-HQ-img/``, ``CelebA-HQ-to-CelebA-mapping.txt`` and ``identity_CelebA.txt`` (in
   DIR, DIR/Anno, or given); when ``CelebAMask-HQ-mask-anno/`` is present each photo carries its ground-truth masks,
   combined into a 19-class label map (:func:`load_celebamask_seg`).
 * ``rec``  an insightface ``train.rec`` (+ ``train.idx`` beside it, else the file is scanned), read without mxnet.
 
 Records are small picklable tuples; the bytes are read by :func:`load_bytes` in the worker that processes them.
-Faults that make the whole run meaningless (missing path, identity file, columns; empty source) raise LapError.
+Faults that make the whole run meaningless (missing path, identity file, columns; empty source; a CSV or identity
+file that is not UTF-8) raise LapError.
+
+Every input gets a row; what is followed and what is refused (a record with a ``note``: its row's status, reason
+and error, decided here):
+
+* names that are not UTF-8 (file or folder): kept, written with backslash escapes (``lapdata.paths.display_name``)
+  and ``name_escaped`` set; the file is read by its real name;
+* folders: an identity folder that is a symlink is followed when it points outside the source; one that points back
+  into the source (or at a folder holding it) would be a phantom identity holding other identities' photos: refused
+  (error row ``path`` = ``NAME/``). Inside an identity folder files and file symlinks are photos (a broken or
+  looping symlink is an error row when read); a symlinked sub-folder is not followed (error row). An identity folder
+  with no photo: one skipped row (reason ``empty_folder``);
+* csv: a path that leaves the CSV's folder or ``csv_root`` (``..``, absolute elsewhere, a symlink out) is not read
+  (error row), so a CSV cannot make ingest read and hash arbitrary files; a row with a
+  path but no identity, or an identity but no path, is an error row; a path listed twice is read once (the later
+  rows: ``lapdata.ingest.group_records`` makes them error rows with their own photo_id).
 """
 
 from __future__ import annotations
@@ -28,6 +45,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .errors import LapError
+from .paths import display_name, read_utf8
+from .schema import STATUS_ERROR, STATUS_SKIPPED
 from .split import read_identity_file
 
 SOURCE_KINDS = ("celeba", "casia", "folders", "csv", "celebamask-hq", "rec")
@@ -53,6 +72,8 @@ class PhotoRecord(NamedTuple):
     rec: tuple[str, int] | None = None
     layout: str | None = None
     mask: tuple[str, int] | None = None
+    escaped: bool = False  # identity or path held bytes that are not UTF-8 (written with backslash escapes)
+    note: tuple[str, str | None, str | None] | None = None  # decided without reading: (status, reason, error)
 
     @property
     def photo_id(self) -> str:
@@ -143,30 +164,92 @@ def celeba_source(root: str | Path, identity_file: str | Path | None = None) -> 
         yield PhotoRecord(ident, f"{sub}/{name}", "celeba", str(folder / name), None, layout, None)
 
 
+def _noted(ident: str, path: str, source: str, status: str, reason: str | None, error: str | None) -> PhotoRecord:
+    (ident, e1), (path, e2) = display_name(ident), display_name(path)
+    return PhotoRecord(ident, path, source, escaped=e1 or e2, note=(status, reason, error))
+
+
+def _phantom(root: Path, d: Path) -> str | None:
+    """Why identity folder ``d`` (a symlink) is refused: it points into the source or at a folder holding it."""
+    try:
+        target, base = d.resolve(strict=True), root.resolve()
+    except (OSError, RuntimeError) as e:
+        return f"cannot resolve the symlink ({type(e).__name__})"
+    if target == base or base in target.parents or target in base.parents:
+        return (f"identity folder is a symlink to {target}, inside the source or holding it: not followed (a "
+                f"phantom identity; its photos are listed under their own folders)")
+    return None
+
+
 def folders_source(root: str | Path, source: str = "folders") -> Iterator[PhotoRecord]:
     root = _require_dir(Path(root), "photo folder")
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(p for p in d.rglob("*") if p.is_file() and not p.name.startswith(".")):
-            yield PhotoRecord(d.name, f.relative_to(root).as_posix(), source, str(f), None, None, None)
+        why = _phantom(root, d) if d.is_symlink() else None
+        if why is not None:
+            yield _noted(d.name, f"{d.name}/", source, STATUS_ERROR, None, why)
+            continue
+        ident, id_escaped = display_name(d.name)
+        found = False
+        for f in sorted(p for p in d.rglob("*") if not p.name.startswith(".")):
+            rel = f.relative_to(root).as_posix()
+            if f.is_dir():
+                if f.is_symlink():  # rglob does not descend into it
+                    yield _noted(d.name, rel + "/", source, STATUS_ERROR, None,
+                                 "symlinked folder inside an identity folder: not followed")
+                    found = True
+                continue
+            path, p_escaped = display_name(rel)  # files, file symlinks, broken or looping symlinks (read fails)
+            yield PhotoRecord(ident, path, source, str(f), escaped=id_escaped or p_escaped)
+            found = True
+        if not found:
+            yield _noted(d.name, f"{d.name}/", source, STATUS_SKIPPED, "empty_folder", None)
 
 
-def csv_source(path: str | Path, path_column: str = "file", identity_column: str = "identity") -> Iterator[PhotoRecord]:
+def _csv_escape(base: Path, root: Path, rel: str) -> str | None:
+    """Why CSV path ``rel`` (relative to ``base``, or absolute) is refused: it resolves outside ``root``."""
+    target = Path(rel) if Path(rel).is_absolute() else base / rel
+    try:
+        full = target.resolve()
+        top = root.resolve()
+    except (OSError, RuntimeError) as e:
+        return f"cannot resolve ({type(e).__name__})"
+    if full != top and top not in full.parents:
+        return f"resolves to {full}, outside {top}"
+    return None
+
+
+def csv_source(path: str | Path, path_column: str = "file", identity_column: str = "identity",
+               root: str | Path | None = None) -> Iterator[PhotoRecord]:
     p = Path(path)
     if not p.is_file():
         raise LapError(f"{p}: CSV file does not exist")
+    import io
+
     base = p.parent
-    with open(p, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
+    top = _require_dir(Path(root), "--csv-root folder") if root is not None else base
+    reader = csv.DictReader(io.StringIO(read_utf8(p, "CSV file"), newline=""))
+    try:
         cols = reader.fieldnames or []
         for c in (path_column, identity_column):
             if c not in cols:
                 raise LapError(f"{p}: no column {c!r} (columns: {', '.join(cols) or 'none'}; set --path-column/--identity-column)")
         for n, row in enumerate(reader, 2):
             rel, ident = (row.get(path_column) or "").strip(), (row.get(identity_column) or "").strip()
+            if not rel and not ident:
+                continue  # blank line: nothing to record
             if not rel or not ident:
-                continue  # blank line / missing cell: nothing to record
-            fp = Path(rel) if Path(rel).is_absolute() else base / rel
-            yield PhotoRecord(ident, rel, "csv", str(fp), None, None, None)
+                missing = path_column if not rel else identity_column
+                yield _noted(ident, rel or f"{p.name}:{n}", "csv", STATUS_ERROR, None,
+                             f"{p.name} line {n}: no {missing!r} cell")
+                continue
+            why = _csv_escape(base, top, rel)
+            if why is not None:
+                yield _noted(ident, rel, "csv", STATUS_ERROR, None, f"{p.name} line {n}: path leaves the CSV's "
+                             f"folder ({why}): not read (paths must stay inside the CSV's folder or --csv-root)")
+                continue
+            yield PhotoRecord(ident, rel, "csv", str(Path(rel) if Path(rel).is_absolute() else base / rel))
+    except csv.Error as e:
+        raise LapError(f"{p}: not a readable CSV (line {reader.line_num}: {e})") from None
 
 
 def celebamask_hq_source(root: str | Path, identity_file: str | Path | None = None) -> Iterator[PhotoRecord]:
@@ -178,20 +261,19 @@ def celebamask_hq_source(root: str | Path, identity_file: str | Path | None = No
     ids = read_identity_file(_find_identity_file(root, identity_file))
     mask_dir = root / "CelebAMask-HQ-mask-anno"
     has_masks = mask_dir.is_dir()
-    with open(mapping, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or (n == 1 and not parts[0].isdigit()):
-                continue  # header "idx orig_idx orig_file"
-            if len(parts) < 3:
-                raise LapError(f"{mapping}:{n}: expected 'idx orig_idx orig_file'")
-            idx, orig_file = int(parts[0]), parts[2]
-            ident = ids.get(orig_file)
-            if ident is None:
-                continue  # not in the identity file: cannot be grouped
-            name = f"{idx}.jpg"
-            yield PhotoRecord(ident, f"CelebA-HQ-img/{name}", "celebamask-hq", str(img_dir / name), None, "resize",
-                              (str(mask_dir), idx) if has_masks else None)
+    for n, line in enumerate(read_utf8(mapping, "mapping file").splitlines(), 1):
+        parts = line.split()
+        if not parts or (n == 1 and not parts[0].isdigit()):
+            continue  # header "idx orig_idx orig_file"
+        if len(parts) < 3 or not parts[0].isdigit():
+            raise LapError(f"{mapping}:{n}: expected 'idx orig_idx orig_file', got {line.strip()[:80]!r}")
+        idx, orig_file = int(parts[0]), parts[2]
+        ident = ids.get(orig_file)
+        if ident is None:
+            continue  # not in the identity file: cannot be grouped
+        name = f"{idx}.jpg"
+        yield PhotoRecord(ident, f"CelebA-HQ-img/{name}", "celebamask-hq", str(img_dir / name), None, "resize",
+                          (str(mask_dir), idx) if has_masks else None)
 
 
 def rec_source(path: str | Path) -> Iterator[PhotoRecord]:
@@ -203,6 +285,7 @@ def rec_source(path: str | Path) -> Iterator[PhotoRecord]:
         p = p / "train.rec"
     if not p.is_file():
         raise LapError(f"{p}: .rec file does not exist")
+    name, escaped = display_name(p.name)
     idx = p.with_suffix(".idx")
     try:
         offsets = read_idx(idx) if idx.is_file() else list(iter_offsets(p))
@@ -217,13 +300,13 @@ def rec_source(path: str | Path) -> Iterator[PhotoRecord]:
                 header, data = unpack(payload)
             except RecordIOError:
                 # unreadable record: still a photo row (error recorded when the worker reads it)
-                yield PhotoRecord("unknown", f"{p.name}#{key}", "rec", None, (str(p), off), "arcface112", None)
+                yield PhotoRecord("unknown", f"{name}#{key}", "rec", None, (str(p), off), "arcface112", None, escaped)
                 continue
             if header.flag > 0 and not data:
                 continue  # header record (record 0 in insightface datasets)
             lab = header.label
             ident = str(int(lab[0] if isinstance(lab, np.ndarray) else lab))
-            yield PhotoRecord(ident, f"{p.name}#{key}", "rec", None, (str(p), off), "arcface112", None)
+            yield PhotoRecord(ident, f"{name}#{key}", "rec", None, (str(p), off), "arcface112", None, escaped)
 
 
 @dataclass(frozen=True)
@@ -231,6 +314,7 @@ class SourceOptions:
     identity_file: str | None = None
     path_column: str = "file"
     identity_column: str = "identity"
+    csv_root: str | None = None
 
 
 def open_source(kind: str, src: str | Path, options: SourceOptions = SourceOptions()) -> Iterator[PhotoRecord]:
@@ -240,7 +324,7 @@ def open_source(kind: str, src: str | Path, options: SourceOptions = SourceOptio
     if kind in ("casia", "folders"):
         return folders_source(src, kind)
     if kind == "csv":
-        return csv_source(src, options.path_column, options.identity_column)
+        return csv_source(src, options.path_column, options.identity_column, options.csv_root)
     if kind == "celebamask-hq":
         return celebamask_hq_source(src, options.identity_file)
     if kind == "rec":

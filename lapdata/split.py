@@ -79,17 +79,18 @@ def read_identity_file(path: str | Path) -> dict[str, str]:
     p = Path(path)
     if not p.is_file():
         raise LapError(f"{p}: identity file does not exist")
+    from .paths import read_utf8
+
     out: dict[str, str] = {}
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if n == 1 and parts == ["image", "identity"]:
-                continue
-            if len(parts) != 2:
-                raise LapError(f"{p}:{n}: expected '<image> <identity>', got {line.strip()!r}")
-            out[parts[0]] = parts[1]
+    for n, line in enumerate(read_utf8(p, "identity file").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if n == 1 and parts == ["image", "identity"]:
+            continue
+        if len(parts) != 2:
+            raise LapError(f"{p}:{n}: expected '<image> <identity>', got {line.strip()!r}")
+        out[parts[0]] = parts[1]
     if not out:
         raise LapError(f"{p}: identity file is empty")
     return out
@@ -129,10 +130,17 @@ def load_split_manifest(path: str | Path) -> dict[str, str]:
     p = Path(path)
     if not p.is_file():
         raise LapError(f"{p}: split manifest does not exist")
-    t = pq.read_table(p)
+    try:
+        t = pq.read_table(p)
+    except (OSError, ValueError, pa.ArrowException) as e:  # pyarrow: ArrowInvalid "not a parquet file"
+        raise LapError(f"{p}: not a parquet split manifest ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if "identity" not in t.column_names or "split" not in t.column_names:
         raise LapError(f"{p}: not a split manifest (needs identity and split columns)")
-    return dict(zip(t.column("identity").to_pylist(), t.column("split").to_pylist()))
+    ids, splits = t.column("identity").to_pylist(), t.column("split").to_pylist()
+    bad = sorted({str(s) for s in splits if s not in SPLITS})
+    if bad:
+        raise LapError(f"{p}: split values must be {', '.join(SPLITS)}; found {', '.join(bad[:5])}")
+    return {str(i): s for i, s in zip(ids, splits) if i is not None}
 
 
 def split_counts(splits: Iterable[str | None]) -> dict[str, int]:

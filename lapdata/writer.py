@@ -2,7 +2,8 @@
 
 Layout (see lapdata.schema)::
 
-    DIR/shards/{split}-{index:06d}.tar      WebDataset shard (written with webdataset.TarWriter, mtime 0: reproducible)
+    DIR/shards/{split}-{index:06d}.tar      WebDataset shard (the members as webdataset.TarWriter writes them, mtime 0:
+                                            reproducible; written here with tarfile, so no torch import)
     DIR/shards/{split}-{index:06d}.parquet  PHOTOS rows of every input photo of the shard's items (ok/skipped/error)
     DIR/shards/{split}-{index:06d}.json     shard stats; written last, its presence marks the shard finished
     DIR/unsharded.parquet                   PHOTOS rows that belong to no shard (e.g. identities dropped by
@@ -22,36 +23,45 @@ limit is reached. Bytes are estimated *before* encoding so that the plan (and th
 deterministic and independent of the encoder; the real bytes are in shards.parquet.
 
 Each written view's json metadata gets ``image_sha256`` (sha256 of the encoded view bytes as stored in the tar), so
-``lapdata audit`` can check every image against the manifest.
+``lapdata audit`` and every reader (``lapdata.sample.decode_sample``) can check every image against the manifest.
+Checksums of the manifests: each shard json holds ``parquet_sha256`` (its .parquet file) and stats.json ``manifests``
+{file: sha256} of photos/identities/shards/unsharded/duplicates parquet, so an edited manifest is an audit fault.
+Names read back are checked: a shard json whose ``shard``/``path`` is not its own file name is a LapError
+(``shard_stats``), so no manifest field can make a step write or read outside the dataset (``lapdata.paths``).
+
+Worker processes die with the parent: each sets ``PR_SET_PDEATHSIG`` (Linux) and checks the parent's pid between
+tasks (other systems), so a ``kill -9`` of the command leaves no process writing shards.
 
 Reading shards back is ``lapdata.shards`` (``iter_tar_samples``, ``iter_samples`` and ``shard_urls`` are re-exported
-here for old callers); the manifests are read by ``read_dataset`` / ``read_table`` / ``read_stats`` below.
+here for old callers); finalize and the manifest readers ``read_dataset`` / ``read_table`` / ``read_stats`` live in
+``lapdata.manifests`` (re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import multiprocessing as mp
 import os
+import sys
+import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from .errors import LapError
-from .sample import JSON, IdentitySample, encode_sample, image_member
-from .schema import (IDENTITIES, NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PHOTOS, REASON_COUNTS, SECONDS, SHARD, SHARD_BYTES,
-                     SHARD_DIR, SHARD_PATH, SHARD_SHA256, SHARD_SPLIT, SHARDS, STATUS_COUNTS, STATUS_OK,
-                     table_from_rows)
+from .manifests import (CHECKSUMMED, DUPLICATES, MANIFESTS, PARQUET_SHA256, UNSHARDED,  # noqa: F401  (re-exported)
+                        _atomic_write_bytes, _atomic_write_json, _atomic_write_table, finalize_dataset,
+                        manifest_checksums, read_dataset, read_shard_json, read_stats, read_table, sha256_file,
+                        shard_stats)
+from .paths import check_shard_name
+from .sample import JSON, KEY, IdentitySample, encode_sample, image_member
+from .schema import (NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PHOTOS, REASON_COUNTS, SECONDS, SHARD, SHARD_BYTES, SHARD_DIR,
+                     SHARD_PATH, SHARD_SHA256, SHARD_SPLIT, STATUS_COUNTS, table_from_rows)
 from .shards import iter_samples, iter_tar_samples, shard_urls  # noqa: F401  (the readers live in lapdata.shards)
-
-UNSHARDED = "unsharded.parquet"
-MANIFESTS = ("photos.parquet", "identities.parquet", "shards.parquet", "stats.json")
 
 
 @dataclass(frozen=True)
@@ -135,34 +145,25 @@ def parse_part(text: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------------ writing
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, doc: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8"))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _finished(shard_dir: Path, name: str) -> bool:
     return (shard_dir / f"{name}.json").exists()
+
+
+# the member headers webdataset.TarWriter writes (encoder=False, mtime=0.0): the same bytes, without importing
+# webdataset (which imports torch) in every writer process
+_TAR_USER, _TAR_MODE, _TAR_MTIME = "bigdata", 0o444, 0.0
+
+
+def _tar_write_sample(tf: tarfile.TarFile, d: Mapping[str, Any]) -> None:
+    key = d[KEY]
+    for k in sorted(d):
+        if k.startswith("_"):
+            continue
+        v = d[k]
+        v = v.encode("utf-8") if isinstance(v, str) else bytes(v)
+        ti = tarfile.TarInfo(f"{key}.{k}")
+        ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(v), _TAR_MTIME, _TAR_MODE, _TAR_USER, _TAR_USER
+        tf.addfile(ti, io.BytesIO(v))
 
 
 def write_shard(
@@ -174,8 +175,7 @@ def write_shard(
     Fills shard/key/view_index/split in the rows whose photo_id is a written view's meta["photo_id"]; returns the
     shard stats (the json's content).
     """
-    import webdataset as wds
-
+    check_shard_name(task.name, "shard task name")
     shard_dir = Path(out_dir) / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     tar_path = shard_dir / f"{task.name}.tar"
@@ -183,8 +183,7 @@ def write_shard(
     placed: dict[str, tuple[str, int, str]] = {}
     num_images = 0
     keys = set()
-    with open(tmp, "wb") as f:
-        sink = wds.TarWriter(f, encoder=False, mtime=0.0)
+    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w|") as sink:
         for s in result.samples:
             if s.key in keys:
                 raise ValueError(f"{task.name}: duplicate sample key {s.key}")
@@ -199,8 +198,7 @@ def write_shard(
                     placed[str(pid)] = (s.key, i, s.split)
             d[JSON] = json.dumps(doc, sort_keys=True).encode("utf-8")
             num_images += len(s.views)
-            sink.write(d)
-        sink.close()
+            _tar_write_sample(sink, d)
     os.replace(tmp, tar_path)
 
     rows = []
@@ -214,6 +212,7 @@ def write_shard(
                 r["split"] = split
         rows.append(r)
     _atomic_write_table(shard_dir / f"{task.name}.parquet", table_from_rows(rows, PHOTOS))
+    parquet_sha = sha256_file(shard_dir / f"{task.name}.parquet")
 
     status = Counter(r.get("status") for r in rows)
     reason = Counter(r.get("reason") for r in rows if r.get("reason"))
@@ -229,17 +228,44 @@ def write_shard(
         STATUS_COUNTS: dict(sorted(status.items())),
         REASON_COUNTS: dict(sorted(reason.items())),
         SECONDS: round(seconds, 4),
+        PARQUET_SHA256: parquet_sha,
     }
     _atomic_write_json(shard_dir / f"{task.name}.json", stats)
     return stats
 
 
+_PARENT_PID: int | None = None  # set in worker processes: the pid of the command that started them
+
+
+def _worker_init(parent: int) -> None:
+    """Pool initializer: die with the parent (Linux: the kernel sends SIGKILL when it exits, even by kill -9)."""
+    global _PARENT_PID
+    _PARENT_PID = parent
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no libc prctl: the pid check below still applies
+            pass
+    _exit_if_orphaned()
+
+
+def _exit_if_orphaned() -> None:
+    """In a worker whose parent is gone: exit at once (nothing more is written)."""
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)
+
+
 def _run_task(args: tuple) -> dict:
     """Worker entry point (top level: picklable under spawn): process one task and write its shard."""
     process, task, out_dir, image_ext, quality = args
+    _exit_if_orphaned()
     t0 = time.perf_counter()
     try:
         result = process(task)
+        _exit_if_orphaned()
         stats = write_shard(out_dir, task, result, image_ext=image_ext, quality=quality,
                             seconds=time.perf_counter() - t0)
         return {"ok": True, "stats": stats}
@@ -253,6 +279,8 @@ def _run_task(args: tuple) -> dict:
 
 # options that may change between the runs of one dataset (they do not change what is written)
 RESUMABLE_OPTIONS = frozenset({"workers", "part", "progress", "out", "device"})
+# options added after datasets were first written, with the value older runs used (lapdata.ingest_config)
+ADDED_OPTIONS = {"max_pixels": 64_000_000, "csv_root": None}
 
 
 def check_same_run(out: Path, config: Mapping | None) -> None:
@@ -269,7 +297,7 @@ def check_same_run(out: Path, config: Mapping | None) -> None:
     for k in sorted(set(old) | set(new)):
         if k in RESUMABLE_OPTIONS or k == "parse_masks":
             continue
-        if old.get(k) != new.get(k):
+        if old.get(k, ADDED_OPTIONS.get(k)) != new.get(k):
             short = lambda v: (lambda t: t if len(t) <= 60 else t[:57] + "...")(repr(v))  # noqa: E731
             raise LapError(f"{out}: holds a dataset written with other options ({k}: {short(old.get(k))} there, "
                            f"{short(new.get(k))} now); rerun with the same options to resume, or use another --out")
@@ -333,7 +361,8 @@ def write_dataset(
             consume(_run_task(a) for a in args)
         else:
             ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(todo)), maxtasksperchild=64) as pool:
+            with ctx.Pool(min(workers, len(todo)), maxtasksperchild=64, initializer=_worker_init,
+                          initargs=(os.getpid(),)) as pool:
                 consume(pool.imap_unordered(_run_task, args, chunksize=1))
     finally:
         if bar is not None:
@@ -352,139 +381,3 @@ def write_dataset(
     stats = finalize_dataset(out, config=config, extra_rows=list(extra_rows) if part[0] == 0 else [], run=run)
     stats["failed"] = failed
     return stats
-
-
-# ------------------------------------------------------------------------------------------------------ finalize
-
-
-def shard_stats(out_dir: str | Path) -> list[dict]:
-    """Stats of every finished shard of DIR (sorted by name)."""
-    shard_dir = Path(out_dir) / SHARD_DIR
-    return [json.loads(p.read_text()) for p in sorted(shard_dir.glob("*.json"))]
-
-
-def _identity_rows(photos: pa.Table) -> list[dict]:
-    """IDENTITIES rows derived from photo rows."""
-    cols = photos.select(["identity", "split", "status", "reason", "shard", "key"]).to_pydict()
-    acc: dict[str, dict] = {}
-    for ident, split, status, reason, shard, key in zip(*(cols[c] for c in ("identity", "split", "status",
-                                                                              "reason", "shard", "key"))):
-        a = acc.get(ident)
-        if a is None:
-            a = acc[ident] = {"split": None, "n": 0, "ok": 0, "keys": set(), "shards": set(), "reasons": Counter()}
-        a["n"] += 1
-        if split is not None and a["split"] is None:
-            a["split"] = split
-        if status == STATUS_OK and shard is not None:
-            a["ok"] += 1
-            a["keys"].add(key)
-            a["shards"].add(shard)
-        elif reason:
-            a["reasons"][reason] += 1
-    rows = []
-    for ident in sorted(acc):
-        a = acc[ident]
-        ok = a["ok"] > 0
-        rows.append({
-            "identity": ident,
-            "split": a["split"],
-            "num_photos": a["n"],
-            "num_ok": a["ok"],
-            NUM_SAMPLES: len(a["keys"]),
-            "status": "ok" if ok else "skipped",
-            "reason": None if ok else (a["reasons"].most_common(1)[0][0] if a["reasons"] else "no_photos"),
-            "shards": sorted(a["shards"]),
-        })
-    return rows
-
-
-def finalize_dataset(
-    out_dir: str | Path, config: Mapping | None = None, extra_rows: Sequence[dict] = (), run: Mapping | None = None,
-) -> dict:
-    """Write photos/identities/shards parquet + stats.json from the finished shards (and the unsharded rows).
-
-    ``extra_rows`` replace DIR/unsharded.parquet when given (non-empty); otherwise the existing file is kept.
-    Photo rows are streamed shard by shard into photos.parquet; the identity table is derived from them.
-    """
-    t0 = time.perf_counter()
-    out = Path(out_dir)
-    shard_dir = out / SHARD_DIR
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    if extra_rows:
-        _atomic_write_table(out / UNSHARDED, table_from_rows(extra_rows, PHOTOS))
-    sstats = shard_stats(out)
-    shard_rows = [{k: s.get(k) for k in SHARDS.names} for s in sstats]
-    _atomic_write_table(out / "shards.parquet", table_from_rows(shard_rows, SHARDS))
-
-    # photos: stream the per-shard tables (memory flat in the number of shards)
-    tmp = out / "photos.parquet.tmp"
-    writer = pq.ParquetWriter(tmp, PHOTOS)
-    sources = [shard_dir / f"{s[SHARD]}.parquet" for s in sstats]
-    if (out / UNSHARDED).exists():
-        sources.append(out / UNSHARDED)
-    for p in sources:
-        writer.write_table(pq.read_table(p, schema=PHOTOS))
-    writer.close()
-    os.replace(tmp, out / "photos.parquet")
-
-    photos = pq.read_table(out / "photos.parquet", columns=["identity", "split", "status", "reason", "shard", "key"])
-    id_rows = _identity_rows(photos)
-    _atomic_write_table(out / "identities.parquet", table_from_rows(id_rows, IDENTITIES))
-
-    status = Counter(photos.column("status").to_pylist())
-    reason = Counter(r for r in photos.column("reason").to_pylist() if r)
-    by_split = Counter(s[SHARD_SPLIT] for s in sstats)
-    prev = {}
-    if (out / "stats.json").exists():
-        try:
-            prev = json.loads((out / "stats.json").read_text())
-        except ValueError:
-            prev = {}
-    stats = {
-        "photos": photos.num_rows,
-        "status_counts": dict(sorted(status.items())),
-        "reason_counts": dict(sorted(reason.items())),
-        "identities": len(id_rows),
-        "identities_ok": sum(r["status"] == "ok" for r in id_rows),
-        "identities_by_split": dict(sorted(Counter(r["split"] for r in id_rows if r["status"] == "ok").items())),
-        "shards": len(sstats),
-        "shards_by_split": dict(sorted(by_split.items())),
-        "samples": sum(s[NUM_SAMPLES] for s in sstats),
-        "images": sum(s[NUM_IMAGES] for s in sstats),
-        "bytes": sum(s[SHARD_BYTES] for s in sstats),
-        "timings": {
-            "shard_seconds_total": round(sum(s.get(SECONDS, 0.0) for s in sstats), 3),
-            "finalize_seconds": round(time.perf_counter() - t0, 3),
-        },
-        "config": dict(config) if config is not None else prev.get("config"),
-        "run": dict(run) if run is not None else prev.get("run"),
-        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if run is not None:
-        stats["timings"]["run_seconds"] = run.get("seconds")
-        planned = run.get("planned_shards")
-        stats["complete"] = (not run.get("failed_shards") and run.get("part", [0, 1])[1] == 1
-                             and (planned is None or planned == len(sstats)))
-    _atomic_write_json(out / "stats.json", stats)
-    return stats
-
-
-# ------------------------------------------------------------------------------------------------------ reading
-
-
-def read_dataset(out_dir: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """The photos table of a finalized dataset (all rows, ok/skipped/error)."""
-    p = Path(out_dir) / "photos.parquet"
-    if not p.exists():
-
-        raise LapError(f"{p}: no photos manifest (not a finalized lapdata dataset)")
-    return pq.read_table(p, columns=list(columns) if columns else None)
-
-
-def read_table(out_dir: str | Path, name: str) -> pa.Table:
-    """One dataset-level manifest: name in photos / identities / shards."""
-    return pq.read_table(Path(out_dir) / f"{name}.parquet")
-
-
-def read_stats(out_dir: str | Path) -> dict:
-    return json.loads((Path(out_dir) / "stats.json").read_text())

@@ -10,7 +10,7 @@ from lapdata.errors import LapError
 from lapdata.faces import crop_prealigned
 
 
-def _tiny_arcface(path, batch="N", dim=16, seed=0, normalise_in_graph=False):
+def _tiny_arcface(path, batch="N", dim=128, seed=0, normalise_in_graph=False):
     """conv(3->4, k8 s8) -> flatten -> gemm(784 -> dim) with a 112x112x3 input, like an ArcFace ONNX."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -53,16 +53,16 @@ def test_arcface_tiny_model(tmp_path):
     p = tmp_path / "w600k_tiny.onnx"
     _tiny_arcface(p)
     emb = ArcFaceEmbedder(p, batch_size=2)
-    assert emb.input_name == "data" and emb.input_size == 112 and emb.dim == 16
+    assert emb.input_name == "data" and emb.input_size == 112 and emb.dim == 128
     assert emb.name == "arcface:w600k_tiny" and emb.default_threshold == 0.6
     faces = _faces(5)
     out = emb(faces)
-    assert out.shape == (5, 16) and out.dtype == np.float32
+    assert out.shape == (5, 128) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     # batching does not change results
     single = np.concatenate([emb([f]) for f in faces])
     np.testing.assert_allclose(out, single, atol=1e-5)
-    assert emb([]).shape == (0, 16)
+    assert emb([]).shape == (0, 128)
 
 
 def _reference_embedding(crop, w, g):

@@ -261,7 +261,7 @@ def test_real_wild_photos_detect(tmp_path):
     sub = [r for r in rows if r[1] in keep_ids]
     small = tmp_path / "ids.csv"
     small.write_text("file,identity\n" + "\n".join(f"{csv_path.parent / f},{i}" for f, i in sub) + "\n")
-    st = run_ingest(cfg(small, tmp_path / "out", kind="csv", min_images=1))
+    st = run_ingest(cfg(small, tmp_path / "out", kind="csv", min_images=1, csv_root=str(csv_path.parent)))
     photos = read_dataset(tmp_path / "out").to_pylist()
     ok = [r for r in photos if r["status"] == "ok"]
     assert len(ok) >= len(sub) // 2, st

@@ -104,7 +104,8 @@ def test_names_match_what_the_writer_writes(dataset):
         assert sorted(members) == sorted(expected)
         stats = json.loads(Path(url).with_suffix(".json").read_text())
         assert set(stats) == {S.SHARD, S.SHARD_PATH, S.SHARD_SPLIT, S.NUM_SAMPLES, S.NUM_IMAGES, S.NUM_ROWS,
-                              S.SHARD_BYTES, S.SHARD_SHA256, S.STATUS_COUNTS, S.REASON_COUNTS, S.SECONDS}
+                              S.SHARD_BYTES, S.SHARD_SHA256, S.STATUS_COUNTS, S.REASON_COUNTS, S.SECONDS,
+                              S.PARQUET_SHA256}
         assert set(SHARDS.names) <= set(stats)
         assert stats[S.NUM_SAMPLES] == len(raw)
         assert stats[S.NUM_IMAGES] == sum(len(json.loads(d[S.JSON])["views"]) for d in raw)

@@ -30,6 +30,10 @@ marked hard (``hard_reason`` "parse_failed: ...") and its row's ``error`` column
 and is removed from its sample (note: that can put an identity under the ingest's min_images, which the audit then
 reports and the swap waits for). A sample with no image bytes gives error rows (reason ``no_image``) for its views; a shard that
 cannot be read fails alone (counted, the others go on) and the new version is then not swapped in (rerun retries).
+One bad record is never a failed shard (``lapdata.parsing.shard``, one shard's work): a sample whose json is
+unreadable or whose member is over the reader's size limit gives error rows (``bad_sample``) for its photo rows, a
+view whose bytes do not match its ``image_sha256`` an error row (``corrupt_image``), never re-hashed into the new
+version.
 
 Hard samples: a view whose face fraction (pixels of the RCL face group / all pixels) is under ``min_face_fraction``
 gets view meta ``hard: true`` and ``hard_reason`` (PHOTOS hard / hard_reason); it stays in the data, training skips
@@ -51,21 +55,19 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ..errors import LapError
-from ..sample import IdentitySample, View, decode_image, decode_sample, sample_json
-from ..schema import PHOTOS, STATUS_ERROR, STATUS_OK
-from ..shards import JSON, KEY, SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, image_member, iter_tar_samples
-from ..writer import MANIFESTS, ShardResult, ShardTask, shard_stats, write_dataset
-from .base import ParseResult
-from .labels import CLASS_ID, NUM_CLASSES, class_counts, colorize
+from ..sample import decode_sample, sample_json
+from ..schema import STATUS_ERROR, STATUS_OK
+from ..shards import KEY, SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, iter_tar_samples
+from ..writer import MANIFESTS, ShardTask, shard_stats, write_dataset
+from .labels import colorize
 from .landmarks import LandmarkParserConfig
-from .masks import RCLMaskConfig, face_fraction, label_to_masks_np
+from .masks import RCLMaskConfig, label_to_masks_np
+from .shard import (GROUND_TRUTH, MODEL_PARSERS, _one_line, ground_truth, has_ground_truth,  # noqa: F401
+                    parse_views, process_shard)  # (re-exported: one shard's work lives in parsing/shard.py)
 
 ParserName = Literal["auto", "bisenet", "landmarks", "ground-truth"]
-MODEL_PARSERS = ("bisenet", "landmarks")
-GROUND_TRUTH = "ground-truth"
 TMP_SUFFIX = ".parse-tmp"
 OLD_SUFFIX = ".parse-old"
 CONFIG_FILE = "parse_config.json"
@@ -101,6 +103,10 @@ class ParseConfig:
             raise LapError(f"--min-face-fraction {self.min_face_fraction} is not in [0, 1]")
         if self.batch_size < 1 or self.workers < 1:
             raise LapError("--batch-size and --workers must be >= 1")
+        if not 32 <= self.input_size <= 4096:
+            raise LapError(f"--input-size {self.input_size}: BiSeNet input side, must be in 32..4096 (512 as trained)")
+        if self.contact_sheet_views < 0:
+            raise LapError(f"--contact-sheet-views {self.contact_sheet_views}: must be >= 0")
 
     @property
     def model_parser(self) -> str | None:
@@ -121,28 +127,6 @@ class ParseConfig:
             d["weights"] = str(p.resolve())
             d["weights_size"] = p.stat().st_size if p.exists() else None
         return d
-
-
-# ------------------------------------------------------------------------------------------------ ground truth
-
-
-def ground_truth(view: View) -> tuple[np.ndarray | None, str | None]:
-    """The view's ground-truth label map (H, W) uint8 and its source ("mask" or "annotation"), or (None, None).
-
-    A synthetic face ``mask`` gives face -> skin (1), rest background (0) (also when an earlier parse-masks run
-    stored that as seg: ``seg_source`` "mask"); a stored seg that no parse-masks model parser made is an annotation
-    (CelebAMask-HQ via ingest, or a backend's part labels).
-    """
-    from_mask = view.meta.get("seg_source") == "mask"
-    if view.seg is not None and not from_mask and view.meta.get("parser") not in MODEL_PARSERS:
-        return np.asarray(view.seg, dtype=np.uint8), "annotation"
-    if view.mask is not None:
-        return np.where(np.asarray(view.mask, dtype=bool), CLASS_ID["skin"], 0).astype(np.uint8), "mask"
-    return None, None
-
-
-def has_ground_truth(view: View) -> bool:
-    return ground_truth(view)[0] is not None
 
 
 # ------------------------------------------------------------------------------------------------ parser cache
@@ -168,131 +152,6 @@ def get_parser(name: str, cfg: ParseConfig):
         _PARSERS.clear()
         _PARSERS[key] = p
     return p
-
-
-# ------------------------------------------------------------------------------------------------ one shard
-
-
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0][:200]}" if s else type(e).__name__
-
-
-def parse_views(images: Sequence[np.ndarray], parser, batch_size: int) -> list[ParseResult]:
-    """Run ``parser`` over images in chunks of ``batch_size``; a chunk that raises gives error results."""
-    out: list[ParseResult] = []
-    for i in range(0, len(images), batch_size):
-        chunk = list(images[i : i + batch_size])
-        try:
-            res = parser(chunk)
-        except Exception as e:  # a parser fault fails these views, not the run
-            res = [ParseResult(None, error=f"parser_error: {_one_line(e)}") for _ in chunk]
-        out.extend(res)
-    return out
-
-
-def process_shard(task: ShardTask, src_dir: str, cfg: ParseConfig) -> ShardResult:
-    """Read shard ``task.name`` of ``src_dir``, parse its views, return the samples (with seg) and updated rows."""
-    src = Path(src_dir) / SHARD_DIR
-    rows_tab = pq.read_table(src / f"{task.name}.parquet", schema=PHOTOS) if (src / f"{task.name}.parquet").exists() else None
-    rows = rows_tab.to_pylist() if rows_tab is not None else []
-    by_pid = {str(r["photo_id"]): r for r in rows}
-
-    samples: list[IdentitySample] = []
-    todo: list[tuple[int, int, bytes]] = []  # (sample index, view index, image bytes) for the model parser
-    results: dict[tuple[int, int], tuple[ParseResult, str]] = {}
-    failed_rows: dict[str, tuple[str, str]] = {}  # photo_id -> (reason, error)
-    for d in iter_tar_samples(src / f"{task.name}.tar"):
-        try:
-            doc = sample_json(d)
-            # every extra field is decoded (it is re-encoded by the writer); image bytes are kept as they are
-            s = decode_sample(d, fields=("depth", "cdepth", "normal", "mask", "seg"))
-        except Exception as e:
-            for vm in (sample_json(d).get("views", []) if JSON in d else []):
-                if vm.get("photo_id") is not None:
-                    failed_rows[str(vm["photo_id"])] = ("bad_sample", f"{d.get(KEY)}: {_one_line(e)}")
-            continue
-        si = len(samples)
-        samples.append(s)
-        for vi, v in enumerate(s.views):
-            ext = doc["views"][vi].get("image_ext", "jpg")
-            data = d.get(image_member(vi, ext))
-            if data is None:
-                results[(si, vi)] = (ParseResult(None, error=f"no_image: {s.key} view {vi} has no {image_member(vi, ext)}"), "none")
-                continue
-            v.encoded = (ext, data)
-            v.meta.pop("image_sha256", None)
-            gt, gt_source = ground_truth(v) if cfg.parser in ("auto", "ground-truth") else (None, None)
-            if gt is not None:
-                results[(si, vi)] = (ParseResult(gt, info={"seg_source": gt_source}), GROUND_TRUTH)
-            elif cfg.model_parser is None:
-                results[(si, vi)] = (ParseResult(None, error="no_ground_truth: the view has no seg or mask"), GROUND_TRUTH)
-            else:
-                todo.append((si, vi, data))
-    name = cfg.model_parser
-    for i in range(0, len(todo), cfg.batch_size):  # images decoded one batch at a time
-        chunk = []
-        for si, vi, data in todo[i : i + cfg.batch_size]:
-            try:
-                chunk.append((si, vi, decode_image(data, "RGB")))
-            except Exception as e:
-                results[(si, vi)] = (ParseResult(None, error=f"bad_image: {_one_line(e)}"), name)
-        parsed = parse_views([c[2] for c in chunk], get_parser(name, cfg), cfg.batch_size) if chunk else []
-        for (si, vi, img), r in zip(chunk, parsed):
-            if r.ok and r.seg.shape != img.shape[:2]:
-                r = ParseResult(None, error=f"parser_error: label map {r.seg.shape} for image {img.shape[:2]}")
-            results[(si, vi)] = (r, name)
-
-    out_samples: list[IdentitySample] = []
-    for si, s in enumerate(samples):
-        kept: list[View] = []
-        for vi, v in enumerate(s.views):
-            r, pname = results[(si, vi)]
-            pid = v.meta.get("photo_id")
-            row = by_pid.get(str(pid)) if pid is not None else None
-            error = None
-            hard_reason = None
-            if not r.ok:
-                reason = "no_image" if r.error.startswith("no_image") else "parse_failed"
-                if cfg.drop_failed or v.encoded is None:
-                    if pid is not None:
-                        failed_rows[str(pid)] = (reason, r.error)
-                    continue
-                h, w = decode_image(v.encoded[1], "RGB").shape[:2]
-                error = r.error
-                r = ParseResult(np.zeros((h, w), np.uint8))  # empty label map: M = 0, and the view is hard
-                hard_reason = f"parse_failed: {error}"
-            seg = r.seg
-            ff = face_fraction(seg, cfg.masks)
-            seg_source = (r.info or {}).get("seg_source", pname)
-            exact_mask = seg_source == "mask"
-            if hard_reason is None and ff < cfg.min_face_fraction and not exact_mask:
-                hard_reason = f"face_fraction {ff:.3f} < {cfg.min_face_fraction:g}"
-            v.seg = seg
-            v.meta.update(parser=pname, seg_source=seg_source, face_fraction=round(ff, 5), hard=hard_reason is not None)
-            v.meta.pop("hard_reason", None)
-            prev_error = v.meta.pop("parse_error", None)
-            if hard_reason is not None:
-                v.meta["hard_reason"] = hard_reason
-            if error is not None:
-                v.meta["parse_error"] = error
-            if row is not None:
-                row.update(parser=pname, face_fraction=float(ff), class_counts=class_counts(seg),
-                           hard=hard_reason is not None, hard_reason=hard_reason)
-                if error is not None:
-                    row["error"] = error
-                elif prev_error is not None and row.get("error") == prev_error:
-                    row["error"] = None  # an earlier run's parse failure, parsed now
-            kept.append(v)
-        if kept:
-            s.views = kept
-            out_samples.append(s)
-    for pid, (reason, err) in failed_rows.items():
-        row = by_pid.get(pid)
-        if row is not None:
-            row.update(status=STATUS_ERROR, reason=reason, error=err, shard=None, key=None, view_index=None,
-                       parser=None, face_fraction=None, class_counts=None, hard=None, hard_reason=None)
-    return ShardResult(samples=out_samples, rows=rows)
 
 
 # ------------------------------------------------------------------------------------------------ pictures
@@ -442,7 +301,7 @@ def _summary(table, cfg: ParseConfig) -> dict:
     parsed = [i for i, p in enumerate(d["parser"]) if p is not None and d["status"][i] == STATUS_OK]
     ff = np.array([d["face_fraction"][i] for i in parsed], dtype=float)
     errors = Counter(d["reason"][i] for i in range(len(d["status"])) if d["status"][i] == STATUS_ERROR and
-                     d["reason"][i] in ("parse_failed", "no_image", "bad_sample"))
+                     d["reason"][i] in ("parse_failed", "no_image", "bad_sample", "corrupt_image"))
     kept_failed = sum(1 for i in parsed if (d["hard_reason"][i] or "").startswith("parse_failed"))
     if kept_failed:
         errors["parse_failed_kept_hard"] = kept_failed
@@ -493,7 +352,7 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
             prev_stats = {}
     config = dict(prev_stats.get("config") or {})
     config["parse_masks"] = ident
-    process = functools.partial(process_shard, src_dir=str(root), cfg=cfg)
+    process = functools.partial(process_shard, src_dir=str(root), cfg=cfg, parsers=get_parser)
     stats = write_dataset(tmp, tasks, process, workers=cfg.workers, config=config, image_ext="jpg",
                           progress=progress)
     report = ParseReport(str(root), cfg.parser, failed_shards=stats.get("failed", []))

@@ -227,6 +227,22 @@ def check_config(cfg: SynthConfig) -> None:
         raise LapError(f"image format must be jpg or png, got {cfg.image_ext!r}")
     if cfg.samples_per_shard < 1:
         raise LapError("--samples-per-shard must be >= 1")
+    i, n = cfg.part
+    checks = [(cfg.workers >= 1, f"--workers {cfg.workers}: must be >= 1"),
+              (0 <= i < n, f"--part {i}/{n}: need 0 <= I < N"),
+              (1 <= cfg.quality <= 100, f"--quality {cfg.quality}: must be in 1..100"),
+              (-1.0 <= cfg.id_threshold <= 1.0, f"--id-threshold {cfg.id_threshold}: a cosine, must be in [-1, 1]"),
+              (0 <= cfg.pitch_jitter <= 90 and 0 <= cfg.roll_jitter <= 90,
+               f"--pitch-jitter/--roll-jitter {cfg.pitch_jitter}/{cfg.roll_jitter}: degrees, must be in 0..90"),
+              (0 < cfg.fov_deg < 120, f"--fov-deg {cfg.fov_deg}: must be in (0, 120) degrees"),
+              (cfg.expression_scale >= 0, f"--expression-scale {cfg.expression_scale}: must be >= 0"),
+              (cfg.contact_identities >= 0, f"--contact-identities {cfg.contact_identities}: must be >= 0"),
+              (cfg.steps >= 1 and cfg.guidance >= 0, f"--steps {cfg.steps} / --guidance {cfg.guidance}: need "
+                                                     f"steps >= 1 and guidance >= 0"),
+              (cfg.latent_dim >= 0, f"--latent-dim {cfg.latent_dim}: must be >= 0")]
+    for ok, msg in checks:
+        if not ok:
+            raise LapError(msg)
 
 
 def identity_name(cfg: SynthConfig, i: int) -> str:

@@ -1,0 +1,167 @@
+"""Audit checks of a dataset's integrity beyond shards-vs-manifests agreement (called by ``lapdata.audit``).
+
+* run: stats.json ``complete`` is not false and ``run.failed_shards`` is empty (a part output says so: merge it);
+* checksums: every file in stats.json ``manifests`` exists with that sha256, and every checksummed manifest present
+  is listed; every shard json's ``parquet_sha256`` matches its .parquet;
+* paths: a shard json describes only itself (``shard`` = its name, ``path`` = ``shards/NAME.tar``); every path
+  read from a manifest stays inside the dataset (no absolute path, no ``..``, no symlink out: ``lapdata.paths``);
+* rows: photos.parquet holds exactly the rows of the shard parquets + unsharded.parquet, column for column (an
+  edited sha256, path, reason or id_score is a fault even when the checksums were rewritten too);
+* duplicates: a pair in duplicates.parquet whose photos are in different splits is split leakage (a fault: a
+  re-encoded copy of one person under two identities lets a test identity be seen in training); pairs inside one
+  split are counted (``cross_identity_duplicates_same_split``, a warning: label noise, no leakage).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow.parquet as pq
+
+from .manifests import CHECKSUMMED, DUPLICATES, UNSHARDED, sha256_file
+from .paths import SHARD_NAME, escape_reason
+from .schema import PARQUET_SHA256, PHOTOS, SHARD, SHARD_DIR, SHARD_PATH
+
+Fault = Callable[[str], None]
+MAX_LISTED = 50
+
+
+def check_run(stats: dict, fault: Fault) -> None:
+    run = stats.get("run") if isinstance(stats.get("run"), dict) else {}
+    failed = run.get("failed_shards") or []
+    for f in failed[:MAX_LISTED]:
+        name = f.get("shard") if isinstance(f, dict) else f
+        why = f.get("error") if isinstance(f, dict) else ""
+        fault(f"stats.json: shard {name} failed in the last run ({why}); rerun the command to retry it")
+    if stats.get("complete") is False:
+        part = run.get("part") or [0, 1]
+        if isinstance(part, list) and len(part) == 2 and part[1] != 1:
+            fault(f"stats.json: incomplete: part {part[0]}/{part[1]} of a job (join the parts with lapdata merge)")
+        else:
+            fault(f"stats.json: incomplete: {run.get('planned_shards')} shards planned, "
+                  f"{stats.get('shards')} finished, {len(failed)} failed; rerun the command to finish it")
+
+
+def check_checksums(root: Path, stats: dict, fault: Fault) -> None:
+    listed = stats.get("manifests")
+    if listed is None:
+        return  # a dataset written before manifests were checksummed
+    if not isinstance(listed, dict):
+        fault("stats.json: manifests is not a mapping of file -> sha256")
+        return
+    for name, digest in sorted(listed.items()):
+        if name not in CHECKSUMMED:
+            fault(f"stats.json: manifests lists {name!r}, not a manifest")
+            continue
+        p = root / name
+        if not p.is_file():
+            fault(f"{p}: listed in stats.json manifests but missing")
+        elif sha256_file(p) != digest:
+            fault(f"{p}: sha256 does not match stats.json manifests (edited after it was written)")
+    for name in CHECKSUMMED:
+        if name not in listed and (root / name).is_file():
+            fault(f"{root / name}: not covered by stats.json manifests (added after the dataset was written)")
+
+
+def check_shard_json(root: Path, p: Path, doc: Any, fault: Fault) -> bool:
+    """Faults of one shard json (``doc``, already parsed); True when its shard may be read."""
+    if not isinstance(doc, dict):
+        fault(f"{p}: shard stats are not a JSON object")
+        return False
+    ok = True
+    if not SHARD_NAME.match(p.stem):
+        fault(f"{p}: not a shard name ({{split}}-{{index:06d}})")
+        ok = False
+    if doc.get(SHARD) != p.stem:
+        fault(f"{p}: field shard {doc.get(SHARD)!r} is not this file's name (a shard json may only describe itself)")
+        ok = False
+    path = doc.get(SHARD_PATH)
+    why = escape_reason(root, path) if isinstance(path, str) else "not a string"
+    if why is not None:
+        fault(f"{p}: field path {path!r} leaves the dataset ({why})")
+        ok = False
+    elif path != f"{SHARD_DIR}/{p.stem}.tar":
+        fault(f"{p}: field path {path!r} is not {SHARD_DIR}/{p.stem}.tar")
+    want = doc.get(PARQUET_SHA256)
+    pp = p.with_suffix(".parquet")
+    if want is not None and pp.is_file() and sha256_file(pp) != want:
+        fault(f"{pp}: sha256 does not match its shard json's parquet_sha256 (edited after it was written)")
+    return ok
+
+
+def tar_of(root: Path, name: Any, path: Any, fault: Fault) -> Path | None:
+    """The tar of a shards.parquet row when its path stays inside the dataset (else a fault and None)."""
+    rel = path if path else f"{SHARD_DIR}/{name}.tar"
+    why = escape_reason(root, rel) if isinstance(rel, str) else "not a string"
+    if why is not None:
+        fault(f"shards.parquet: shard {name!r} path {rel!r} leaves the dataset ({why}); not read")
+        return None
+    if not isinstance(name, str) or not SHARD_NAME.match(name) or rel != f"{SHARD_DIR}/{name}.tar":
+        fault(f"shards.parquet: shard {name!r} has path {rel!r}, expected {SHARD_DIR}/{name}.tar")
+    return root / rel
+
+
+def check_photo_rows(root: Path, photos, shard_names: list[str], fault: Fault) -> None:
+    """photos.parquet = the shard parquets + unsharded.parquet, row for row (by photo_id), column for column."""
+    sources = [root / SHARD_DIR / f"{n}.parquet" for n in shard_names]
+    if (root / UNSHARDED).is_file():
+        sources.append(root / UNSHARDED)
+    expected: dict[str, tuple[str, dict]] = {}
+    cols = [c for c in PHOTOS.names if c in photos.column_names]
+    for p in sources:
+        if not p.is_file():
+            continue  # reported by the shard checks
+        try:
+            t = pq.read_table(p, schema=PHOTOS)
+        except Exception as e:  # noqa: BLE001 - any unreadable parquet is one fault
+            fault(f"{p}: unreadable parquet ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        for r in t.select(cols).to_pylist():
+            expected.setdefault(str(r["photo_id"]), (p.name, r))
+    seen: set[str] = set()
+    n = 0
+    for r in photos.select(cols).to_pylist():
+        pid = str(r["photo_id"])
+        seen.add(pid)
+        if pid not in expected:
+            n += 1
+            if n <= MAX_LISTED:
+                fault(f"photos.parquet: photo {pid} is in no shard parquet nor {UNSHARDED}")
+            continue
+        where, want = expected[pid]
+        diff = [c for c in cols if r[c] != want[c] and not _both_nan(r[c], want[c])]
+        if diff:
+            n += 1
+            if n <= MAX_LISTED:
+                fault(f"photos.parquet: photo {pid} differs from {where} in {', '.join(diff)} (edited manifest)")
+    missing = sorted(set(expected) - seen)
+    for pid in missing[:MAX_LISTED]:
+        fault(f"photos.parquet: photo {pid} of {expected[pid][0]} is missing")
+    if n > MAX_LISTED:
+        fault(f"photos.parquet: {n - MAX_LISTED} more rows differ from the shard parquets")
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and a != a and b != b
+
+
+def check_duplicates(root: Path, fault: Fault) -> dict:
+    """Cross-split pairs of duplicates.parquet are faults; returns the counts for the audit summary."""
+    p = root / DUPLICATES
+    if not p.is_file():
+        return {}
+    try:
+        rows = pq.read_table(p).to_pylist()
+    except Exception as e:  # noqa: BLE001
+        fault(f"{p}: unreadable parquet ({type(e).__name__}: {str(e)[:120]})")
+        return {}
+    cross = [r for r in rows if r.get("split") != r.get("dup_split")]
+    for r in cross[:MAX_LISTED]:
+        fault(f"split leakage: photo {r.get('photo_id')} of {r.get('identity')!r} ({r.get('split')}) is an "
+              f"{r.get('kind')} duplicate (phash distance {r.get('distance')}) of photo {r.get('dup_of')} of "
+              f"{r.get('dup_identity')!r} ({r.get('dup_split')}): one person under two identities? see {DUPLICATES}")
+    if len(cross) > MAX_LISTED:
+        fault(f"split leakage: {len(cross) - MAX_LISTED} more cross-split duplicates in {DUPLICATES}")
+    return {"cross_identity_duplicates": len(rows), "cross_identity_duplicates_cross_split": len(cross),
+            "cross_identity_duplicates_same_split": len(rows) - len(cross)}

@@ -1,0 +1,74 @@
+"""``IngestConfig``: the options of ``lapdata ingest`` (CLI flags are derived from its fields, help from the comments)
+with their range checks, and ``CONTENT_KEYS``, the options that change what is written (a resumed run must match).
+Used by ``lapdata.ingest`` (which re-exports it) and ``lapdata.commands.ingest``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import LapError
+from .photos import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    kind: Literal["celeba", "casia", "folders", "csv", "celebamask-hq", "rec"]  # source layout
+    src: str                            # source folder, CSV file or .rec file
+    out: str                            # output dataset folder (rerun the same command to resume)
+    size: int = 128                     # output face size in pixels
+    min_images: int = 6                 # keep identities with at least this many (good) photos
+    max_per_sample: int = 64            # photos per WebDataset sample; larger identities become several samples
+    mode: Literal["auto", "aligned", "detect"] = "auto"  # auto: by source layout and image size; aligned; detect
+    detector: Literal["dlib", "insightface"] = "dlib"  # face detector for unaligned photos
+    det_model: str | None = None        # insightface SCRFD .onnx (with --detector insightface)
+    id_filter: bool = False             # drop photos far from their identity's robust centre
+    id_model: str | None = None         # ArcFace .onnx for --id-filter (default: dlib 128-D)
+    id_threshold: float | None = None   # cosine-to-centre threshold (default: the embedder's)
+    dedup: bool = True                  # skip exact and near duplicates inside an identity
+    phash_distance: int = 4             # near-duplicate: perceptual hashes within this many bits
+    seed: int = 0                       # split seed
+    fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)  # train,val,test fractions of the identities
+    split_manifest: str | None = None   # identity -> split parquet, e.g. manifests/celeba_split.parquet
+    samples_per_shard: int = 64         # identity samples per shard
+    shard_bytes: int = 512 * 2**20      # estimated bytes per shard (estimated before encoding)
+    workers: int = 1                    # worker processes
+    part: tuple[int, int] = (0, 1)      # build part I/N (disjoint, deterministic); join the parts with lapdata merge
+    quality: int = 95                   # JPEG quality of the stored faces
+    identity_file: str | None = None    # identity_CelebA.txt (celeba, celebamask-hq)
+    path_column: str = "file"           # csv: the column with the photo path
+    identity_column: str = "identity"   # csv: the column with the identity
+    csv_root: str | None = None         # csv: folder every photo path must stay inside (default: the CSV's folder)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # photos with more pixels (width x height) are skipped unread (too_large)
+    progress: bool = True               # progress bar (only on a terminal)
+
+    def __post_init__(self) -> None:
+        i, n = self.part
+        checks = [(self.size >= 16, f"--size {self.size}: must be >= 16 pixels"),
+                  (self.min_images >= 1, f"--min-images {self.min_images}: must be >= 1"),
+                  (self.max_per_sample >= 1, f"--max-per-sample {self.max_per_sample}: must be >= 1"),
+                  (self.samples_per_shard >= 1, f"--samples-per-shard {self.samples_per_shard}: must be >= 1"),
+                  (self.shard_bytes >= 1, f"--shard-bytes {self.shard_bytes}: must be >= 1"),
+                  (self.workers >= 1, f"--workers {self.workers}: must be >= 1"),
+                  (0 <= i < n, f"--part {i}/{n}: need 0 <= I < N"),
+                  (1 <= self.quality <= 100, f"--quality {self.quality}: must be in 1..100"),
+                  (self.phash_distance >= 0, f"--phash-distance {self.phash_distance}: must be >= 0"),
+                  (self.id_threshold is None or -1.0 <= self.id_threshold <= 1.0,
+                   f"--id-threshold {self.id_threshold}: a cosine, must be in [-1, 1]"),
+                  (len(self.fractions) == 3 and all(f >= 0 for f in self.fractions) and sum(self.fractions) > 0,
+                   f"--fractions {self.fractions}: three non-negative numbers, not all 0"),
+                  (self.max_pixels >= 256, f"--max-pixels {self.max_pixels}: must be >= 256")]
+        for ok, msg in checks:
+            if not ok:
+                raise LapError(msg)
+
+
+# options that change the shards' content: a resumed run must use the same ones
+CONTENT_KEYS = ("kind", "size", "min_images", "max_per_sample", "mode", "detector", "det_model", "id_filter",
+                "id_model", "id_threshold", "dedup", "phash_distance", "seed", "fractions", "split_manifest",
+                "samples_per_shard", "shard_bytes", "quality", "identity_file", "path_column", "identity_column",
+                "max_pixels", "csv_root")
+# options added after datasets were first written, with the value the older runs used: a resumed old dataset
+# compares equal when the new run keeps that value
+ADDED_OPTIONS = {"max_pixels": DEFAULT_MAX_PIXELS, "csv_root": None}
