@@ -150,6 +150,8 @@ def test_preprocess_field_nearest():
     np.testing.assert_array_equal(mask, ~np.isnan(S.preprocess_field(v.depth, 64)))  # same pixels picked
     seg = S.preprocess_field(v.seg, 32)
     assert seg.dtype == np.uint8 and set(np.unique(seg)) <= set(np.unique(v.seg))
+    # labels are picked, never blended: the same pixels as PIL's nearest, like the depth
+    np.testing.assert_array_equal(seg, np.asarray(Image.fromarray(v.seg).resize((32, 32), Image.Resampling.NEAREST)))
     assert S.preprocess_field(v.seg, SIZE) is not v.seg and np.array_equal(S.preprocess_field(v.seg, SIZE), v.seg)
     with pytest.raises(ValueError):
         S.preprocess_field(v.seg.astype(np.int64), 32)
