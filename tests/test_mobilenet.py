@@ -89,7 +89,8 @@ def test_matches_the_layer_stack_and_is_frozen(tmp_path):
 def test_gradients_reach_the_input():
     m = MobileNetV2Features(random_state_dict(1)).double()
     x = torch.rand(1, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: m(t).sum(dim=(2, 3)), (x,))
+    # fast mode (random projections of the Jacobian): ~1 s instead of ~15 s on 2 cores, a wrong backward still fails
+    assert torch.autograd.gradcheck(lambda t: m(t).sum(dim=(2, 3)), (x,), fast_mode=True)
 
 
 def test_errors(tmp_path):
