@@ -259,10 +259,25 @@ def test_runner_markers_from_force_and_report(tmp_path):
 
 @pytest.mark.slow
 def test_quickstart_runs_and_writes_report(tmp_path):
-    """The README's main command at its real (toy) scale: every step done, the report and its pictures exist."""
+    """The README's main command at its real (toy) scale, as a user runs it with its output in a log file: every
+    step done, the report and its pictures exist, and the log is plain lines a person reads (none over 300)."""
+    import subprocess
+    import sys
+
     out = tmp_path / "qs"
-    res = run_pipeline(PIPELINES / "quickstart.yaml", out, progress=False, log=lambda _m: None)
-    assert all(d["status"] == "done" for d in res.values()), {k: d["status"] for k, d in res.items()}
+    log = tmp_path / "quickstart.log"
+    with log.open("w") as f:
+        proc = subprocess.run([sys.executable, "-m", "lapmodel", "run", "quickstart", "--out", str(out)],
+                              stdout=f, stderr=subprocess.STDOUT, timeout=1500)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    res = {p.stem: json.loads(p.read_text()) for p in (out / "steps").glob("*.json")}
+    assert res and all(d["status"] == "done" for d in res.values()), {k: d["status"] for k, d in res.items()}
+    lines = text.splitlines()
+    assert "\r" not in text and max(len(ln) for ln in lines) <= 300, max(lines, key=len)[:400]
+    assert sum("step " in ln and " loss " in ln for ln in lines) >= 4  # periodic plain progress lines
+    assert "pipeline done" in lines[-1]
+    assert (out / "pipeline.log").read_text().count("\n") >= 10
     report = out / "report"
     html = (report / "index.html").read_text()
     for piece in ("pictures/loss-curves.png", "pictures/data-synthetic.png", "pictures/masks-synthetic-parse_contact_sheet.png",
