@@ -389,3 +389,24 @@ def test_arcface_graph_of_the_wrong_shape_is_refused(tmp_path):
         ArcFaceEmbedder(tmp_path / "const.onnx")
     _graph(tmp_path / "ok.onnx", 512)
     assert ArcFaceEmbedder(tmp_path / "ok.onnx").dim == 512
+
+
+def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
+    """The writer no longer imports webdataset (which imports torch) in every process: its tars must stay the bytes
+    webdataset.TarWriter(encoder=False, mtime=0.0) writes (byte-reproducible shards, resume and merge compare them)."""
+    import webdataset as wds
+
+    from lapdata.writer import _tar_write_sample
+
+    samples = [{"__key__": "a-1", "json": b'{"x": 1}', "000.jpg": b"\xff" * 1000, "000.seg.png": b"p" * 3},
+               {"__key__": "b-2", "json": b"{}", "001.png": b"z" * 600, "__url__": "ignored"}]
+    ref = io.BytesIO()
+    w = wds.TarWriter(ref, encoder=False, mtime=0.0)
+    for d in samples:
+        w.write(d)
+    w.close()
+    ours = io.BytesIO()
+    with tarfile.open(fileobj=ours, mode="w|") as tf:
+        for d in samples:
+            _tar_write_sample(tf, d)
+    assert ours.getvalue() == ref.getvalue()
