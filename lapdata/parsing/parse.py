@@ -56,6 +56,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from ..device import resolve_device
 from ..errors import LapError
 from ..sample import decode_sample, sample_json
 from ..schema import STATUS_ERROR, STATUS_OK
@@ -81,16 +82,16 @@ DEFAULT_MIN_FACE_FRACTION = 0.25
 class ParseConfig:
     """Options of parse-masks (CLI flags map one to one)."""
 
-    parser: ParserName = "auto"
-    weights: str | None = None  # BiSeNet weight file (bisenet; auto uses bisenet when given)
-    min_face_fraction: float = DEFAULT_MIN_FACE_FRACTION  # views under it are marked hard
-    batch_size: int = 8
-    device: str = "cpu"
-    workers: int = 1
-    input_size: int = 512  # BiSeNet input side
-    drop_failed: bool = False  # unparseable views become error rows, removed from the shards (default: kept, hard)
-    keep_old: bool = False  # keep the previous version as DIR.pre-parse-<time>
-    contact_sheet_views: int = 24
+    parser: ParserName = "auto"         # auto: ground truth where present, else bisenet with --weights, else landmarks
+    weights: str | None = None          # BiSeNet weights: 79999_iter.pth (face-parsing.PyTorch) or parsing_bisenet.pth
+    min_face_fraction: float = DEFAULT_MIN_FACE_FRACTION  # views with a smaller face fraction are marked hard
+    batch_size: int = 8                 # images per BiSeNet forward pass
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    workers: int = 1                    # worker processes, one shard each
+    input_size: int = 512               # BiSeNet input side (512, as trained)
+    drop_failed: bool = False           # unparseable views become error rows, out of the shards (else: kept, hard)
+    keep_old: bool = False              # keep the previous version as DIR.pre-parse-<time>
+    contact_sheet_views: int = 24       # views on the contact sheet
     masks: RCLMaskConfig = RCLMaskConfig()  # its face group defines the face fraction
     landmarks: LandmarkParserConfig = LandmarkParserConfig()
 
@@ -142,7 +143,8 @@ def get_parser(name: str, cfg: ParseConfig):
         if name == "bisenet":
             from .bisenet import BiSeNetParser
 
-            p = BiSeNetParser(cfg.weights, device=cfg.device, batch_size=cfg.batch_size, input_size=cfg.input_size)
+            p = BiSeNetParser(cfg.weights, device=resolve_device(cfg.device), batch_size=cfg.batch_size,
+                              input_size=cfg.input_size)
         elif name == "landmarks":
             from .landmarks import LandmarkParser
 
@@ -163,10 +165,10 @@ def contact_sheet(items: Sequence[tuple[np.ndarray, np.ndarray, str]], path: str
     map over the photo | label map | M_re (grey), ``groups_per_row`` views a row."""
     from PIL import Image
 
-    if not items:
-        return
     from ..pictures import image_grid, save_png
 
+    if not items:
+        return
     rows: list[list[np.ndarray]] = []
     caps: list[list[str | None]] = []
     for k, (img, seg, cap) in enumerate(items):

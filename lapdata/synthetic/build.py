@@ -28,7 +28,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -36,6 +36,8 @@ from lapdata.errors import LapError
 from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
 from lapdata.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from lapdata.shards import RawSample, iter_tar_samples
+
+from lapdata.device import resolve_device
 
 from .base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
 
@@ -45,65 +47,53 @@ REASON_ID = "id_similarity"
 
 @dataclass(frozen=True)
 class SynthConfig:
-    backend: str = "procedural"
-    out: str = ""
-    identities: int = 100
-    poses: int = 15
-    size: int = 256
-    yaw_range: tuple[float, float] = (-45.0, 45.0)  # inside the model's +-60 degree rotation range
-    pitch_jitter: float = 5.0  # uniform +- degrees (3D backends)
-    roll_jitter: float = 3.0
-    seed: int = 0
-    fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)  # train / val / test by identity
-    samples_per_shard: int = 64
-    workers: int = 1
-    part: tuple[int, int] = (0, 1)
-    device: str = "auto"  # auto | cpu | cuda
-    image_ext: str = "jpg"
-    quality: int = 95
+    backend: Literal["procedural", "ict", "stylegan", "diffusers"] = "procedural"  # procedural needs no files
+    out: str = ""                       # output dataset folder (rerun the same command to resume)
+    identities: int = 100               # number of identities
+    poses: int = 15                     # views per identity (yaws evenly over --yaw-range)
+    size: int = 256                     # image side in pixels
+    yaw_range: tuple[float, float] = (-45.0, 45.0)  # LO,HI yaw in degrees (inside the model's +-60 range)
+    pitch_jitter: float = 5.0           # 3D backends: uniform +- pitch degrees per view
+    roll_jitter: float = 3.0            # 3D backends: uniform +- roll degrees per view
+    seed: int = 0                       # run seed (identity i uses a seed derived from (seed, i)); also the split seed
+    fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)  # train,val,test fractions of the identities
+    samples_per_shard: int = 64         # identities per shard
+    workers: int = 1                    # worker processes
+    part: tuple[int, int] = (0, 1)      # build part I/N (disjoint, deterministic); join the parts with lapdata merge
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    image_ext: Literal["jpg", "png"] = "jpg"  # image format of the views
+    quality: int = 95                   # JPEG quality
     # identity filter
-    id_filter: str = "auto"  # auto (arcface with id_model, else dlib) | dlib | arcface | none
-    id_model: str = ""  # insightface ArcFace .onnx
-    id_threshold: float = 0.0  # 0 = the embedder's default (ArcFace 0.6, dlib calibrated)
+    id_filter: Literal["auto", "dlib", "arcface", "none"] = "auto"  # auto: arcface with --id-model, else dlib
+    id_model: str = ""                  # ArcFace recognition .onnx (threshold 0.6)
+    id_threshold: float = 0.0           # cosine-to-frontal threshold (0: the embedder's default)
     # 3D backends
-    ssaa: int = 1
-    expression_scale: float = 1.0
-    light: str = "random"
-    background: str = "random"  # random (per view) | gray
-    iod: float = 0.0  # framing: inter-ocular distance / side of a frontal view (0 = lapdata.faces' template)
-    eye_y: float = 0.0  # framing: eye line / side from the top (0 = lapdata.faces' template)
-    fov_deg: float = 10.0
-    model: str = ""  # ict: the FaceXModel folder
+    ssaa: int = 1                       # 3D backends: supersampling factor (anti-aliasing)
+    expression_scale: float = 1.0       # 3D backends: scale of the mild per-view expressions (0: neutral)
+    light: Literal["random", "frontal"] = "random"  # 3D backends: lighting
+    background: Literal["random", "gray"] = "random"  # 3D backends: random (a new one per view) | gray
+    iod: float = 0.0                    # 3D backends: inter-ocular distance / side (0: lapdata.faces' template)
+    eye_y: float = 0.0                  # 3D backends: eye line / side from the top (0: lapdata.faces' template)
+    fov_deg: float = 10.0               # 3D backends: camera field of view in degrees
+    model: str = ""                     # ict: the ICT-FaceKit FaceXModel folder
     # stylegan
-    generator: str = ""
-    mapping: str = ""
-    pose_boundary: str = ""
-    latent_dim: int = 0
-    yaw_scale: float = 0.05
+    generator: str = ""                 # stylegan: TorchScript generator (latent -> image)
+    mapping: str = ""                   # stylegan: TorchScript mapping network (z -> w), optional
+    pose_boundary: str = ""             # stylegan: InterfaceGAN pose boundary .npy
+    latent_dim: int = 0                 # stylegan: z size of the mapping network (0: its z_dim, else the boundary's)
+    yaw_scale: float = 0.05             # stylegan: boundary distance per degree of yaw
     # diffusers
-    pipeline: str = ""
-    prompt: str = "a studio portrait photo of a person's face, neutral background, sharp focus"
-    steps: int = 25
-    guidance: float = 5.0
-    condition: str = "normal"
+    pipeline: str = ""                  # diffusers: local pipeline folder (save_pretrained)
+    prompt: str = "a studio portrait photo of a person's face, neutral background, sharp focus"  # diffusers
+    steps: int = 25                     # diffusers: inference steps
+    guidance: float = 5.0               # diffusers: classifier-free guidance scale
+    condition: Literal["normal", "depth"] = "normal"  # diffusers: conditioning maps
     # output extras
-    contact_identities: int = 6
-    progress: bool = True
+    contact_identities: int = 6         # identities on the contact sheet
+    progress: bool = True               # progress bar (only on a terminal)
 
 
 # ------------------------------------------------------------------------------------------------ construction
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise LapError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LapError("--device cuda: no CUDA device is available")
-    return device
 
 
 def _framing(cfg: SynthConfig) -> dict[str, float]:
@@ -118,7 +108,7 @@ def _framing(cfg: SynthConfig) -> dict[str, float]:
 
 def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backend:
     """The configured backend, validated (files, shapes) before any work."""
-    dev = resolve_device(cfg.device)
+    dev = str(resolve_device(cfg.device))
     if cfg.light not in ("random", "frontal"):
         raise LapError(f"light must be random or frontal, got {cfg.light!r}")
     if cfg.background not in ("random", "gray"):
