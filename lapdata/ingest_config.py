@@ -1,12 +1,18 @@
-"""``IngestConfig``: the options of ``lapdata ingest`` (CLI flags are derived from its fields, help from the comments)
-with their range checks, and ``CONTENT_KEYS``, the options that change what is written (a resumed run must match).
-Used by ``lapdata.ingest`` (which re-exports it) and ``lapdata.commands.ingest``.
+"""What an ingest run is: ``IngestConfig``, the options of ``lapdata ingest`` (CLI flags are derived from its fields,
+help from the comments) with their range checks; ``CONTENT_KEYS``, the options that change what is written; the
+resume rule (``_check_resume``: a rerun into an existing OUT must have the same options and the same source, by
+ingest.json's resolved source path and record fingerprint, ``source_doc``); ``summary_line``. Used by
+``lapdata.ingest`` (which re-exports these names) and ``lapdata.commands.ingest``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Sequence
 
 from .errors import LapError
 from .photos import DEFAULT_MAX_PIXELS
@@ -72,3 +78,76 @@ CONTENT_KEYS = ("kind", "size", "min_images", "max_per_sample", "mode", "detecto
 # options added after datasets were first written, with the value the older runs used: a resumed old dataset
 # compares equal when the new run keeps that value
 ADDED_OPTIONS = {"max_pixels": DEFAULT_MAX_PIXELS, "csv_root": None}
+
+
+def _config_doc(cfg: IngestConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["fractions"] = list(cfg.fractions)
+    d["part"] = list(cfg.part)
+    return d
+
+
+def check_out(out: Path) -> None:
+    """--out must be a folder (or not exist yet)."""
+    if out.exists() and not out.is_dir():
+        raise LapError(f"{out}: --out exists and is not a folder")
+
+
+def _check_resume(out: Path, cfg: IngestConfig, source: dict) -> None:
+    """A resumed run must use the options and the source the finished shards were written with (``source``: the
+    source's resolved path and a fingerprint of its records, ``source_doc``)."""
+    p = out / "ingest.json"
+    doc = {**_config_doc(cfg), "source": source}
+    if p.exists():
+        try:
+            old = json.loads(p.read_text(encoding="utf-8"))
+            assert isinstance(old, dict)
+        except (OSError, ValueError, AssertionError):
+            raise LapError(f"{p}: unreadable (not the JSON lapdata ingest writes); use a new --out") from None
+        diff = [k for k in CONTENT_KEYS if old.get(k, ADDED_OPTIONS.get(k)) != doc.get(k)]
+        if diff:
+            raise LapError(f"{out} holds shards written with other options ({', '.join(f'{k}={old.get(k)!r}' for k in diff)});"
+                           f" rerun with the same options or use a new --out")
+        was = old.get("source")
+        if isinstance(was, dict) and was.get("fingerprint") != source["fingerprint"]:
+            raise LapError(f"{out} holds shards of another source ({was.get('src')}: {was.get('photos')} photos of "
+                           f"{was.get('identities')} identities; now {source['src']}: {source['photos']} photos of "
+                           f"{source['identities']}); rerun with the same source to resume, or use a new --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def source_doc(cfg: IngestConfig, groups, extra: Sequence[dict], counts: dict) -> dict:
+    """The source of a run: its resolved path and a fingerprint (sha256 of every record's identity and photo_id,
+    the planned ones and the unsharded ones) that a resumed run must match."""
+    h = hashlib.sha256()
+    for ident, split, recs in groups:
+        for r in recs:
+            h.update(f"{ident}\t{split}\t{r.photo_id}\n".encode("utf-8"))
+    for r in extra:
+        h.update(f"{r['identity']}\t-\t{r['photo_id']}\n".encode("utf-8"))
+    return {"src": str(Path(cfg.src).resolve()), "photos": counts["photos"], "identities": counts["identities"],
+            "fingerprint": h.hexdigest()}
+
+
+def summary_line(stats: dict, out: str | Path) -> str:
+    """One line: photos by status (skip reasons), identities by split, shards, time, failed shards."""
+    sc, rc = stats.get("status_counts", {}), stats.get("reason_counts", {})
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(rc.items(), key=lambda kv: -kv[1]))
+    parts = [f"{stats.get('photos', 0)} photos: {sc.get('ok', 0)} ok, {sc.get('skipped', 0)} skipped"
+             + (f" ({reasons})" if reasons else "") + f", {sc.get('error', 0)} error"]
+    bys = stats.get("identities_by_split", {})
+    parts.append(f"{stats.get('identities_ok', 0)} identities ("
+                 + ", ".join(f"{k} {v}" for k, v in bys.items()) + f") in {stats.get('shards', 0)} shards -> {out}")
+    line = "; ".join(parts)
+    cd = stats.get("cross_identity_duplicates") or {}
+    if cd.get("pairs"):
+        line += (f"; {cd['pairs']} photos duplicate another identity's ({cd.get('cross_split', 0)} across splits,"
+                 f" see duplicates.parquet)")
+    failed = stats.get("failed") or []
+    if failed:
+        line += f"; {len(failed)} shard(s) FAILED (first: {failed[0]['shard']}: {failed[0]['error']}) - rerun to retry"
+    if "seconds" in stats:
+        line += f" [{stats['seconds']:.1f} s]"
+    return line
