@@ -62,13 +62,10 @@ def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> Eva
 def iter_evalsets(shards: str | Sequence[str], size: int, max_identities: int | None = None,
                   max_views: int | None = None) -> Iterable[EvalSet]:
     """EvalSets from shards (brace patterns, globs, folders: `lapmodel.io.data.expand_shards`), in shard order."""
-    import webdataset as wds
-
+    from lapdata.shards import tar_samples
     from lapmodel.io.data import expand_shards
 
-    urls = expand_shards(shards)
-    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    for k, raw in enumerate(ds):
+    for k, raw in enumerate(tar_samples(expand_shards(shards))):  # a damaged shard: LapError naming it
         if max_identities is not None and k >= max_identities:
             break
         yield sample_to_evalset(raw, size, max_views)

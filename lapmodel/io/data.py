@@ -39,7 +39,7 @@ from lapdata.errors import LapError
 from lapdata.logs import get_logger, warn_once
 from lapdata.sample import decode_sample, sample_json
 from lapdata.schema import NUM_SAMPLES
-from lapdata.shards import preprocess_field, preprocess_image
+from lapdata.shards import preprocess_field, preprocess_image, tar_samples
 
 from lapmodel.config import DataConfig
 
@@ -264,7 +264,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _epoch(self, g: int, total: int, epoch: int, bad: _BadCounter) -> Iterator[dict]:
         """The raw (undecoded) samples of stream g in ``epoch``."""
         urls, keep, _ = self._plan(g, total, epoch)
-        src = wds.tarfile_to_samples(handler=bad)(iter({"url": u} for u in urls))
+        src = tar_samples(urls, handler=bad)  # lapdata's one shard reader: checksums verified, bad ones counted
         if keep is None:
             yield from src
             return
