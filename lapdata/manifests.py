@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import LapError
-from .paths import check_shard_name
+from .paths import check_shard_name, inside
 from .schema import (IDENTITIES, NUM_IMAGES, NUM_SAMPLES, PARQUET_SHA256, PHOTOS, SECONDS,  # noqa: F401
                      SHARD, SHARD_BYTES, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, SHARDS, STATUS_OK, table_from_rows)
 
@@ -63,7 +63,8 @@ def sha256_file(path: Path) -> str:
 
 def read_shard_json(p: Path) -> dict:
     """One shard's stats json, checked: a mapping whose ``shard`` is its file name and ``path`` its tar
-    (``shards/NAME.tar``), so no field of it leads outside the dataset; LapError naming the file otherwise."""
+    (``shards/NAME.tar``, not symlinked out of the dataset), so nothing read through it lies outside the dataset;
+    LapError naming the file otherwise."""
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -78,6 +79,7 @@ def read_shard_json(p: Path) -> dict:
     if doc.get(SHARD_PATH) != f"{SHARD_DIR}/{p.stem}.tar":
         raise LapError(f"{p}: field path {doc.get(SHARD_PATH)!r} is not {SHARD_DIR}/{p.stem}.tar; the dataset is "
                        f"damaged or tampered with: rewrite it")
+    inside(p.parent.parent, doc[SHARD_PATH], f"{p}: shard")  # a tar (or shards/) symlinked out of the dataset
     return doc
 
 

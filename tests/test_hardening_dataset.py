@@ -77,13 +77,17 @@ def test_shard_json_cannot_lead_outside_the_dataset(dataset, tmp_path):
 
 
 def test_audit_refuses_manifest_paths_leaving_the_dataset(dataset, tmp_path):
-    """shards.parquet paths (absolute, '..', a tar symlinked out) were read wherever they pointed; now each is a
-    fault and is not read."""
+    """shards.parquet paths (absolute, '..', a tar symlinked out) were read wherever they pointed; now each is an
+    audit fault and is not read, and the steps that read shards refuse a tar symlinked out (one LapError)."""
     outside = tmp_path / "outside.tar"
     tars = sorted((dataset / "shards").glob("*.tar"))
     outside.write_bytes(tars[1].read_bytes())
     tars[1].unlink()
     tars[1].symlink_to(outside)
+    from lapdata.writer import shard_stats
+
+    with pytest.raises(LapError, match="resolves outside"):  # what parse-masks, merge and finalize read through
+        shard_stats(dataset)
     rewrite_parquet(dataset / "shards.parquet", "path", 0, str(tars[0].resolve()))
     rewrite_parquet(dataset / "shards.parquet", "path", 2, "../ds/shards/x.tar")
     f = "\n".join(faults_of(dataset))
