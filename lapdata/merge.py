@@ -21,20 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .duplicates import record_duplicates
+from .atomic import atomic_path
 from .errors import LapError
 from .schema import PHOTOS, SHARD_DIR, SHARD_SHA256
 from .writer import UNSHARDED, finalize_dataset, read_shard_json
 
 
 def _place(src: Path, dst: Path, link: bool) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    if link:
-        os.link(src, tmp)
-    else:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        if link:
+            os.link(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
 
 
 def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = False) -> dict:

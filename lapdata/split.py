@@ -116,13 +116,10 @@ def celeba_split_table(identity_file: str | Path, config: SplitConfig = SplitCon
 
 
 def write_split_manifest(table: pa.Table, path: str | Path) -> None:
-    import os
+    from lapdata.atomic import atomic_path
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, p)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def load_split_manifest(path: str | Path) -> dict[str, str]:

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .atomic import atomic_path
 from .errors import LapError
 from .manifests import (CHECKSUMMED, DUPLICATES, MANIFESTS, PARQUET_SHA256, UNSHARDED,  # noqa: F401  (re-exported)
                         _atomic_write_bytes, _atomic_write_json, _atomic_write_table, finalize_dataset,
@@ -179,11 +180,10 @@ def write_shard(
     shard_dir = Path(out_dir) / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     tar_path = shard_dir / f"{task.name}.tar"
-    tmp = tar_path.with_name(tar_path.name + ".tmp")
     placed: dict[str, tuple[str, int, str]] = {}
     num_images = 0
     keys = set()
-    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w|") as sink:
+    with atomic_path(tar_path) as tmp, open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w|") as sink:
         for s in result.samples:
             if s.key in keys:
                 raise ValueError(f"{task.name}: duplicate sample key {s.key}")
@@ -199,7 +199,6 @@ def write_shard(
             d[JSON] = json.dumps(doc, sort_keys=True).encode("utf-8")
             num_images += len(s.views)
             _tar_write_sample(sink, d)
-    os.replace(tmp, tar_path)
 
     rows = []
     for r in result.rows:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lapdata.atomic import atomic_path
 from lapdata.errors import LapError
 
 NEUTRAL = "generic_neutral_mesh.obj"
@@ -132,14 +132,13 @@ class ICTModel:
     landmarks: np.ndarray
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(
-            tmp, version=np.array(CACHE_VERSION), neutral=self.neutral, id_basis=self.id_basis,
-            expr_basis=self.expr_basis, expr_names=np.array(self.expr_names, dtype=str), faces=self.faces,
-            rfaces=self.rfaces, rv=self.rv, ruv=self.ruv, tri_mat=self.tri_mat, vmat=self.vmat,
-            mat_names=np.array(self.mat_names, dtype=str), face_area=self.face_area, landmarks=self.landmarks,
-        )
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no suffix
+            np.savez(
+                f, version=np.array(CACHE_VERSION), neutral=self.neutral, id_basis=self.id_basis,
+                expr_basis=self.expr_basis, expr_names=np.array(self.expr_names, dtype=str), faces=self.faces,
+                rfaces=self.rfaces, rv=self.rv, ruv=self.ruv, tri_mat=self.tri_mat, vmat=self.vmat,
+                mat_names=np.array(self.mat_names, dtype=str), face_area=self.face_area, landmarks=self.landmarks,
+            )
 
     @classmethod
     def load(cls, path: Path) -> "ICTModel":
