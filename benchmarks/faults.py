@@ -646,6 +646,151 @@ def _(ws):
     return f"audit rc {a.rc}; parse-masks rc {r.rc}; files outside: {len(escaped)}", ok, 0
 
 
+# ------------------------------------------------------------------------------------------------ lapmodel
+
+# the tiny model, 1 step unless a case says otherwise; BASE leaves batch and device to --set (an option would win)
+BASE = ["--set", "model.image_size=32", "--set", "model.nf=8", "--set", "model.zdim=16", "--set", "model.nf_encoder=8",
+        "--set", "model.zdim_conf=16", "--set", "data.shuffle_buffer=4", "--set", "data.workers=0", "--no-progress"]
+TINY = [*BASE, "--batch", "2", "--device", "cpu"]
+
+
+def train(ws: Path, ds: Path, out: str, *extra: str) -> Run:
+    return cli("train", "--config", "unsup3d", "--shards", ds, "--out", ws / out, *TINY, *extra, prog="lapmodel",
+               timeout=120)
+
+
+def _ckpt(ws: Path) -> Path:
+    """A real (untrained) checkpoint of the tiny model, written by the library."""
+    if not (ws / "ck.pt").exists():
+        from lapdata.config import load_config, parse_overrides
+        from lapmodel.config import TrainConfig
+        from lapmodel.io.checkpoint import save_checkpoint
+        from lapmodel.models.build import build_model
+        from lapmodel.recipes.catalog import find_config
+
+        sets = parse_overrides([BASE[i + 1] for i in range(0, 10, 2)])
+        cfg = load_config(TrainConfig, find_config("unsup3d"), {**sets, "perceptual": "none"})
+        save_checkpoint(ws / "ck.pt", model=build_model(cfg, training=False), config=cfg, step=0)
+    return ws / "ck.pt"
+
+
+def _empty(ws: Path) -> Path:
+    (ws / "empty.pt").write_bytes(b"")
+    return ws / "empty.pt"
+
+
+@case("9 lapmodel: 0-byte checkpoint (reconstruct, evaluate, --init, --resume)", "exit 2 one line each")
+def _(ws):
+    ds = dataset(ws)
+    (ws / "res").mkdir()
+    (ws / "res" / "last.pt").write_bytes(b"")
+    runs = [cli("reconstruct", ds, "--checkpoint", _empty(ws), "--out", ws / "r", prog="lapmodel"),
+            cli("evaluate", "--checkpoint", _empty(ws), "--shards", ds, "--out", ws / "e", prog="lapmodel"),
+            train(ws, ds, "i", "--init", str(_empty(ws))),
+            train(ws, ds, "res", "--resume")]
+    ok = all(r.one_line_error and "empty file" in r.err for r in runs)
+    return f"rc {[r.rc for r in runs]}: {runs[-1].last_error()[:60]}", ok, 0
+
+
+for _name, _make, _want in [
+    ("train --out is a file", lambda ws: ["train", "--shards", dataset(ws), "--out", _afile(ws), *TINY], "not a folder"),
+    ("reconstruct --out is a file", lambda ws: ["reconstruct", _src(ws), "--checkpoint", _ckpt(ws), "--out", _afile(ws)],
+     "not a folder"),
+    ("evaluate --shards on a non-tar file", lambda ws: ["evaluate", "--checkpoint", _ckpt(ws), "--shards",
+                                                         _not_parquet(ws), "--out", ws / "e"], "damaged shard"),
+    ("reconstruct --batch-size 0", lambda ws: ["reconstruct", _src(ws), "--checkpoint", _ckpt(ws), "--out", ws / "r",
+                                               "--batch-size", "0"], "batch_size must be >= 1"),
+    ("train --device cuda on a CPU build", lambda ws: ["train", "--shards", dataset(ws), "--out", ws / "o", *TINY,
+                                                       "--device", "cuda"], "no usable CUDA"),
+    ("train --set device=tpu", lambda ws: ["train", "--shards", dataset(ws), "--out", ws / "o", *BASE, "--steps", "1",
+                                           "--set", "device=tpu"], "not a device"),
+    ("train --set data.workers=-1", lambda ws: ["train", "--shards", dataset(ws), "--out", ws / "o", *TINY, "--set",
+                                                "data.workers=-1"], "workers -1"),
+    ("train --set ckpt_every=0", lambda ws: ["train", "--shards", dataset(ws), "--out", ws / "o", *TINY, "--set",
+                                             "ckpt_every=0"], "ckpt_every 0"),
+    ("train --set log_every=0", lambda ws: ["train", "--shards", dataset(ws), "--out", ws / "o", *TINY, "--set",
+                                            "log_every=0"], "log_every 0"),
+    ("train --set batch=-4", lambda ws: ["train", "--shards", dataset(ws), "--out", ws / "o", *BASE, "--steps", "1",
+                                         "--set", "batch=-4"], "batch -4"),
+    ("train --set optim.lr=.nan", lambda ws: ["train", "--shards", dataset(ws), "--out", ws / "o", *TINY, "--set",
+                                              "optim.lr=.nan"], "lr nan"),
+]:
+    _one_line_case(f"9 {_name}", "exit 2 one line", _make, _want, prog="lapmodel")
+
+
+@case("10 train --stage bogus with an Unsup3D config", "exit 2 (the choices are shown)")
+def _(ws):
+    r = train(ws, dataset(ws), "o", "--stage", "bogus")
+    return f"rc {r.rc}", r.rc == 2 and "is not one of" in r.err and not r.traceback, 0
+
+
+@case("10 train --stage aggregate with an Unsup3D config", "exit 2 one line")
+def _(ws):
+    r = train(ws, dataset(ws), "o", "--stage", "aggregate")
+    return f"rc {r.rc}: {r.last_error()[:60]}", r.one_line_error and "has no stages" in r.err, 0
+
+
+@case("8 last.pt byte-reproducible", "two runs of one config write the same bytes")
+def _(ws):
+    ds = dataset(ws)
+    a = train(ws, ds, "run", "--steps", "2")
+    first = (ws / "run" / "last.pt").read_bytes()
+    (ws / "run").rename(ws / "first")
+    b = train(ws, ds, "run", "--steps", "2")
+    same = (ws / "run" / "last.pt").read_bytes() == first
+    return f"rc {a.rc}/{b.rc}, identical: {same}", a.rc == b.rc == 0 and same, 0
+
+
+@case("8 --resume with fewer samples than data streams", "2 identities, 4 loader workers: resume exit 0")
+def _(ws):
+    ds = dataset(ws, n_ids=2)
+    a = train(ws, ds, "o", "--steps", "2", "--ckpt-every", "1", "--set", "data.workers=4", "--batch", "1")
+    b = train(ws, ds, "o", "--steps", "4", "--set", "data.workers=4", "--batch", "1", "--resume")
+    return f"rc {a.rc}/{b.rc}: {b.last_error()[:60]}", a.rc == b.rc == 0 and not b.traceback, 0
+
+
+@case("2/7 training on a shard JPEG with flipped bytes", "exit 0, the sample skipped and counted in log.jsonl; "
+      "all samples corrupt: exit 2 one line")
+def _(ws):
+    ds = dataset(ws, n_ids=8)
+    flip_first_jpeg(sorted((ds / "shards").glob("train-*.tar"))[0])
+    r = train(ws, ds, "o", "--steps", "4", "--log-every", "1")
+    logs = [json.loads(x) for x in (ws / "o" / "log.jsonl").read_text().splitlines()] if r.rc == 0 else []
+    n = max((x.get("skipped_samples", 0) for x in logs), default=0)
+    one = dataset(ws, "one", n_ids=1)
+    flip_first_jpeg(sorted((one / "shards").glob("*.tar"))[0])
+    bad = cli("train", "--config", "unsup3d", "--shards", one, "--out", ws / "o2", *TINY, prog="lapmodel", timeout=120)
+    ok = r.rc == 0 and n >= 1 and bad.one_line_error and "without a readable sample" in bad.err
+    return f"rc {r.rc}, skipped_samples {n}; all corrupt: rc {bad.rc}", ok, 0
+
+
+@case("5 training on a shard with a 512 MiB member", "the member is not read: peak RSS < 1 GB, exit 0")
+def _(ws):
+    ds = dataset(ws)
+    tar = sorted((ds / "shards").glob("train-*.tar"))[0]
+    with tarfile.open(tar, "a") as tf:
+        ti = tarfile.TarInfo("zzbig-0000-000.bin")
+        ti.size = 512 * 2**20
+
+        class Zeros(io.RawIOBase):  # 512 MiB of zeros without holding them in memory
+            def __init__(self, n):
+                self.n = n
+
+            def readable(self):
+                return True
+
+            def readinto(self, b):
+                k = min(len(b), self.n)
+                b[:k] = bytes(k)
+                self.n -= k
+                return k
+
+        tf.addfile(ti, io.BufferedReader(Zeros(ti.size)))
+    cmd = ["train", "--config", "unsup3d", "--shards", ds, "--out", ws / "o", *TINY, "--steps", "2"]
+    r = cli_rss(*cmd, prog="lapmodel", timeout=120)
+    return f"rc {r.rc}, peak RSS {r.rss_mb:.0f} MB", r.rc == 0 and r.rss_mb < 1024 and not r.traceback, 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 

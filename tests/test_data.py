@@ -210,3 +210,13 @@ def test_count_samples_reads_the_writers_shard_json(tmp_path):
     for u in urls:  # tars no longer readable: only the json can give the count
         Path(u).write_bytes(b"")
     assert D.count_samples(urls) == 7
+
+
+def test_a_stream_with_no_readable_sample_is_one_line(tmp_path):
+    bad = tmp_path / "bad.tar"
+    with wds.TarWriter(str(bad)) as tw:
+        d = encode_sample(IdentitySample("broken-0000", "broken", "train", [View(image=np.zeros((8, 8, 3), np.uint8))]))
+        d["000.jpg"] = b"not a jpeg"
+        tw.write(d)
+    with pytest.raises(LapError, match="100 epochs in a row without a readable sample"):
+        next(D.make_loader([str(bad)], cfg(shuffle_buffer=0), 16, 1))

@@ -77,8 +77,10 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, config: Any, step: in
         doc["scaler"] = scaler.state_dict()
     if extra:
         doc["extra"] = extra
-    with atomic_path(path) as tmp:
-        torch.save(doc, tmp)
+    # a file object, not the temporary path: torch names the zip's records after a path's file name (which holds
+    # the pid here), and the same checkpoint must be the same bytes in any process
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(doc, f)
     return path
 
 

@@ -287,12 +287,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         while k + self._plan(g, total, epoch)[2] <= skip:  # whole epochs consumed before the checkpoint: not read
             k += self._plan(g, total, epoch)[2]
             epoch += 1
-        empty = 0
+        empty = 0  # epochs in a row that gave this stream no decodable sample
         for epoch in itertools.count(epoch):
-            empty = empty + 1 if self._plan(g, total, epoch)[2] == 0 else 0
-            if empty > 100:
-                raise LapError(f"data stream {g} of {total}: 100 epochs without a sample (most shards are empty, "
-                               f"e.g. {self.urls[0]}): use fewer data.workers or ranks")
+            if empty >= 100:
+                raise LapError(f"data stream {g} of {total}: 100 epochs in a row without a readable sample "
+                               f"({bad.count} skipped as unreadable; e.g. {self.urls[0]}): the shards are empty or "
+                               f"damaged, or there are more data.workers x ranks than shards hold samples")
+            empty += 1
             raw = self._epoch(g, total, epoch, bad)
             if cfg.shuffle_buffer > 1:
                 seed = int(np.random.default_rng([cfg.seed, self.rank, worker, epoch, 0x5348]).integers(2**62))
@@ -311,6 +312,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                     bad(e)
                     continue
                 out["stream"], out["skipped"] = g, bad.count
+                empty = 0
                 yield out
 
 
