@@ -184,6 +184,30 @@ def flip_first_jpeg(tar: Path) -> None:
     tar.write_bytes(bytes(data))
 
 
+class _Zeros(io.RawIOBase):
+    """``n`` zero bytes as a stream, never held in memory."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.n)
+        b[:k] = bytes(k)
+        self.n -= k
+        return k
+
+
+def add_zero_member(tar: Path, size: int) -> None:
+    """Append a member of ``size`` zero bytes to a shard (a sample of its own, zzbig-0000)."""
+    with tarfile.open(tar, "a") as tf:
+        ti = tarfile.TarInfo("zzbig-0000-000.bin")
+        ti.size = size
+        tf.addfile(ti, io.BufferedReader(_Zeros(size)))
+
+
 def huge_png(path: Path, w: int, h: int) -> None:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
@@ -370,11 +394,7 @@ def _(ws):
 @case("5 shard with a 100 MiB member", "not read: audit exit 1 (member limit), peak RSS < 400 MB")
 def _(ws):
     ds = dataset(ws)
-    tar = sorted((ds / "shards").glob("*.tar"))[0]
-    with tarfile.open(tar, "a") as tf:
-        ti = tarfile.TarInfo("zzbig-0000-000.bin")
-        ti.size = 100 * 2**20
-        tf.addfile(ti, io.BytesIO(b"\0" * ti.size))
+    add_zero_member(sorted((ds / "shards").glob("*.tar"))[0], 100 * 2**20)
     a = cli_rss("audit", ds, "--json")
     ok = a.rc == 1 and any("member limit" in f for f in audit_faults(a)) and a.rss_mb < 400
     return f"audit rc {a.rc}, peak RSS {a.rss_mb:.0f} MB", ok and not a.traceback, 0
@@ -767,25 +787,7 @@ def _(ws):
 @case("5 training on a shard with a 512 MiB member", "the member is not read: peak RSS < 1 GB, exit 0")
 def _(ws):
     ds = dataset(ws)
-    tar = sorted((ds / "shards").glob("train-*.tar"))[0]
-    with tarfile.open(tar, "a") as tf:
-        ti = tarfile.TarInfo("zzbig-0000-000.bin")
-        ti.size = 512 * 2**20
-
-        class Zeros(io.RawIOBase):  # 512 MiB of zeros without holding them in memory
-            def __init__(self, n):
-                self.n = n
-
-            def readable(self):
-                return True
-
-            def readinto(self, b):
-                k = min(len(b), self.n)
-                b[:k] = bytes(k)
-                self.n -= k
-                return k
-
-        tf.addfile(ti, io.BufferedReader(Zeros(ti.size)))
+    add_zero_member(sorted((ds / "shards").glob("train-*.tar"))[0], 512 * 2**20)
     cmd = ["train", "--config", "unsup3d", "--shards", ds, "--out", ws / "o", *TINY, "--steps", "2"]
     r = cli_rss(*cmd, prog="lapmodel", timeout=120)
     return f"rc {r.rc}, peak RSS {r.rss_mb:.0f} MB", r.rc == 0 and r.rss_mb < 1024 and not r.traceback, 0
