@@ -51,6 +51,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise LapError(f"{where}: {value!r} is not one of {list(args)}")
         return value
     if origin in (tuple,):
+        if isinstance(value, (str, Path)) and len(args) == 2 and args[1] is Ellipsis and args[0] is str:
+            value = [value]  # tuple[str, ...]: a lone string is one item (shards: "d/train-{0..9}.tar")
         if not isinstance(value, (list, tuple)):
             raise LapError(f"{where}: expected a list, got {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:

@@ -284,8 +284,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         # resume: this worker delivered batches worker, worker + workers, ... below start_batch
         skip = len(range(worker, self.start_batch, workers)) * self.batch_size
         k, epoch = 0, 0
-        while k + self._plan(g, total, epoch)[2] <= skip:  # whole epochs consumed before the checkpoint: not read
-            k += self._plan(g, total, epoch)[2]
+        while k + (n := self._plan(g, total, epoch)[2]) <= skip:  # whole epochs consumed before the checkpoint
+            k += n  # not read
             epoch += 1
         empty = 0  # epochs in a row that gave this stream no decodable sample
         for epoch in itertools.count(epoch):

@@ -101,10 +101,7 @@ def run_evaluate(step: StepConfig, ctx: StepContext) -> dict:
     from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 
     out = out_of(step, ctx, f"eval/{step.name}")
-    args = dict(step.args)
-    if isinstance(args.get("shards"), str):
-        args["shards"] = [args["shards"]]
-    cfg = load_config(EvaluateConfig, {**args, "out": str(out)})
+    cfg = load_config(EvaluateConfig, {**step.args, "out": str(out)})
     res = evaluate_checkpoint(cfg, progress=ctx.progress)
     return {"out": str(out), "rows": res.rows, "notes": res.notes, "counts": res.counts}
 
