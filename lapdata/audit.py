@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from . import audit_integrity as integrity
+from . import storage
 from .errors import LapError
 from .schema import IDENTITIES, PHOTOS, SHARDS, STATUS_OK, STATUSES, check_schema
 from .shards import (
@@ -85,14 +86,17 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 1000) -> AuditReport:
-    root = Path(root)
+    """Audit the dataset at ``root``: a folder, or a URL (``s3://...``: its small files are mirrored, the tars
+    streamed; ``lapdata.storage``)."""
+    where = str(root)
+    root = storage.mount(where) if storage.is_url(where) else Path(root)
     if not root.exists():
         raise LapError(f"{root}: dataset folder does not exist")
     if not root.is_dir():
         raise LapError(f"{root}: not a folder (lapdata audit takes a dataset folder)")
     if not any((root / n).exists() for n in ("photos.parquet", "shards.parquet", "stats.json", SHARD_DIR)):
         raise LapError(f"{root}: not a lapdata dataset (no photos.parquet, shards.parquet, stats.json or {SHARD_DIR}/)")
-    rep = AuditReport(str(root))
+    rep = AuditReport(where)
     faults = rep.faults
 
     def fault(msg: str) -> None:
@@ -100,6 +104,9 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
             faults.append(msg)
         elif len(faults) == max_faults:
             faults.append(f"... more faults not listed (limit {max_faults})")
+
+    if (root / "parse_commit.json").exists():  # lapdata.parsing.commit: a version is being copied in
+        fault(f"{where}: parse_commit.json is there, a parse-masks commit is in progress; rerun parse-masks on it")
 
     # ------------------------------------------------------------------ manifests
     tables = {}
@@ -184,13 +191,13 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         tar = integrity.tar_of(root, name, r[SHARD_PATH], fault)
         if tar is None:
             continue
-        if not tar.exists():
-            fault(f"{tar}: shard in shards.parquet is missing")
+        if not storage.exists(tar):
+            fault(f"{storage.remote_of(tar) or tar}: shard in shards.parquet is missing")
             continue
         for ext in (".json", ".parquet"):
             if not tar.with_suffix(ext).exists():
                 fault(f"{tar.with_suffix(ext)}: missing")
-        size = tar.stat().st_size
+        size = storage.size(tar)
         if r[SHARD_BYTES] is not None and size != r[SHARD_BYTES]:
             fault(f"{tar}: {size} bytes, shards.parquet says {r[SHARD_BYTES]}")
         digest = sha256_file(tar)
@@ -286,7 +293,7 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
         n_samples += ns
     if contents:
         for i in range(n):
-            if shard[i] is not None and i not in found and shard[i] in listed and (root / SHARD_DIR / f"{shard[i]}.tar").exists():
+            if shard[i] is not None and i not in found and shard[i] in listed and storage.exists(root / SHARD_DIR / f"{shard[i]}.tar"):
                 fault(f"photos.parquet: photo {pid[i]} says {shard[i]}/{key[i]} view {vidx[i]} but it is not there")
             if shard[i] is not None and shard[i] not in listed:
                 fault(f"photos.parquet: photo {pid[i]} is in shard {shard[i]}, which shards.parquet does not list")

@@ -34,7 +34,16 @@ _MISSING = dataclasses.MISSING
 
 @functools.lru_cache(maxsize=None)
 def field_comments(cls: type) -> dict[str, str]:
-    """{field name: its trailing ``# comment``} read from the class source."""
+    """{field name: its trailing ``# comment``} read from the class source (and its dataclass bases')."""
+    out: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            out.update(field_comments(base))
+    out.update(_own_comments(cls))
+    return out
+
+
+def _own_comments(cls: type) -> dict[str, str]:
     try:
         src = inspect.getsource(cls)
     except (OSError, TypeError):

@@ -48,7 +48,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import storage
 from .duplicates import record_duplicates
+from .engine import engine_of
 from .errors import LapError
 from .ingest_config import (CONTENT_KEYS, IngestConfig, _check_resume, _config_doc, check_out,  # noqa: F401
                             source_doc, summary_line)  # (re-exported)
@@ -157,11 +159,17 @@ def prepare_photo(rec: PhotoRecord, split: str, cfg: IngestConfig) -> Prepared:
     row = base_row(rec, split, cfg)
     try:
         cap = max_file_bytes(cfg.max_pixels)
-        if rec.file is not None and os.stat(rec.file).st_size > cap:
+        # a local file is measured before reading; an object is read first (a HEAD per photo would double the
+        # requests), then measured
+        remote = rec.file is not None and storage.is_url(rec.file)
+        data = load_bytes(rec) if remote else None
+        nbytes = len(data) if data is not None else (os.stat(rec.file).st_size if rec.file is not None else 0)
+        if nbytes > cap:
             row.update(status=STATUS_SKIPPED, reason="too_large",
-                       error=f"{os.stat(rec.file).st_size} bytes, over the {cap >> 20} MiB file cap of --max-pixels")
+                       error=f"{nbytes} bytes, over the {cap >> 20} MiB file cap of --max-pixels")
             return Prepared(row)
-        data = load_bytes(rec)
+        if data is None:
+            data = load_bytes(rec)
     except Exception as e:
         row.update(status=STATUS_ERROR, error=f"cannot read: {_msg(e)}")
         return Prepared(row)
@@ -356,10 +364,24 @@ def group_records(records, cfg: IngestConfig):
     return groups, extra, {"photos": n, "identities": len(by_id)}
 
 
+def uses_models(cfg: IngestConfig) -> bool:
+    """Whether the shard jobs load a model (face detector, identity embedder): Ray runs them in an actor pool."""
+    return cfg.mode != "aligned" or cfg.id_filter
+
+
+def warm_models(cfg: IngestConfig) -> None:
+    """Load the run's models once (an engine's actor calls it once; the loaders cache per process)."""
+    if cfg.mode != "aligned":
+        get_detector(cfg.detector, cfg.det_model)
+    if cfg.id_filter:
+        get_embedder(cfg.id_model)
+
+
 def run_ingest(cfg: IngestConfig) -> dict:
-    """Run the whole ingest (resumable); returns the stats written to OUT/stats.json."""
+    """Run the whole ingest (resumable); returns the stats written to OUT/stats.json. ``cfg.src`` and ``cfg.out``
+    may be object-store URLs (``lapdata.storage``)."""
     t0 = time.perf_counter()
-    out = Path(cfg.out)
+    out = storage.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out)
     check_out(out)
     if cfg.detector == "insightface" and not cfg.det_model:
         raise LapError("--detector insightface needs --det-model PATH (an insightface SCRFD .onnx file)")
@@ -376,17 +398,21 @@ def run_ingest(cfg: IngestConfig) -> dict:
     if cfg.id_filter and cfg.id_model:
         get_embedder(cfg.id_model)
     _check_resume(out, cfg, source_doc(cfg, groups, extra, counts))
+    storage.push(out, ["ingest.json"])  # a dataset URL: the run's identity is there before any shard
     est = max(1, cfg.size * cfg.size * 3 // 8)  # rough JPEG q95 bytes per face crop
     tasks = plan_shards(groups, cfg.samples_per_shard, max_shard_bytes=cfg.shard_bytes,
                         size_of=lambda recs: est * len(recs))
     stats = write_dataset(out, tasks, functools.partial(process_shard, cfg=cfg), workers=cfg.workers,
                           part=tuple(cfg.part), config=_config_doc(cfg), quality=cfg.quality,
-                          progress=cfg.progress, extra_rows=extra)
+                          progress=cfg.progress, extra_rows=extra, engine=engine_of(cfg),
+                          warm=functools.partial(warm_models, cfg), model=uses_models(cfg))
     stats["input"] = counts
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     if tuple(cfg.part)[1] == 1:  # also writes stats.json (the duplicates' counts and checksum)
-        return record_duplicates(out, stats, cfg.phash_distance)
-    from .writer import _atomic_write_json
+        stats = record_duplicates(out, stats, cfg.phash_distance)
+    else:
+        from .writer import _atomic_write_json
 
-    _atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "failed"})
+        _atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "failed"})
+    storage.push_tree(out)  # a dataset URL: the manifests, stats.json last (the shards are there already)
     return stats

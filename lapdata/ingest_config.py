@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
+from . import storage
+from .engine import EngineConfig
 from .errors import LapError
 from .photos import DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(EngineConfig):
     kind: Literal["celeba", "casia", "folders", "csv", "celebamask-hq", "rec"]  # source layout
     src: str                            # source folder, CSV file or .rec file
     out: str                            # output dataset folder (rerun the same command to resume)
@@ -50,6 +52,7 @@ class IngestConfig:
     progress: bool = True               # progress bar (only on a terminal)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         i, n = self.part
         checks = [(self.size >= 16, f"--size {self.size}: must be >= 16 pixels"),
                   (self.min_images >= 1, f"--min-images {self.min_images}: must be >= 1"),
@@ -127,7 +130,8 @@ def source_doc(cfg: IngestConfig, groups, extra: Sequence[dict], counts: dict) -
             h.update(f"{ident}\t{split}\t{r.photo_id}\n".encode("utf-8"))
     for r in extra:
         h.update(f"{r['identity']}\t-\t{r['photo_id']}\n".encode("utf-8"))
-    return {"src": str(Path(cfg.src).resolve()), "photos": counts["photos"], "identities": counts["identities"],
+    src = cfg.src if storage.is_url(cfg.src) else str(Path(cfg.src).resolve())
+    return {"src": src, "photos": counts["photos"], "identities": counts["identities"],
             "fingerprint": h.hexdigest()}
 
 

@@ -10,7 +10,6 @@ of the parquet manifests present (``lapdata audit`` verifies them). ``read_shard
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -21,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import LapError
 from .paths import check_shard_name, inside
 from .schema import (IDENTITIES, NUM_IMAGES, NUM_SAMPLES, PARQUET_SHA256, PHOTOS, SECONDS,  # noqa: F401
@@ -50,12 +50,8 @@ def _atomic_write_json(path: Path, doc: Any) -> None:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file (local, or the remote object of a mounted dataset), read in 1 MiB blocks."""
+    return storage.sha256(path)
 
 
 # ------------------------------------------------------------------------------------------------------ finalize

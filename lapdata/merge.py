@@ -20,36 +20,63 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .duplicates import record_duplicates
+from . import storage
 from .atomic import atomic_path
+from .duplicates import record_duplicates
+from .engine import EngineConfig, map_unordered
 from .errors import LapError
 from .schema import PHOTOS, SHARD_DIR, SHARD_SHA256
 from .writer import UNSHARDED, finalize_dataset, read_shard_json
 
 
-def _place(src: Path, dst: Path, link: bool) -> None:
-    with atomic_path(dst) as tmp:
-        if link:
-            os.link(src, tmp)
-        else:
-            shutil.copyfile(src, tmp)
+def place(src: str, dst: str, link: bool = False) -> None:
+    """Copy one file from a part into the merged dataset: local -> local atomically (or a hard link), object ->
+    object server-side, otherwise streamed (an object PUT is atomic: nothing half-written either way)."""
+    if not storage.is_url(dst):
+        with atomic_path(dst) as tmp:
+            if link and not storage.is_url(src):
+                os.link(src, tmp)
+            elif storage.is_url(src):
+                with storage.open_read(src) as f, open(tmp, "wb") as g:
+                    shutil.copyfileobj(f, g, 1 << 20)
+            else:
+                shutil.copyfile(src, tmp)
+    elif storage.is_url(src) and src.split("://")[0] == dst.split("://")[0]:
+        storage.copy(src, dst)
+    else:
+        storage.upload(src, dst)
 
 
-def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = False) -> dict:
-    out = Path(out)
+def _copy_shard(job: tuple) -> dict:
+    """One merge job (either engine): tar, parquet, then the json marker, from the part to the merged dataset."""
+    src_dir, dst_dir, name, link = job
+    for ext in (".tar", ".parquet", ".json"):
+        place(storage.join(src_dir, SHARD_DIR, name + ext), storage.join(dst_dir, SHARD_DIR, name + ext),
+              link and ext != ".json")
+    return {"shard": name}
+
+
+def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = False,
+                   engine: EngineConfig = EngineConfig(), workers: int = 1) -> dict:
+    """Join the part datasets ``dirs`` into ``out`` (folders or object-store URLs; see the module doc); the shard
+    copies run on ``engine``."""
+    out_url = str(out).rstrip("/") if storage.is_url(out) else None
+    out = storage.mount(out_url) if out_url else Path(out)
     if out.exists() and not out.is_dir():
         raise LapError(f"{out}: --out exists and is not a folder")
-    srcs = [Path(d) for d in dirs]
-    for d in srcs:
+    urls = [str(d).rstrip("/") if storage.is_url(d) else None for d in dirs]
+    srcs = [storage.mount(u) if u else Path(d) for u, d in zip(urls, dirs)]
+    for d, u in zip(srcs, urls):
         if not (d / SHARD_DIR).is_dir():
-            raise LapError(f"{d}: not a lapdata dataset (no {SHARD_DIR}/ folder)")
-        if d.resolve() == out.resolve():
-            raise LapError(f"{d}: --out must differ from the inputs")
+            raise LapError(f"{u or d}: not a lapdata dataset (no {SHARD_DIR}/ folder)")
+        if (u or d.resolve()) == (out_url or out.resolve()):
+            raise LapError(f"{u or d}: --out must differ from the inputs")
     (out / SHARD_DIR).mkdir(parents=True, exist_ok=True)
     configs, unsharded = [], []
     planned: set = set()
     seen: dict[str, str] = {}
-    for d in srcs:
+    jobs = []
+    for d, u in zip(srcs, urls):
         for js in sorted((d / SHARD_DIR).glob("*.json")):
             st = read_shard_json(js)
             name = js.stem
@@ -60,14 +87,12 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
             seen[name] = st.get(SHARD_SHA256)
             for ext in (".tar", ".parquet"):
                 p = js.with_suffix(ext)
-                if not p.exists():
-                    raise LapError(f"{p}: missing (the part's shard {name} is incomplete)")
+                if not storage.exists(p):
+                    raise LapError(f"{storage.remote_of(p) or p}: missing (the part's shard {name} is incomplete)")
             dst_json = out / SHARD_DIR / js.name
             if dst_json.exists() and read_shard_json(dst_json).get(SHARD_SHA256) == st.get(SHARD_SHA256):
                 continue  # already merged (rerun)
-            _place(js.with_suffix(".tar"), out / SHARD_DIR / f"{name}.tar", link)
-            _place(js.with_suffix(".parquet"), out / SHARD_DIR / f"{name}.parquet", link)
-            _place(js, dst_json, False)  # the marker last
+            jobs.append((u or str(d), out_url or str(out), name, link))
         if (d / UNSHARDED).exists():
             unsharded.append(pq.read_table(d / UNSHARDED, schema=PHOTOS))
         try:
@@ -82,6 +107,10 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
                     continue
                 configs.append(doc if name == "ingest.json" else doc.get("config"))
                 break
+    for _ in map_unordered(_copy_shard, jobs, engine=engine, workers=workers):
+        pass
+    if out_url:
+        storage.sync_down(out)  # the small files the jobs copied
     extra: list[dict] = []
     if unsharded:
         t = pa.concat_tables(unsharded)
@@ -94,10 +123,12 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
     if config is not None:
         config = dict(config)
         config.pop("part", None)
-        config["merged_from"] = [str(d) for d in srcs]
+        config["merged_from"] = [u or str(d) for d, u in zip(srcs, urls)]
     # complete when every part comes from the same plan and all its shards are here
     plan = planned.pop() if len(planned) == 1 else -1
     stats = finalize_dataset(out, config=config, extra_rows=extra,
                              run={"merged": len(srcs), "part": [0, 1], "failed_shards": [], "planned_shards": plan})
     distance = (config or {}).get("phash_distance")
-    return record_duplicates(out, stats, distance if isinstance(distance, int) else 4)
+    stats = record_duplicates(out, stats, distance if isinstance(distance, int) else 4)
+    storage.push_tree(out)  # a dataset URL: the manifests, stats.json last
+    return stats

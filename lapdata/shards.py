@@ -54,6 +54,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 from PIL import Image
 
+from . import storage
 from .errors import LapError
 from .sample import (EXTRA_FIELDS, FIELD_EXT, IMAGE_EXTS, JSON, KEY, URL, CorruptView, decode_image, field_member,
                      image_member, view_faults)
@@ -143,13 +144,18 @@ def iter_tar_samples(path: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYT
         return None
 
     try:
-        tf = tarfile.open(url, "r:")
+        fh = storage.open_read(url)  # a local file, or the object of a URL / a mounted dataset (streamed)
     except FileNotFoundError:
         raise LapError(f"{url}: shard does not exist") from None
+    except OSError as e:
+        raise LapError(f"{url}: cannot open the shard ({type(e).__name__}: {e})") from None
+    try:
+        tf = tarfile.open(fileobj=fh, mode="r:")
     except (tarfile.TarError, OSError) as e:
+        fh.close()
         raise _damaged(url, f"{type(e).__name__}: {e}") from None
     cur: RawSample | None = None
-    with tf:
+    with fh, tf:
         try:
             for m in tf:
                 if not m.isfile():
@@ -174,7 +180,7 @@ def iter_tar_samples(path: str | Path, *, max_member_bytes: int = MAX_MEMBER_BYT
                     continue
                 cur[field] = tf.extractfile(m).read()  # type: ignore[union-attr]  (a file member has a reader)
             end = tf.offset  # where the next header would start
-            size = Path(url).stat().st_size
+            size = fh.seek(0, 2)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise _damaged(url, f"{type(e).__name__}: {e}") from None
     if size - end < _END_OF_ARCHIVE:
@@ -193,11 +199,12 @@ def tar_samples(
     -> raw samples, shard after shard. ``handler`` as in webdataset (``wds.warn_and_continue``): called with the
     LapError of a damaged shard (True goes on with the next shard, False stops) and with the SampleError of a bad
     sample (True skips it); None raises. Samples are verified (image bytes = image_sha256) unless ``verify=False``.
+    Object-store URLs (``s3://``, ``gs://``, any fsspec protocol) are read here, streamed (``lapdata.storage``);
     ``pipe:`` and ``http(s)://`` urls are opened by webdataset itself (the same grouping; its errors, through
     ``handler``)."""
     for item in src:
         url = str(item["url"] if isinstance(item, Mapping) else item)
-        if url.startswith("pipe:") or "://" in url:
+        if url.startswith(("pipe:", "http://", "https://")):
             import webdataset as wds
 
             yield from wds.tarfile_to_samples(handler=handler or wds.reraise_exception)(iter([{"url": url}]))
@@ -225,10 +232,15 @@ def tar_samples(
 
 
 def shard_urls(out_dir: str | Path, split: str) -> list[str]:
-    """Paths of the split's finished .tar shards of dataset DIR (those with their stats .json), sorted by name."""
+    """Paths (URLs for a dataset URL) of the split's finished .tar shards of dataset DIR (those with their stats
+    .json), sorted by name."""
+    if storage.is_url(out_dir):
+        keys = storage.list_files(storage.join(str(out_dir), SHARD_DIR))
+        return [storage.join(str(out_dir), SHARD_DIR, k[:-5] + ".tar") for k in sorted(keys)
+                if k.startswith(f"{split}-") and k.endswith(".json") and k[:-5] + ".tar" in keys]
     shard_dir = Path(out_dir) / SHARD_DIR
     return [str(j.with_suffix(".tar")) for j in sorted(shard_dir.glob(f"{split}-*.json"))
-            if j.with_suffix(".tar").exists()]
+            if storage.exists(j.with_suffix(".tar"))]
 
 
 def iter_samples(out_dir: str | Path, split: str | None = None, handler: Handler | None = None

@@ -44,6 +44,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from . import storage
 from .errors import LapError
 from .paths import display_name, read_utf8
 from .schema import STATUS_ERROR, STATUS_SKIPPED
@@ -82,10 +83,9 @@ class PhotoRecord(NamedTuple):
 
 
 def load_bytes(rec: PhotoRecord) -> bytes:
-    """The encoded image bytes of a record (OSError / RecordIOError on failure)."""
+    """The encoded image bytes of a record: a local file or an object URL (OSError / RecordIOError on failure)."""
     if rec.file is not None:
-        with open(rec.file, "rb") as f:
-            return f.read()
+        return storage.read_bytes(rec.file)
     if rec.rec is not None:
         from .recordio import RecordReader
 
@@ -150,7 +150,53 @@ def _find_identity_file(root: Path, given: str | Path | None) -> Path:
     raise LapError(f"{root}: identity_CelebA.txt not found (looked in {root} and {root / 'Anno'}; give --identity-file)")
 
 
+def _url_listing(url: str, what: str) -> dict[str, int]:
+    """Every object under a source URL ({relative key: size}); LapError when there is none."""
+    found = storage.list_files(url)
+    if not found:
+        raise LapError(f"{url}: {what} does not exist (no objects under it)")
+    return found
+
+
+def url_folders_source(url: str, source: str = "folders") -> Iterator[PhotoRecord]:
+    """``folders``/``casia`` on an object store: ``URL/<identity>/<photo>`` keys (an object store has no
+    symlinks and no empty folders)."""
+    url = url.rstrip("/")
+    for rel in sorted(_url_listing(url, "photo folder")):
+        parts = rel.split("/")
+        if len(parts) < 2 or any(p.startswith(".") for p in parts):
+            continue
+        yield PhotoRecord(parts[0], rel, source, storage.join(url, rel))
+
+
+def url_celeba_source(url: str, identity_file: str | None = None) -> Iterator[PhotoRecord]:
+    """``celeba`` on an object store: URL/img_align_celeba/ (or img_celeba/) and identity_CelebA.txt (in URL,
+    URL/Anno, or given as a path or URL)."""
+    import tempfile
+
+    url = url.rstrip("/")
+    found = _url_listing(url, "CelebA folder")
+    cands = [identity_file] if identity_file else [storage.join(url, k) for k in
+                                                   ("identity_CelebA.txt", "Anno/identity_CelebA.txt")]
+    ident = next((c for c in cands if storage.exists(c)), None)
+    if ident is None:
+        raise LapError(f"{cands[0] if identity_file else url}: identity_CelebA.txt not found (give --identity-file)")
+    with tempfile.TemporaryDirectory() as d:
+        local = Path(d) / "identity_CelebA.txt"
+        local.write_bytes(storage.read_bytes(ident))
+        ids = read_identity_file(local)
+    sub = next((s for s in ("img_align_celeba", "img_celeba") if any(k.startswith(s + "/") for k in found)), None)
+    if sub is None:
+        raise LapError(f"{url}: neither img_align_celeba/ nor img_celeba/ is there")
+    layout = "celeba-align" if sub == "img_align_celeba" else None
+    for name, who in ids.items():
+        yield PhotoRecord(who, f"{sub}/{name}", "celeba", storage.join(url, sub, name), None, layout, None)
+
+
 def celeba_source(root: str | Path, identity_file: str | Path | None = None) -> Iterator[PhotoRecord]:
+    if storage.is_url(root):
+        yield from url_celeba_source(str(root), None if identity_file is None else str(identity_file))
+        return
     root = _require_dir(Path(root), "CelebA folder")
     ids = read_identity_file(_find_identity_file(root, identity_file))
     if (root / "img_align_celeba").is_dir():
@@ -182,6 +228,9 @@ def _phantom(root: Path, d: Path) -> str | None:
 
 
 def folders_source(root: str | Path, source: str = "folders") -> Iterator[PhotoRecord]:
+    if storage.is_url(root):
+        yield from url_folders_source(str(root), source)
+        return
     root = _require_dir(Path(root), "photo folder")
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         why = _phantom(root, d) if d.is_symlink() else None
@@ -323,6 +372,8 @@ def open_source(kind: str, src: str | Path, options: SourceOptions = SourceOptio
         return celeba_source(src, options.identity_file)
     if kind in ("casia", "folders"):
         return folders_source(src, kind)
+    if storage.is_url(src) and kind not in ("celeba", "casia", "folders"):
+        raise LapError(f"{src}: a {kind} source must be a local path (object-store URLs: celeba, casia, folders)")
     if kind == "csv":
         return csv_source(src, options.path_column, options.identity_column, options.csv_root)
     if kind == "celebamask-hq":

@@ -39,12 +39,10 @@ here for old callers); finalize and the manifest readers ``read_dataset`` / ``re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
-import multiprocessing as mp
-import os
-import sys
 import tarfile
 import time
 from collections import Counter
@@ -52,7 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from . import storage
 from .atomic import atomic_path
+from .engine import ENGINE_FIELDS, EngineConfig, exit_if_orphaned, fault_exit_once, map_unordered
 from .errors import LapError
 from .manifests import (CHECKSUMMED, DUPLICATES, MANIFESTS, PARQUET_SHA256, UNSHARDED,  # noqa: F401  (re-exported)
                         _atomic_write_bytes, _atomic_write_json, _atomic_write_table, finalize_dataset,
@@ -233,51 +233,35 @@ def write_shard(
     return stats
 
 
-_PARENT_PID: int | None = None  # set in worker processes: the pid of the command that started them
-
-
-def _worker_init(parent: int) -> None:
-    """Pool initializer: die with the parent (Linux: the kernel sends SIGKILL when it exits, even by kill -9)."""
-    global _PARENT_PID
-    _PARENT_PID = parent
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # no libc prctl: the pid check below still applies
-            pass
-    _exit_if_orphaned()
-
-
-def _exit_if_orphaned() -> None:
-    """In a worker whose parent is gone: exit at once (nothing more is written)."""
-    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
-        os._exit(1)
-
-
-def _run_task(args: tuple) -> dict:
-    """Worker entry point (top level: picklable under spawn): process one task and write its shard."""
-    process, task, out_dir, image_ext, quality = args
-    _exit_if_orphaned()
+def _run_task(process: Callable[[ShardTask], ShardResult], job: tuple) -> dict:
+    """One shard job, on either engine (top level: picklable; ``process`` is bound once per engine worker, so a Ray
+    actor receives a backend's model once): process the task, write its shard, commit it (to the remote dataset,
+    when ``remote``: tar, parquet, then json, the json last as on disk)."""
+    task, out_dir, image_ext, quality, remote = job
+    exit_if_orphaned()
+    fault_exit_once(task.name)
     t0 = time.perf_counter()
     try:
         result = process(task)
-        _exit_if_orphaned()
+        exit_if_orphaned()
         stats = write_shard(out_dir, task, result, image_ext=image_ext, quality=quality,
                             seconds=time.perf_counter() - t0)
+        if remote:
+            storage.push(out_dir, [f"{SHARD_DIR}/{task.name}{ext}" for ext in (".tar", ".parquet", ".json")],
+                         url=remote)
         return {"ok": True, "stats": stats}
     except Exception as e:  # the shard fails, the run goes on; rerun retries it
         for suffix in (".tar.tmp", ".parquet.tmp", ".json.tmp"):
             p = Path(out_dir) / SHARD_DIR / f"{task.name}{suffix}"
             if p.exists():
                 p.unlink()
+        if remote:  # a local json without its remote commit would mark the shard finished here only
+            (Path(out_dir) / SHARD_DIR / f"{task.name}.json").unlink(missing_ok=True)
         return {"ok": False, "shard": task.name, "error": f"{type(e).__name__}: {e}"}
 
 
 # options that may change between the runs of one dataset (they do not change what is written)
-RESUMABLE_OPTIONS = frozenset({"workers", "part", "progress", "out", "device"})
+RESUMABLE_OPTIONS = frozenset({"workers", "part", "progress", "out", "device", *ENGINE_FIELDS})
 # options added after datasets were first written, with the value older runs used (lapdata.ingest_config)
 ADDED_OPTIONS = {"max_pixels": 64_000_000, "csv_root": None}
 
@@ -314,11 +298,17 @@ def write_dataset(
     quality: int = 95,
     progress: bool = True,
     extra_rows: Sequence[dict] = (),
+    engine: EngineConfig = EngineConfig(),
+    warm: Callable[[], Any] | None = None,
+    model: bool = False,
 ) -> dict:
     """Write the unfinished shards of ``part`` with ``process`` in ``workers`` processes, then finalize.
 
     ``process`` must be a picklable top-level function or functools.partial when workers > 1 (spawn start method).
     ``extra_rows`` (PHOTOS rows that belong to no shard) are kept by part 0 only, so merged parts count each once.
+    ``engine``: where the jobs run (``lapdata.engine``; ``model``/``warm``: the jobs load a model, Ray runs them in
+    an actor pool). When ``out_dir`` is a mounted staging folder (``lapdata.storage.mount``), each job commits its
+    shard to the remote dataset and the remote's finished shards are what is skipped.
     Returns the stats dict written to DIR/stats.json (plus ``failed``: list of {shard, error} of this run).
     """
     out = Path(out_dir)
@@ -342,7 +332,8 @@ def write_dataset(
 
         bar = tqdm(total=len(mine), initial=skipped, unit="shard", desc=f"writing {out.name}", dynamic_ncols=True,
                    disable=None)  # None: no bar when stderr is not a terminal (a log file)
-    args = [(process, t, str(out), image_ext, quality) for t in todo]
+    remote = storage.remote_of(out)
+    jobs = [(t, str(out), image_ext, quality, remote) for t in todo]
 
     def consume(results: Iterable[dict]) -> None:
         nonlocal images
@@ -356,16 +347,13 @@ def write_dataset(
                 bar.set_postfix(images=images, failed=len(failed))
 
     try:
-        if workers <= 1 or len(todo) <= 1:
-            consume(_run_task(a) for a in args)
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Pool(min(workers, len(todo)), maxtasksperchild=64, initializer=_worker_init,
-                          initargs=(os.getpid(),)) as pool:
-                consume(pool.imap_unordered(_run_task, args, chunksize=1))
+        consume(map_unordered(functools.partial(_run_task, process), jobs, engine=engine, workers=workers, warm=warm,
+                              model=model))
     finally:
         if bar is not None:
             bar.close()
+    if remote:  # the small files of the shards the workers committed (a cluster's workers wrote on their nodes)
+        storage.sync_down(out)
     run = {
         "planned_shards": len(tasks),
         "part": list(part),
@@ -376,6 +364,7 @@ def write_dataset(
         "images_written": images,
         "seconds": round(time.perf_counter() - t0, 3),
         "workers": workers,
+        "engine": engine.engine,
     }
     stats = finalize_dataset(out, config=config, extra_rows=list(extra_rows) if part[0] == 0 else [], run=run)
     stats["failed"] = failed

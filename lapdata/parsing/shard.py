@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import storage
 from ..sample import IdentitySample, View, decode_image, decode_sample, sample_json
 from ..schema import PHOTOS, STATUS_ERROR
 from ..shards import KEY, SHARD_DIR, image_member, iter_tar_samples
@@ -78,8 +80,10 @@ def process_shard(task: ShardTask, src_dir: str, cfg: Any, parsers: Callable[[st
     """Read shard ``task.name`` of ``src_dir``, parse its views, return the samples (with seg) and updated rows.
 
     cfg: the ``ParseConfig``; parsers: ``(name, cfg) -> parser`` (``lapdata.parsing.parse.get_parser``)."""
-    src = Path(src_dir) / SHARD_DIR
-    rows_tab = pq.read_table(src / f"{task.name}.parquet", schema=PHOTOS) if (src / f"{task.name}.parquet").exists() else None
+    src = storage.join(str(src_dir), SHARD_DIR)  # a folder or a dataset URL (a Ray worker reads it from any node)
+    pq_path = storage.join(src, f"{task.name}.parquet")
+    rows_tab = (pq.read_table(pa.BufferReader(storage.read_bytes(pq_path)), schema=PHOTOS)
+                if storage.exists(pq_path) else None)
     rows = rows_tab.to_pylist() if rows_tab is not None else []
     by_pid = {str(r["photo_id"]): r for r in rows}
     by_key: dict[str, list[str]] = {}
@@ -101,7 +105,7 @@ def process_shard(task: ShardTask, src_dir: str, cfg: Any, parsers: Callable[[st
         bad_sample(str(getattr(e, "key", "")), _one_line(e))
         return True
 
-    for d in iter_tar_samples(src / f"{task.name}.tar", handler=skipped):
+    for d in iter_tar_samples(storage.join(src, f"{task.name}.tar"), handler=skipped):
         try:
             doc = sample_json(d)
             # every extra field is decoded (it is re-encoded by the writer); image bytes are kept as they are

@@ -38,6 +38,7 @@ from lapdata.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from lapdata.shards import RawSample, iter_tar_samples
 
 from lapdata.device import resolve_device
+from lapdata.engine import EngineConfig, engine_of
 
 from .base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
 
@@ -46,7 +47,7 @@ REASON_ID = "id_similarity"
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(EngineConfig):
     backend: Literal["procedural", "ict", "stylegan", "diffusers"] = "procedural"  # procedural needs no files
     out: str = ""                       # output dataset folder (rerun the same command to resume)
     identities: int = 100               # number of identities
@@ -338,8 +339,10 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
     from lapdata.split import split_of
     from lapdata.writer import plan_shards, write_dataset
 
+    from lapdata import storage
+
     check_config(cfg)
-    out = Path(cfg.out).expanduser()
+    out = storage.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise LapError(f"{out}: exists and is not a folder")
     if backend is None:
@@ -355,13 +358,15 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
               "id_filter": None if filt is None else {"model": filt.name, "threshold": filt.threshold}}
     process = functools.partial(process_shard, cfg=cfg, backend=backend, filt=filt)
     stats = write_dataset(out, tasks, process, workers=cfg.workers, part=cfg.part, config=json.loads(json.dumps(config, default=str)),
-                          image_ext=cfg.image_ext, quality=cfg.quality, progress=cfg.progress)
+                          image_ext=cfg.image_ext, quality=cfg.quality, progress=cfg.progress,
+                          engine=engine_of(cfg), model=True)
     try:
         sheet = write_contact_sheet(out, cfg.contact_identities, cfg.poses)
         stats["contact_sheet"] = None if sheet is None else str(sheet)
     except Exception as e:  # noqa: BLE001 - a picture must not fail the run
         stats["contact_sheet"] = None
         stats["contact_sheet_error"] = f"{type(e).__name__}: {e}"
+    storage.push_tree(out, skip=("cache/",))  # a dataset URL: the manifests and pictures (the shards are there)
     return stats
 
 
@@ -381,11 +386,10 @@ def write_contact_sheet(out_dir: str | Path, identities: int = 6, poses: int = 1
     from lapdata.pictures import depth_colors, image_grid, save_png
 
     out = Path(out_dir)
-    shards = sorted((out / "shards").glob("*.tar"), key=lambda p: (not p.name.startswith("train"), p.name))
+    shards = sorted((p.with_suffix(".tar") for p in (out / "shards").glob("*.json")),
+                    key=lambda p: (not p.name.startswith("train"), p.name))
     samples = []
     for s in shards:
-        if not s.with_suffix(".json").exists():
-            continue
         samples.extend(_read_samples(s, identities - len(samples)))
         if len(samples) >= identities:
             break

@@ -39,7 +39,8 @@ from lapdata.errors import LapError
 from lapdata.logs import get_logger, warn_once
 from lapdata.sample import decode_sample, sample_json
 from lapdata.schema import NUM_SAMPLES
-from lapdata.shards import preprocess_field, preprocess_image, tar_samples
+from lapdata import storage
+from lapdata.shards import preprocess_field, preprocess_image, shard_urls, tar_samples
 
 from lapmodel.config import DataConfig
 
@@ -87,11 +88,15 @@ class Batch:
 def expand_shards(shards: str | Sequence[str]) -> list[str]:
     """Shard paths from patterns: brace ranges (``train-{000000..000009}.tar``), globs, ``::``-joined lists,
     or a dataset folder (its finished ``shards/train-*.tar``). Local paths must exist (LapError naming the first
-    missing one); ``pipe:``/``http(s)://`` URLs are passed through."""
+    missing one); object-store URLs (``s3://``, ``gs://``: ``lapdata.storage``) too: a tar, a glob, or a dataset
+    URL (its finished train shards); ``pipe:``/``http(s)://`` URLs are passed through."""
     items = [shards] if isinstance(shards, str) else list(shards)
     out: list[str] = []
     for item in items:
         for url in wds.shardlists.expand_urls(str(item)):
+            if storage.is_url(url) and not url.startswith(("http://", "https://")):
+                out.extend(_object_shards(url))
+                continue
             if "://" in url or url.startswith("pipe:"):
                 out.append(url)
                 continue
@@ -119,22 +124,43 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
     return out
 
 
+def _object_shards(url: str) -> list[str]:
+    """Shards of an object-store URL: a .tar (must exist), a glob, or a dataset (its finished train shards)."""
+    if any(ch in url for ch in "*?["):
+        import fsspec
+
+        fs, _ = fsspec.core.url_to_fs(url)
+        proto = url.split("://", 1)[0]
+        found = sorted(f"{proto}://{k}" for k in fs.glob(url.split("://", 1)[1]))
+        if not found:
+            raise LapError(f"{url}: no shard matches this pattern")
+        return found
+    if url.endswith(".tar"):
+        if not storage.exists(url):
+            raise LapError(f"{url}: shard does not exist")
+        return [url]
+    found = shard_urls(url, "train")
+    if not found:
+        raise LapError(f"{url}: no finished train shards under it (expected shards/train-*.tar with .json)")
+    return found
+
+
 def count_samples(urls: Sequence[str]) -> int:
     """Identities in the shards: from each shard's stats .json (``num_samples``, as ``lapdata.writer`` writes it)
     when present, else by reading the tar headers (no decoding)."""
     total = 0
     for u in urls:
-        stats = Path(u).with_suffix(".json")
-        if stats.is_file():
+        stats = u[:-4] + ".json" if u.endswith(".tar") else u + ".json"
+        if storage.exists(stats):
             try:
-                doc = json.loads(stats.read_text())
+                doc = json.loads(storage.read_bytes(stats))
                 if isinstance(doc.get(NUM_SAMPLES), int):
                     total += doc[NUM_SAMPLES]
                     continue
             except (ValueError, OSError):
                 pass
         try:
-            with tarfile.open(u) as tf:
+            with storage.open_read(u) as f, tarfile.open(fileobj=f) as tf:
                 total += len({m.name.split("/")[-1].split(".", 1)[0] for m in tf.getmembers() if m.isfile()})
         except (tarfile.TarError, OSError, EOFError) as e:
             raise LapError(f"{u}: not a readable shard tar ({type(e).__name__}: "

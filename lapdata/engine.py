@@ -1,0 +1,205 @@
+"""Where shard jobs run: ``local`` (this machine's spawn process pool, the default) or ``ray`` (a Ray cluster).
+
+The engine only *runs* shard jobs. The shard plan, the skip-finished resume, the error rows, the shard commit and the
+manifests are ``lapdata.writer``'s, the same code for both engines: each job is ``writer._run_task`` (process one
+shard, write it, commit it), so the Ray engine writes the same bytes as the local one.
+
+Why Ray tasks/actors and not Ray Data: a shard is our unit of work and of commit (tar, parquet, json; the json
+marks it finished), and the plan is deterministic; Ray Data would re-partition rows into blocks of its own, and
+writing our shards from its blocks would be a second writer with its own ordering. With one job per shard, Ray
+gives us scheduling, retries on worker death (``max_retries`` / ``max_task_retries``) and placement, and nothing
+about the output depends on which node ran a shard.
+
+* Jobs with no model (pre-aligned ingest, the merge copies) are Ray **tasks** (``num_cpus=1``, retried when a
+  worker dies), at most two per cluster CPU in flight so the driver's memory stays flat.
+* Jobs with a model (face detection, identity embedding, BiSeNet, the synthetic generators) run in an **actor
+  pool**: each actor receives the shard function once, calls ``warm()`` once (loads the model; the process-level
+  caches keep it), then takes shards. Actors take ``num_gpus`` (a share of the cluster's GPUs, at most 1) when
+  the cluster has GPUs, else one CPU. Decoding and alignment of a shard run inside the same job, on that actor's
+  CPU: a finer split (decode tasks -> detector actor -> align tasks) would move every decoded photo through the
+  object store to save little, since our detectors (dlib HOG, SCRFD on onnxruntime) run on the CPU by default.
+
+Environment: variables named ``LAPDATA_*`` and ``FSSPEC_*`` (staging, object-store endpoints) travel to the Ray
+workers; credentials come from each node's own environment.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+from .errors import LapError
+
+EngineName = Literal["local", "ray"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """The engine options, declared once: every shard command's config inherits them (keyword-only fields, so
+    they follow the command's own), and ``lapdata.cliconfig`` derives ``--engine``/``--ray-address``/
+    ``--ray-actors`` from them."""
+
+    engine: EngineName = "local"        # where shard jobs run: local (this machine's process pool) or ray
+    ray_address: str | None = None      # Ray cluster: auto (a running one) or ray://host:port; unset: $RAY_ADDRESS, else start one here
+    ray_actors: int = 0                 # Ray actors for model steps (0: one per cluster GPU, else one per CPU)
+
+    def __post_init__(self) -> None:
+        if self.ray_actors < 0:
+            raise LapError(f"--ray-actors {self.ray_actors}: must be >= 0")
+
+
+ENGINE_FIELDS = ("engine", "ray_address", "ray_actors")  # they do not change what is written (resume may change them)
+
+
+def engine_of(cfg: Any) -> EngineConfig:
+    """The EngineConfig part of a command config."""
+    return EngineConfig(**{k: getattr(cfg, k) for k in ENGINE_FIELDS})
+
+
+# ------------------------------------------------------------------------------------------------------ local
+
+
+_PARENT_PID: int | None = None  # set in worker processes: the pid of the command that started them
+
+
+def _worker_init(parent: int) -> None:
+    """Pool initializer: die with the parent (Linux: the kernel sends SIGKILL when it exits, even by kill -9)."""
+    global _PARENT_PID
+    _PARENT_PID = parent
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no libc prctl: the pid check below still applies
+            pass
+    exit_if_orphaned()
+
+
+def exit_if_orphaned() -> None:
+    """In a local worker whose parent is gone: exit at once (nothing more is written)."""
+    if _PARENT_PID is not None and os.getppid() != _PARENT_PID:
+        os._exit(1)
+
+
+def _local(run: Callable, items: Sequence, workers: int) -> Iterator[Any]:
+    if workers <= 1 or len(items) <= 1:
+        yield from (run(i) for i in items)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(workers, len(items)), maxtasksperchild=64, initializer=_worker_init,
+                  initargs=(os.getpid(),)) as pool:
+        yield from pool.imap_unordered(run, items, chunksize=1)
+
+
+# ------------------------------------------------------------------------------------------------------ ray
+
+
+def _env_vars() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(("LAPDATA_", "FSSPEC_"))}
+
+
+def init_ray(address: str | None = None):
+    """Connect to (or start) Ray once per process; returns the ray module. One-line errors."""
+    try:
+        import ray
+    except ImportError:
+        raise LapError("--engine ray needs Ray: pip install 'lap-toolkit[cluster]' (or pip install 'ray>=2.9')"
+                       ) from None
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                              runtime_env={"env_vars": _env_vars()} if _env_vars() else None)
+    try:
+        if address:
+            ray.init(address=address, **kw)
+        else:  # a one-machine cluster of this machine's CPUs (stops when the command exits)
+            ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=256 << 20, **kw)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise LapError(f"--ray-address {address or '(local)'}: cannot connect to Ray ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return ray
+
+
+class ShardActor:
+    """A Ray actor of the model pool: the shard function arrives once, ``warm`` loads its model once."""
+
+    def __init__(self, run: Callable, warm: Callable[[], Any] | None) -> None:
+        self.run = run
+        if warm is not None:
+            warm()
+
+    def shard(self, item: Any) -> Any:
+        return self.run(item)
+
+
+def _ray(run: Callable, items: Sequence, cfg: EngineConfig, warm: Callable | None, model: bool) -> Iterator[Any]:
+    ray = init_ray(cfg.ray_address)
+    res = ray.cluster_resources()
+    cpus, gpus = max(1, int(res.get("CPU", 1))), float(res.get("GPU", 0))
+    if not model:
+        task = ray.remote(num_cpus=1, max_retries=3)(_call)
+        ref = ray.put(run)
+        pending: list = []
+        it = iter(items)
+        limit = 2 * cpus
+        for item in it:
+            pending.append(task.remote(ref, item))
+            while len(pending) >= limit:
+                done, pending = ray.wait(pending, num_returns=1)
+                yield ray.get(done[0])
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+        return
+    n = cfg.ray_actors or (int(gpus) if gpus >= 1 else cpus)
+    n = max(1, min(n, len(items)))
+    opts: dict[str, Any] = dict(max_restarts=3, max_task_retries=3)
+    opts.update(num_gpus=min(1.0, gpus / n), num_cpus=1) if gpus > 0 else opts.update(num_cpus=1)
+    actor = ray.remote(**opts)(ShardActor)
+    pool = ray.util.ActorPool([actor.remote(run, warm) for _ in range(n)])
+    yield from pool.map_unordered(lambda a, item: a.shard.remote(item), list(items))
+
+
+def _call(run: Callable, item: Any) -> Any:
+    return run(item)
+
+
+def map_unordered(run: Callable[[Any], Any], items: Iterable, *, engine: EngineConfig = EngineConfig(),
+                  workers: int = 1, warm: Callable[[], Any] | None = None, model: bool = False) -> Iterator[Any]:
+    """``run(item)`` for every item, results in completion order, on the configured engine.
+
+    ``run`` must be picklable (a top-level function or functools.partial of one). ``model``: the jobs load a model
+    (Ray: an actor pool, ``warm`` called once per actor; local: ``workers`` processes, the model cached per
+    process)."""
+    items = list(items)
+    if not items:
+        return iter(())
+    if engine.engine == "local":
+        return _local(run, items, workers)
+    if engine.engine == "ray":
+        return _ray(run, items, engine, warm, model)
+    raise LapError(f"--engine {engine.engine!r}: unknown engine (known: local, ray)")
+
+
+def fault_exit_once(name: str) -> None:
+    """Fault injection for tests: with ``LAPDATA_FAULT_EXIT=NAME:MARKER``, armed while MARKER's folder exists, the
+    first job of shard NAME (MARKER not there yet) creates MARKER and kills its own process, as an out-of-memory
+    kill would; the retry or the rerun then finds MARKER and goes on."""
+    spec = os.environ.get("LAPDATA_FAULT_EXIT")
+    if not spec or ":" not in spec:
+        return
+    target, marker = spec.split(":", 1)
+    if target == name and os.path.isdir(os.path.dirname(marker)) and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os._exit(17)
+
+
+__all__ = ["EngineConfig", "ENGINE_FIELDS", "engine_of", "map_unordered", "init_ray", "exit_if_orphaned",
+           "fault_exit_once"]

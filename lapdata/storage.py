@@ -1,0 +1,286 @@
+"""Object storage for every path the toolkit reads or writes: local paths, or fsspec URLs (``s3://``, ``gs://``, ...).
+
+Credentials and endpoints come from the filesystem library's own environment and config, never from our flags
+(s3fs: ``AWS_ACCESS_KEY_ID`` / ``AWS_PROFILE`` / ``~/.aws``; an S3-compatible server: ``FSSPEC_S3_ENDPOINT_URL``;
+gcsfs: ``GOOGLE_APPLICATION_CREDENTIALS``). fsspec is imported only when a URL is used.
+
+Datasets on an object store are *mounted* (``mount(url)``): the small files (shard jsons and parquets, manifests,
+run files, pictures) are mirrored into a local staging folder and the unchanged local code runs on it; shard tars are
+never mirrored whole: every tar reader opens them through ``open_read``, which streams the remote object when the
+local file is absent. Writers commit a shard with ``push``: the tar, then its parquet, then its json (the json's key
+marks the shard finished, as its file does on disk; an object PUT is atomic, so a killed upload leaves no partial
+object). Staging: ``$LAPDATA_STAGING`` or ``~/.cache/lapdata/staging``, one folder per dataset URL.
+
+    root = mount("s3://bucket/lap/celeba")    # Path of the staging folder
+    open_read(root / "shards/train-000000.tar")   # streams s3://bucket/lap/celeba/shards/train-000000.tar
+    push(root, ["stats.json"])                # uploads the named files to the remote
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import IO, Iterable
+
+from .errors import LapError, require
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_MOUNTS: dict[Path, str] = {}  # staging folder -> dataset URL (this process)
+READ_BLOCK = 8 << 20  # fsspec read-ahead block: a few shard members per request
+
+
+def is_url(p: str | os.PathLike) -> bool:
+    """True for an fsspec URL other than file:// (``s3://b/k``, ``gs://b/k``, ``memory://x``)."""
+    m = _SCHEME.match(str(p))
+    return bool(m) and m.group(1).lower() not in ("file",)
+
+
+def strip_file(p: str | os.PathLike) -> str:
+    s = str(p)
+    return s[len("file://"):] if s.startswith("file://") else s
+
+
+def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a URL or a path."""
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def _fs(url: str):
+    fsspec = require("fsspec", "cluster")
+    if url.startswith(("s3://", "s3a://")):
+        require("s3fs", "cluster")  # fsspec's s3:// filesystem (a plugin: fsspec imports it by name)
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        raise LapError(f"{url}: no filesystem for this URL ({type(e).__name__}: {e}); install its fsspec package "
+                       f"(s3fs for s3://, gcsfs for gs://)") from None
+
+
+def remote_of(path: str | os.PathLike) -> str | None:
+    """The URL of a file under a mounted staging folder (None when not mounted)."""
+    p = Path(path).absolute()
+    for root, url in _MOUNTS.items():
+        if p == root or root in p.parents:
+            rel = p.relative_to(root).as_posix()
+            return url if rel == "." else join(url, rel)
+    return None
+
+
+def _where(path: str | os.PathLike) -> str:
+    """A URL, or the local path, or (absent locally, under a mount) the remote URL."""
+    s = strip_file(path)
+    if is_url(s) or os.path.exists(s):
+        return s
+    return remote_of(s) or s
+
+
+def open_read(path: str | os.PathLike) -> IO[bytes]:
+    """A seekable binary reader: a local file, or the remote object (streamed). FileNotFoundError when absent."""
+    where = _where(path)
+    if not is_url(where):
+        return open(where, "rb")
+    fs, p = _fs(where)
+    try:
+        return fs.open(p, "rb", block_size=READ_BLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise OSError(f"{where}: {type(e).__name__}: {e}") from None
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    with open_read(path) as f:
+        return f.read()
+
+
+def exists(path: str | os.PathLike) -> bool:
+    where = _where(path)
+    if not is_url(where):
+        return os.path.exists(where)
+    fs, p = _fs(where)
+    return bool(fs.exists(p))
+
+
+def size(path: str | os.PathLike) -> int:
+    where = _where(path)
+    if not is_url(where):
+        return os.path.getsize(where)
+    fs, p = _fs(where)
+    return int(fs.size(p))
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a local or remote file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open_read(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_files(url: str) -> dict[str, int]:
+    """Every object under ``url`` (recursive): {relative key: size}."""
+    return {k: n for k, (n, _) in _listing(url).items()}
+
+
+def _listing(url: str) -> dict[str, tuple[int, str]]:
+    """{relative key: (size, version signature)}: the signature (ETag, else modification time) changes when the
+    object is rewritten, even with the same size."""
+    fs, p = _fs(url)
+    p = p.rstrip("/")
+    try:
+        found = fs.find(p, detail=True)
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for k, v in found.items():
+        if k.startswith(p + "/"):
+            sig = v.get("ETag") or v.get("etag") or v.get("md5Hash") or v.get("LastModified") or v.get("mtime") \
+                or v.get("created")
+            out[k[len(p) + 1:]] = (int(v.get("size") or 0), str(sig))
+    return out
+
+
+def upload(local: str | os.PathLike, url: str) -> None:
+    fs, p = _fs(url)
+    fs.put_file(str(local), p)
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, p = _fs(url)
+    try:
+        fs.rm(p, recursive=recursive)
+    except FileNotFoundError:
+        pass
+
+
+def copy(src: str, dst: str) -> None:
+    """Server-side copy of one object (same filesystem)."""
+    fs, s = _fs(src)
+    _, d = _fs(dst)
+    fs.copy(s, d)
+
+
+# ------------------------------------------------------------------------------------------------------ mounts
+
+
+def staging_dir(url: str) -> Path:
+    """The local staging folder of a dataset URL (``$LAPDATA_STAGING``/<hash>-<name>)."""
+    base = Path(os.environ.get("LAPDATA_STAGING") or Path.home() / ".cache" / "lapdata" / "staging")
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:40] or "root"
+    return (base / f"{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:12]}-{name}").absolute()
+
+
+def mount(url: str, staging: str | os.PathLike | None = None, *, pull: bool = True) -> Path:
+    """Mirror the small files of the dataset at ``url`` into a staging folder (tars are read remotely) and register
+    it; returns the staging folder. Local files the remote no longer has are removed (the remote is the truth)."""
+    url = url.rstrip("/")
+    root = Path(staging).absolute() if staging else staging_dir(url)
+    root.mkdir(parents=True, exist_ok=True)
+    _MOUNTS[root] = url
+    if pull:
+        sync_down(root, prune=True)
+    return root
+
+
+def unmount(root: str | os.PathLike) -> None:
+    _MOUNTS.pop(Path(root).absolute(), None)
+
+
+STATE = ".lapdata-sync.json"  # in a staging folder: {relative name: [sha256, remote signature] as last seen}
+
+
+def _state(root: Path) -> dict[str, list]:
+    import json
+
+    try:
+        return json.loads((root / STATE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(root: Path, state: dict[str, list]) -> None:
+    import json
+
+    tmp = root / f".{STATE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(state, sort_keys=True))
+    os.replace(tmp, root / STATE)
+
+
+def _local_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _sha_local(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def sync_down(root: str | os.PathLike, prune: bool = False) -> int:
+    """Download the non-tar objects of the mount at ``root`` that are missing locally or differ from what was last
+    seen; with ``prune`` (when mounting) delete local files the remote lacks (tars excepted: a local tar is a
+    staged shard being committed). Returns files fetched."""
+    root = Path(root).absolute()
+    url = _MOUNTS[root]
+    remote = _listing(url)
+    state = _state(root)
+    fetched = 0
+    fs, base = _fs(url)
+    for rel, (n, sig) in sorted(remote.items()):
+        if rel.endswith(".tar"):
+            continue
+        dst = root / rel
+        seen = state.get(rel)
+        if dst.is_file() and dst.stat().st_size == n and seen and seen[1] == sig and _sha_local(dst) == seen[0]:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        fs.get_file(f"{base.rstrip('/')}/{rel}", str(tmp))
+        os.replace(tmp, dst)
+        state[rel] = [_sha_local(dst), sig]
+        fetched += 1
+    for rel in _local_files(root) if prune else []:
+        if rel not in remote and not rel.endswith(".tar"):
+            (root / rel).unlink()
+            state.pop(rel, None)
+    _save_state(root, {k: v for k, v in state.items() if k in remote or not prune})
+    return fetched
+
+
+def push(root: str | os.PathLike, names: Iterable[str], *, drop_tars: bool = True, url: str | None = None) -> None:
+    """Upload the named files (relative to ``root``) to its remote, in the given order; with ``drop_tars`` a
+    pushed tar's local copy is deleted (staging keeps only the small files). ``url`` for a process that did not
+    mount ``root`` (a worker: it records nothing)."""
+    root = Path(root).absolute()
+    mounted = _MOUNTS.get(root)
+    url = url or mounted
+    if url is None:
+        return
+    state = _state(root) if mounted else None
+    for rel in names:
+        local = root / rel
+        upload(local, join(url, rel))
+        if rel.endswith(".tar"):
+            if drop_tars:
+                local.unlink()
+        elif state is not None:  # its new remote signature is unknown here: the next sync fetches it once
+            state[rel] = [_sha_local(local), None]
+    if state is not None:
+        _save_state(root, state)
+
+
+def push_tree(root: str | os.PathLike, last: Iterable[str] = ("stats.json",), skip: Iterable[str] = ()) -> int:
+    """Upload every local file of the mount at ``root`` that differs from its remote copy as last seen (tars always:
+    a staged tar is not committed yet), the ``last`` names after all others (stats.json: a finished dataset's last
+    key); names starting with a ``skip`` prefix stay local (e.g. a backend's cache). Returns files pushed."""
+    root = Path(root).absolute()
+    if root not in _MOUNTS:
+        return 0
+    state = _state(root)
+    files = [n for n in _local_files(root) if not n.startswith(tuple(skip))]
+    changed = [n for n in files if n.endswith(".tar") or (state.get(n) or [None])[0] != _sha_local(root / n)]
+    late = [n for n in last if n in changed]
+    push(root, [n for n in changed if n not in late] + late)
+    return len(changed)
