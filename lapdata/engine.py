@@ -138,32 +138,62 @@ class ShardActor:
         return self.run(item)
 
 
-def _ray(run: Callable, items: Sequence, cfg: EngineConfig, warm: Callable | None, model: bool) -> Iterator[Any]:
+def _ray(run: Callable, items: Sequence, cfg: EngineConfig, warm: Callable | None, model: bool,
+         on_error: Callable[[Any, Exception], Any] | None) -> Iterator[Any]:
     ray = init_ray(cfg.ray_address)
     res = ray.cluster_resources()
     cpus, gpus = max(1, int(res.get("CPU", 1))), float(res.get("GPU", 0))
-    if not model:
+    idle: list = []
+    if model:  # an actor pool: the shard function and its model, once per actor
+        n = max(1, min(cfg.ray_actors or (int(gpus) if gpus >= 1 else cpus), len(items)))
+        opts: dict[str, Any] = dict(max_restarts=3, max_task_retries=3, num_cpus=1)
+        if gpus > 0:
+            opts["num_gpus"] = min(1.0, gpus / n)
+        actor = ray.remote(**opts)(ShardActor)
+        idle = [actor.remote(run, warm) for _ in range(n)]
+        slots = n
+    else:  # tasks, at most two per cluster CPU in flight (the driver's memory stays flat)
         task = ray.remote(num_cpus=1, max_retries=3)(_call)
         ref = ray.put(run)
-        pending: list = []
-        it = iter(items)
-        limit = 2 * cpus
-        for item in it:
-            pending.append(task.remote(ref, item))
-            while len(pending) >= limit:
-                done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-        return
-    n = cfg.ray_actors or (int(gpus) if gpus >= 1 else cpus)
-    n = max(1, min(n, len(items)))
-    opts: dict[str, Any] = dict(max_restarts=3, max_task_retries=3)
-    opts.update(num_gpus=min(1.0, gpus / n), num_cpus=1) if gpus > 0 else opts.update(num_cpus=1)
-    actor = ray.remote(**opts)(ShardActor)
-    pool = ray.util.ActorPool([actor.remote(run, warm) for _ in range(n)])
-    yield from pool.map_unordered(lambda a, item: a.shard.remote(item), list(items))
+        slots = 2 * cpus
+    pending: dict = {}  # object ref -> (item, actor or None)
+
+    def submit(item: Any) -> None:
+        if model:
+            a = idle.pop()
+            pending[a.shard.remote(item)] = (item, a)
+        else:
+            pending[task.remote(ref, item)] = (item, None)
+
+    def collect() -> Any:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        item, a = pending.pop(done[0])
+        if a is not None:
+            idle.append(a)
+        try:
+            return ray.get(done[0])
+        except ray.exceptions.RayError as e:  # retries exhausted (a worker died again and again): this job fails
+            if on_error is None:
+                raise
+            return on_error(item, e)
+
+    for item in items:
+        while len(pending) >= slots:
+            yield collect()
+        submit(item)
+    while pending:
+        yield collect()
+
+
+def warn_if_multinode(out: str) -> None:
+    """A local --out on a Ray cluster of several nodes: each job writes where it runs (one warning)."""
+    ray = init_ray(None)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1:
+        from .logs import get_logger, warn_once
+
+        warn_once(get_logger("lapdata.engine"), f"{out}: a local path, and the Ray cluster has {len(nodes)} nodes: every node must mount it at "
+                  f"this path (a shared filesystem), else give an object-store URL (s3://...)")
 
 
 def _call(run: Callable, item: Any) -> Any:
@@ -171,19 +201,21 @@ def _call(run: Callable, item: Any) -> Any:
 
 
 def map_unordered(run: Callable[[Any], Any], items: Iterable, *, engine: EngineConfig = EngineConfig(),
-                  workers: int = 1, warm: Callable[[], Any] | None = None, model: bool = False) -> Iterator[Any]:
+                  workers: int = 1, warm: Callable[[], Any] | None = None, model: bool = False,
+                  on_error: Callable[[Any, Exception], Any] | None = None) -> Iterator[Any]:
     """``run(item)`` for every item, results in completion order, on the configured engine.
 
     ``run`` must be picklable (a top-level function or functools.partial of one). ``model``: the jobs load a model
     (Ray: an actor pool, ``warm`` called once per actor; local: ``workers`` processes, the model cached per
-    process)."""
+    process). ``on_error(item, exc)``: the result of a job Ray could not complete after its retries (else the
+    error is raised). With Ray, ``workers`` is not used: the cluster's CPUs (tasks) or ``ray_actors`` decide."""
     items = list(items)
     if not items:
         return iter(())
     if engine.engine == "local":
         return _local(run, items, workers)
     if engine.engine == "ray":
-        return _ray(run, items, engine, warm, model)
+        return _ray(run, items, engine, warm, model, on_error)
     raise LapError(f"--engine {engine.engine!r}: unknown engine (known: local, ray)")
 
 

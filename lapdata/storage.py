@@ -52,10 +52,13 @@ def _fs(url: str):
     if url.startswith(("s3://", "s3a://")):
         require("s3fs", "cluster")  # fsspec's s3:// filesystem (a plugin: fsspec imports it by name)
     try:
-        return fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as e:
         raise LapError(f"{url}: no filesystem for this URL ({type(e).__name__}: {e}); install its fsspec package "
                        f"(s3fs for s3://, gcsfs for gs://)") from None
+    # other processes (workers, other machines) write the same keys: never answer from a stale listing cache
+    fs.invalidate_cache(path)
+    return fs, path
 
 
 def remote_of(path: str | os.PathLike) -> str | None:
@@ -141,6 +144,13 @@ def _listing(url: str) -> dict[str, tuple[int, str]]:
                 or v.get("created")
             out[k[len(p) + 1:]] = (int(v.get("size") or 0), str(sig))
     return out
+
+
+def glob(pattern: str) -> list[str]:
+    """The URLs matching a glob pattern (``s3://b/ds/shards/train-*.tar``), sorted."""
+    fs, p = _fs(pattern)
+    proto = pattern.split("://", 1)[0]
+    return sorted(f"{proto}://{k.lstrip('/')}" if proto == "memory" else fs.unstrip_protocol(k) for k in fs.glob(p))
 
 
 def upload(local: str | os.PathLike, url: str) -> None:

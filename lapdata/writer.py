@@ -52,7 +52,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import storage
 from .atomic import atomic_path
-from .engine import ENGINE_FIELDS, EngineConfig, exit_if_orphaned, fault_exit_once, map_unordered
+from .engine import (ENGINE_FIELDS, EngineConfig, exit_if_orphaned, fault_exit_once, map_unordered,
+                     warn_if_multinode)
 from .errors import LapError
 from .manifests import (CHECKSUMMED, DUPLICATES, MANIFESTS, PARQUET_SHA256, UNSHARDED,  # noqa: F401  (re-exported)
                         _atomic_write_bytes, _atomic_write_json, _atomic_write_table, finalize_dataset,
@@ -260,6 +261,12 @@ def _run_task(process: Callable[[ShardTask], ShardResult], job: tuple) -> dict:
         return {"ok": False, "shard": task.name, "error": f"{type(e).__name__}: {e}"}
 
 
+def _job_lost(job: tuple, e: Exception) -> dict:
+    """The result of a shard job the engine could not complete (e.g. its Ray worker died on every retry)."""
+    msg = (str(e).strip().splitlines() or [""])[0][:300]
+    return {"ok": False, "shard": job[0].name, "error": f"{type(e).__name__}: {msg}"}
+
+
 # options that may change between the runs of one dataset (they do not change what is written)
 RESUMABLE_OPTIONS = frozenset({"workers", "part", "progress", "out", "device", *ENGINE_FIELDS})
 # options added after datasets were first written, with the value older runs used (lapdata.ingest_config)
@@ -347,8 +354,10 @@ def write_dataset(
                 bar.set_postfix(images=images, failed=len(failed))
 
     try:
+        if engine.engine == "ray" and remote is None and todo:
+            warn_if_multinode(str(out))
         consume(map_unordered(functools.partial(_run_task, process), jobs, engine=engine, workers=workers, warm=warm,
-                              model=model))
+                              model=model, on_error=_job_lost))
     finally:
         if bar is not None:
             bar.close()

@@ -146,6 +146,16 @@ def test_ray_worker_killed_mid_job_is_retried(env, photos, local_ingest, tmp_pat
     assert_same_dataset(local_ingest, tmp_path / "ray")
 
 
+@pytest.mark.parametrize("model", [False, True])
+def test_ray_job_lost_after_its_retries_is_a_failed_job(env, model):
+    """A job whose worker dies on every try (tasks: 1 + 3 retries; actors: 3 restarts) is reported, not raised."""
+    from lapdata.engine import EngineConfig, map_unordered
+
+    out = list(map_unordered(os._exit, [7], engine=EngineConfig(engine="ray", ray_actors=1), model=model,
+                             on_error=lambda item, e: ("lost", item, type(e).__name__)))
+    assert out[0][:2] == ("lost", 7) and out[0][2].endswith("Error")
+
+
 def test_ray_synthetic_and_parse_equal_local(env, tmp_path):
     """build-synthetic and parse-masks (dlib landmarks) run in Ray actor pools: the same bytes as locally."""
     from lapdata.synthetic.build import SynthConfig, run_synthetic
@@ -284,6 +294,37 @@ def test_s3_parse_commit_killed_is_rolled_forward(env, photos, monkeypatch, loca
     assert audit_dataset(ds).ok and rep.dataset == ds
     photos_rows = pq.read_table(storage.mount(ds) / "photos.parquet").to_pylist()
     assert any(r["parser"] == "landmarks" for r in photos_rows)
+
+
+def test_s3_command_killed_mid_job_then_rerun(env, photos, local_ingest):
+    """The command itself dies in the middle of a shard (the fault switch kills its own process, as kill -9 would):
+    on the bucket every shard is whole or absent (a json only beside its tar and parquet, sizes as the json says),
+    and the same command completes it."""
+    import subprocess
+    import sys
+
+    ds = f"s3://{BUCKET}/lap/killed"
+    cmd = [sys.executable, "-m", "lapdata.cli", "ingest", "folders", str(photos), "--out", ds, "--min-images", "2",
+           "--samples-per-shard", "1", "--no-progress"]
+    armed = env / "armed"
+    armed.mkdir()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        (armed / "fired").unlink(missing_ok=True)
+        armed.rmdir()
+    assert r.returncode == 17, r.stderr[-2000:]  # died inside the job of train-000001
+    keys = storage.list_files(storage.join(ds, "shards"))
+    done = sorted(k[:-5] for k in keys if k.endswith(".json"))
+    assert done and "train-000001" not in done and "stats.json" not in storage.list_files(ds)
+    for name in done:
+        doc = json.loads(storage.read_bytes(storage.join(ds, "shards", name + ".json")))
+        assert keys[name + ".tar"] == doc["bytes"] and name + ".parquet" in keys
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    audit = audit_dataset(ds)
+    assert audit.ok, audit.faults[:3]
+    assert_same_dataset(local_ingest, download_tree(ds, env / "killed-downloaded"))
 
 
 def test_cli_on_s3_and_ray(env, photos):

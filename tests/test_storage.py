@@ -82,6 +82,15 @@ def test_mount_mirrors_small_files_and_streams_tars(mem):
     assert [s["__key__"] for s in samples] == ["k0"] and samples[0]["json"] == b'{"a": 1}'
     assert shard_urls(root, "train") == [str(tar)]
     assert shard_urls(mem, "train") == [mem + "/shards/train-000000.tar"]
+    assert storage.glob(mem + "/shards/train-*.tar") == [mem + "/shards/train-000000.tar"]
+    from lapmodel.io.data import count_samples, expand_shards
+
+    assert expand_shards(mem + "/shards/*.tar") == expand_shards(mem) == [mem + "/shards/train-000000.tar"]
+    assert count_samples(expand_shards(mem)) == 1  # the json has no num_samples: the tar headers are counted
+    with pytest.raises(LapError, match="no shard matches"):
+        expand_shards(mem + "/shards/val-*.tar")
+    with pytest.raises(LapError, match="shard does not exist"):
+        expand_shards(mem + "/shards/val-000000.tar")
     assert list(iter_tar_samples(mem + "/shards/train-000000.tar"))[0]["000.jpg"] == b"x"
 
 

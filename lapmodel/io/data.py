@@ -127,11 +127,7 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
 def _object_shards(url: str) -> list[str]:
     """Shards of an object-store URL: a .tar (must exist), a glob, or a dataset (its finished train shards)."""
     if any(ch in url for ch in "*?["):
-        import fsspec
-
-        fs, _ = fsspec.core.url_to_fs(url)
-        proto = url.split("://", 1)[0]
-        found = sorted(f"{proto}://{k}" for k in fs.glob(url.split("://", 1)[1]))
+        found = storage.glob(url)
         if not found:
             raise LapError(f"{url}: no shard matches this pattern")
         return found
