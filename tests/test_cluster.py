@@ -256,6 +256,29 @@ def test_s3_ingest_on_ray_equals_local(env, photos, local_ingest):
     assert_same_dataset(local_ingest, download_tree(ds, env / "ray-downloaded"))
 
 
+def test_s3_synthetic_and_merge_on_ray(env, tmp_path):
+    """build-synthetic into a bucket (actor pool) in two parts, merged on the bucket (server-side copies, Ray tasks):
+    the bytes of the one-part local build."""
+    from lapdata.engine import EngineConfig
+    from lapdata.merge import merge_datasets
+    from lapdata.synthetic.build import SynthConfig, run_synthetic
+
+    kw = dict(backend="procedural", identities=4, poses=3, size=32, id_filter="none", samples_per_shard=1,
+              progress=False)
+    run_synthetic(SynthConfig(out=str(tmp_path / "local"), **kw))
+    parts = [f"s3://{BUCKET}/lap/synth-part{i}" for i in range(2)]
+    for i, url in enumerate(parts):
+        run_synthetic(SynthConfig(out=url, part=(i, 2), engine="ray", **kw))
+    assert not any(k.startswith("cache/") for k in storage.list_files(parts[0]))
+    merged = f"s3://{BUCKET}/lap/synth"
+    st = merge_datasets(parts, merged, engine=EngineConfig(engine="ray"))
+    assert st["complete"] and audit_dataset(merged).ok
+    got = download_tree(merged, tmp_path / "merged")
+    assert_same_dataset(tmp_path / "local" / "shards", got / "shards")  # merge adds its own manifests
+    a, b = (pq.read_table(d / "photos.parquet").sort_by("photo_id") for d in (tmp_path / "local", got))
+    assert a.equals(b)
+
+
 def test_s3_resume_skips_committed_shards(env, photos, tmp_path):
     """A rerun into an s3 dataset (from a fresh staging folder: another machine) skips the committed shards."""
     ds = f"s3://{BUCKET}/lap/resume"

@@ -1,6 +1,8 @@
-"""parse-masks' commit on an object store, where there is no rename: a journal, then a roll-forward copy.
+"""parse-masks' commit: on disk two renames, on an object store (no rename) a journal, then a roll-forward copy.
 
-On disk the new version is swapped in by two renames (``lapdata.parsing.parse``). An object store has no rename,
+On disk (``swap_paths``/``finish_swap``/``drop_old``): ``DIR -> DIR.parse-old``, ``DIR.parse-tmp -> DIR``, then
+DIR.parse-old is removed (or kept as DIR.pre-parse-<time>); an interrupted swap is completed by the next run. An
+object store has no rename,
 so the new version URL.parse-tmp/ (written, finalized and audited like the local one) is committed in three steps:
 
 1. ``URL/parse_commit.json`` is written: the journal naming the version (its URL and every key with its size).
@@ -20,12 +22,44 @@ journal (e.g. audit first).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
+from pathlib import Path
 
 from .. import storage
 from ..schema import SHARD_DIR
 
 JOURNAL = "parse_commit.json"
+TMP_SUFFIX = ".parse-tmp"
+OLD_SUFFIX = ".parse-old"
+COMPLETE_FILE = "parse_complete.json"
+
+
+def swap_paths(root: Path) -> tuple[Path, Path]:
+    return root.with_name(root.name + TMP_SUFFIX), root.with_name(root.name + OLD_SUFFIX)
+
+
+def drop_old(root: Path, keep_old: bool) -> None:
+    """Remove DIR.parse-old, or keep it as DIR.pre-parse-<UTC time>."""
+    _, old = swap_paths(root)
+    if keep_old:
+        os.replace(old, root.with_name(root.name + time.strftime(".pre-parse-%Y%m%d-%H%M%S", time.gmtime())))
+    else:
+        shutil.rmtree(old)
+
+
+def finish_swap(root: Path, keep_old: bool) -> bool:
+    """Complete an interrupted swap (DIR missing or old/tmp left over); True when something was done."""
+    tmp, old = swap_paths(root)
+    if not root.exists() and old.exists() and tmp.is_dir() and (tmp / COMPLETE_FILE).exists():
+        os.replace(tmp, root)
+        drop_old(root, keep_old)
+        return True
+    if root.exists() and old.exists() and not tmp.exists() and (root / COMPLETE_FILE).exists():
+        drop_old(root, keep_old)
+        return True
+    return False
 
 
 def _order(key: str) -> tuple:

@@ -64,6 +64,8 @@ from ..sample import decode_sample, sample_json
 from ..schema import STATUS_ERROR, STATUS_OK
 from ..shards import KEY, SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, iter_tar_samples
 from ..writer import MANIFESTS, ShardTask, shard_stats, write_dataset
+from . import commit
+from .commit import COMPLETE_FILE, OLD_SUFFIX, TMP_SUFFIX, drop_old, finish_swap, swap_paths  # noqa: F401
 from .labels import colorize
 from .landmarks import LandmarkParserConfig
 from .masks import RCLMaskConfig, label_to_masks_np
@@ -71,10 +73,7 @@ from .shard import (GROUND_TRUTH, MODEL_PARSERS, _one_line, ground_truth, has_gr
                     parse_views, process_shard)  # (re-exported: one shard's work lives in parsing/shard.py)
 
 ParserName = Literal["auto", "bisenet", "landmarks", "ground-truth"]
-TMP_SUFFIX = ".parse-tmp"
-OLD_SUFFIX = ".parse-old"
 CONFIG_FILE = "parse_config.json"
-COMPLETE_FILE = "parse_complete.json"
 CONTACT_SHEET = "parse_contact_sheet.png"
 HISTOGRAM = "parse_face_fraction.png"
 DEFAULT_MIN_FACE_FRACTION = 0.25
@@ -266,32 +265,6 @@ class ParseReport:
     contact_sheet: str | None = None
 
 
-def _swap_paths(root: Path) -> tuple[Path, Path]:
-    return root.with_name(root.name + TMP_SUFFIX), root.with_name(root.name + OLD_SUFFIX)
-
-
-def _drop_old(root: Path, keep_old: bool) -> None:
-    """Remove DIR.parse-old, or keep it as DIR.pre-parse-<UTC time>."""
-    _, old = _swap_paths(root)
-    if keep_old:
-        os.replace(old, root.with_name(root.name + time.strftime(".pre-parse-%Y%m%d-%H%M%S", time.gmtime())))
-    else:
-        shutil.rmtree(old)
-
-
-def _finish_swap(root: Path, keep_old: bool) -> bool:
-    """Complete an interrupted swap (DIR missing or old/tmp left over); True when something was done."""
-    tmp, old = _swap_paths(root)
-    if not root.exists() and old.exists() and tmp.is_dir() and (tmp / COMPLETE_FILE).exists():
-        os.replace(tmp, root)
-        _drop_old(root, keep_old)
-        return True
-    if root.exists() and old.exists() and not tmp.exists() and (root / COMPLETE_FILE).exists():
-        _drop_old(root, keep_old)
-        return True
-    return False
-
-
 def _copy_extras(root: Path, tmp: Path) -> None:
     """Copy DIR's files other than shards and manifests into the new version (once)."""
     skip = set(MANIFESTS) | {SHARD_DIR, CONFIG_FILE, COMPLETE_FILE, CONTACT_SHEET, HISTOGRAM}
@@ -331,14 +304,12 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
     """Parse every view of dataset ``root`` and swap in the new version with label maps (see module doc)."""
     url = str(root).rstrip("/") if storage.is_url(root) else None
     if url:  # an object store: staging mounts of URL and URL.parse-tmp, committed by a journal (parsing.commit)
-        from . import commit
-
         commit.finish_commit(url)
         root, tmp, old = storage.mount(url), storage.mount(url + TMP_SUFFIX), None
     else:
         root = Path(root).expanduser().absolute()
-        tmp, old = _swap_paths(root)
-        _finish_swap(root, cfg.keep_old)
+        tmp, old = swap_paths(root)
+        finish_swap(root, cfg.keep_old)
     if not root.is_dir():
         raise LapError(f"{root}: dataset folder does not exist")
     tasks = [ShardTask(st[SHARD], st[SHARD_SPLIT], ()) for st in shard_stats(root)]
@@ -415,6 +386,6 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
         return report
     os.replace(root, old)
     os.replace(tmp, root)
-    _drop_old(root, cfg.keep_old)
+    drop_old(root, cfg.keep_old)
     report.swapped = True
     return report
