@@ -86,14 +86,48 @@ def exit_if_orphaned() -> None:
         os._exit(1)
 
 
-def _local(run: Callable, items: Sequence, workers: int) -> Iterator[Any]:
+def _local(run: Callable, items: Sequence, workers: int, on_error: Callable | None) -> Iterator[Any]:
+    """This machine: in this process (one worker), else a spawn process pool whose workers die with the parent. A
+    worker killed by the system (e.g. out of memory) breaks the pool: its job and those not done yet are reported
+    through ``on_error`` (a rerun retries them), never a hang."""
     if workers <= 1 or len(items) <= 1:
         yield from (run(i) for i in items)
         return
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(items)), maxtasksperchild=64, initializer=_worker_init,
-                  initargs=(os.getpid(),)) as pool:
-        yield from pool.imap_unordered(run, items, chunksize=1)
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    n = min(workers, len(items))
+    kw: dict[str, Any] = {"max_tasks_per_child": 64} if sys.version_info >= (3, 11) else {}
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                             initargs=(os.getpid(),), **kw) as ex:
+        pending: dict = {}
+        todo = list(items)[::-1]
+        broken: Exception | None = None
+        while todo or pending:
+            while todo and len(pending) < 2 * n and broken is None:
+                item = todo.pop()
+                try:
+                    pending[ex.submit(run, item)] = item
+                except BrokenProcessPool as e:
+                    broken = e
+                    todo.append(item)
+            if broken is not None and not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                item = pending.pop(f)
+                try:
+                    yield f.result()
+                except BrokenProcessPool as e:
+                    broken = e
+                    if on_error is None:
+                        raise
+                    yield on_error(item, RuntimeError("a worker process died (killed by the system?); rerun the "
+                                                      "command to retry"))
+        for item in todo[::-1]:  # never started: the pool is broken
+            if on_error is None:
+                raise RuntimeError("a worker process died (killed by the system?)") from broken
+            yield on_error(item, RuntimeError("not run: a worker process died; rerun the command to retry"))
 
 
 # ------------------------------------------------------------------------------------------------------ ray
@@ -213,7 +247,7 @@ def map_unordered(run: Callable[[Any], Any], items: Iterable, *, engine: EngineC
     if not items:
         return iter(())
     if engine.engine == "local":
-        return _local(run, items, workers)
+        return _local(run, items, workers, on_error)
     if engine.engine == "ray":
         return _ray(run, items, engine, warm, model, on_error)
     raise LapError(f"--engine {engine.engine!r}: unknown engine (known: local, ray)")
