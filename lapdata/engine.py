@@ -43,7 +43,7 @@ class EngineConfig:
     ``--ray-actors`` from them."""
 
     engine: EngineName = "local"        # where shard jobs run: local (this machine's process pool) or ray
-    ray_address: str | None = None      # Ray cluster: auto (a running one) or ray://host:port; unset: $RAY_ADDRESS, else start one here
+    ray_address: str | None = None      # Ray cluster: auto (running) or ray://host:port; unset: $RAY_ADDRESS or a new one here
     ray_actors: int = 0                 # Ray actors for model steps (0: one per cluster GPU, else one per CPU)
 
     def __post_init__(self) -> None:
@@ -226,8 +226,9 @@ def warn_if_multinode(out: str) -> None:
     if len(nodes) > 1:
         from .logs import get_logger, warn_once
 
-        warn_once(get_logger("lapdata.engine"), f"{out}: a local path, and the Ray cluster has {len(nodes)} nodes: every node must mount it at "
-                  f"this path (a shared filesystem), else give an object-store URL (s3://...)")
+        warn_once(get_logger("lapdata.engine"),
+                  f"{out}: a local path, and the Ray cluster has {len(nodes)} nodes: every node must mount it at this "
+                  f"path (a shared filesystem), else give an object-store URL (s3://...)")
 
 
 def _call(run: Callable, item: Any) -> Any:

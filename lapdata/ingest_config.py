@@ -41,7 +41,7 @@ class IngestConfig(EngineConfig):
     split_manifest: str | None = None   # identity -> split parquet, e.g. manifests/celeba_split.parquet
     samples_per_shard: int = 64         # identity samples per shard
     shard_bytes: int = 512 * 2**20      # estimated bytes per shard (estimated before encoding)
-    workers: int = 1                    # worker processes
+    workers: int = 1                    # worker processes (local engine; Ray uses the cluster's CPUs)
     part: tuple[int, int] = (0, 1)      # build part I/N (disjoint, deterministic); join the parts with lapdata merge
     quality: int = 95                   # JPEG quality of the stored faces
     identity_file: str | None = None    # identity_CelebA.txt (celeba, celebamask-hq)

@@ -88,7 +88,7 @@ class ParseConfig(EngineConfig):
     min_face_fraction: float = DEFAULT_MIN_FACE_FRACTION  # views with a smaller face fraction are marked hard
     batch_size: int = 8                 # images per BiSeNet forward pass
     device: str = "auto"                # auto | cpu | cuda | cuda:N
-    workers: int = 1                    # worker processes, one shard each
+    workers: int = 1                    # worker processes, one shard each (local engine; Ray: the cluster's CPUs)
     input_size: int = 512               # BiSeNet input side (512, as trained)
     drop_failed: bool = False           # unparseable views become error rows, out of the shards (else: kept, hard)
     keep_old: bool = False              # keep the previous version as DIR.pre-parse-<time>

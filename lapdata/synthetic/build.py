@@ -59,7 +59,7 @@ class SynthConfig(EngineConfig):
     seed: int = 0                       # run seed (identity i uses a seed derived from (seed, i)); also the split seed
     fractions: tuple[float, float, float] = (0.75, 0.125, 0.125)  # train,val,test fractions of the identities
     samples_per_shard: int = 64         # identities per shard
-    workers: int = 1                    # worker processes
+    workers: int = 1                    # worker processes (local engine; Ray uses the cluster's CPUs)
     part: tuple[int, int] = (0, 1)      # build part I/N (disjoint, deterministic); join the parts with lapdata merge
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     image_ext: Literal["jpg", "png"] = "jpg"  # image format of the views
