@@ -147,7 +147,10 @@ def init_ray(address: str | None = None):
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS") or None
+    import logging
+
     kw: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                              logging_level=logging.WARNING,
                               runtime_env={"env_vars": _env_vars()} if _env_vars() else None)
     try:
         if address:

@@ -320,7 +320,7 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
     if cfg.weights and cfg.model_parser == "bisenet":  # a wrong weight file is one clear line, before any work
         get_parser("bisenet", cfg)
     ident = cfg.identity_doc()
-    if tmp.exists():
+    if tmp.exists() and any(not p.name.startswith(".") for p in tmp.iterdir()):  # (a mount: its sync state)
         prev = None
         try:
             prev = json.loads((tmp / CONFIG_FILE).read_text())

@@ -362,7 +362,7 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
                           engine=engine_of(cfg), model=True)
     try:
         sheet = write_contact_sheet(out, cfg.contact_identities, cfg.poses)
-        stats["contact_sheet"] = None if sheet is None else str(sheet)
+        stats["contact_sheet"] = None if sheet is None else (storage.remote_of(sheet) or str(sheet))
     except Exception as e:  # noqa: BLE001 - a picture must not fail the run
         stats["contact_sheet"] = None
         stats["contact_sheet_error"] = f"{type(e).__name__}: {e}"
