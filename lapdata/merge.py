@@ -12,8 +12,6 @@ whole ingest run writes them: no part can see the other parts' photos). Each par
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .atomic import atomic_path
 from .duplicates import record_duplicates
 from .engine import EngineConfig, map_unordered
 from .errors import LapError
@@ -29,30 +26,12 @@ from .schema import PHOTOS, SHARD_DIR, SHARD_SHA256
 from .writer import UNSHARDED, finalize_dataset, read_shard_json
 
 
-def place(src: str, dst: str, link: bool = False) -> None:
-    """Copy one file from a part into the merged dataset: local -> local atomically (or a hard link), object ->
-    object server-side, otherwise streamed (an object PUT is atomic: nothing half-written either way)."""
-    if not storage.is_url(dst):
-        with atomic_path(dst) as tmp:
-            if link and not storage.is_url(src):
-                os.link(src, tmp)
-            elif storage.is_url(src):
-                with storage.open_read(src) as f, open(tmp, "wb") as g:
-                    shutil.copyfileobj(f, g, 1 << 20)
-            else:
-                shutil.copyfile(src, tmp)
-    elif storage.is_url(src) and src.split("://")[0] == dst.split("://")[0]:
-        storage.copy(src, dst)
-    else:
-        storage.upload(src, dst)
-
-
 def _copy_shard(job: tuple) -> dict:
     """One merge job (either engine): tar, parquet, then the json marker, from the part to the merged dataset."""
     src_dir, dst_dir, name, link = job
     for ext in (".tar", ".parquet", ".json"):
-        place(storage.join(src_dir, SHARD_DIR, name + ext), storage.join(dst_dir, SHARD_DIR, name + ext),
-              link and ext != ".json")
+        storage.transfer(storage.join(src_dir, SHARD_DIR, name + ext), storage.join(dst_dir, SHARD_DIR, name + ext),
+                         link and ext != ".json")
     return {"shard": name}
 
 

@@ -21,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import IO, Iterable
 
+from .atomic import atomic_path
 from .errors import LapError, require
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -149,13 +151,36 @@ def _listing(url: str) -> dict[str, tuple[int, str]]:
 def glob(pattern: str) -> list[str]:
     """The URLs matching a glob pattern (``s3://b/ds/shards/train-*.tar``), sorted."""
     fs, p = _fs(pattern)
-    proto = pattern.split("://", 1)[0]
-    return sorted(f"{proto}://{k.lstrip('/')}" if proto == "memory" else fs.unstrip_protocol(k) for k in fs.glob(p))
+    first = min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)
+    base = pattern[: pattern.rfind("/", 0, first)]  # the pattern's folder before its first wildcard, as given
+    _, base_path = _fs(base)
+    return sorted(base + k[len(base_path.rstrip("/")):] for k in fs.glob(p))
 
 
 def upload(local: str | os.PathLike, url: str) -> None:
     fs, p = _fs(url)
     fs.put_file(str(local), p)
+
+
+def transfer(src: str, dst: str, link: bool = False) -> None:
+    """Copy one file between any two places: to a local path atomically (``link``: a hard link between local
+    paths), between objects of one filesystem server-side, otherwise streamed (an object PUT is atomic: nothing
+    half-written either way)."""
+    if not is_url(dst):
+        with atomic_path(dst) as tmp:
+            if link and not is_url(src):
+                os.link(src, tmp)
+            else:
+                with open_read(src) as f, open(tmp, "wb") as g:
+                    shutil.copyfileobj(f, g, 1 << 20)
+    elif not is_url(src):
+        upload(src, dst)
+    elif src.split("://")[0] == dst.split("://")[0]:
+        copy(src, dst)
+    else:
+        fs, p = _fs(dst)
+        with open_read(src) as f, fs.open(p, "wb") as g:
+            shutil.copyfileobj(f, g, 1 << 20)
 
 
 def remove(url: str, recursive: bool = False) -> None:
@@ -199,7 +224,7 @@ def unmount(root: str | os.PathLike) -> None:
     _MOUNTS.pop(Path(root).absolute(), None)
 
 
-STATE = ".lapdata-sync.json"  # in a staging folder: {relative name: [sha256, remote signature] as last seen}
+STATE = ".lapdata-sync.json"  # in a staging folder: {relative name: [local stamp, remote signature] as last synced}
 
 
 def _state(root: Path) -> dict[str, list]:
@@ -224,8 +249,11 @@ def _local_files(root: Path) -> list[str]:
                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
-def _sha_local(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+def _stamp(p: Path) -> str:
+    """A local file's version (size and modification time): compared, never hashed, so a mount of a large dataset
+    does not read its files."""
+    st = p.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def sync_down(root: str | os.PathLike, prune: bool = False) -> int:
@@ -243,13 +271,13 @@ def sync_down(root: str | os.PathLike, prune: bool = False) -> int:
             continue
         dst = root / rel
         seen = state.get(rel)
-        if dst.is_file() and dst.stat().st_size == n and seen and seen[1] == sig and _sha_local(dst) == seen[0]:
+        if dst.is_file() and dst.stat().st_size == n and seen and seen[1] == sig and _stamp(dst) == seen[0]:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         fs.get_file(f"{base.rstrip('/')}/{rel}", str(tmp))
         os.replace(tmp, dst)
-        state[rel] = [_sha_local(dst), sig]
+        state[rel] = [_stamp(dst), sig]
         fetched += 1
     for rel in _local_files(root) if prune else []:
         if rel not in remote and not rel.endswith(".tar"):
@@ -276,7 +304,7 @@ def push(root: str | os.PathLike, names: Iterable[str], *, drop_tars: bool = Tru
             if drop_tars:
                 local.unlink()
         elif state is not None:  # its new remote signature is unknown here: the next sync fetches it once
-            state[rel] = [_sha_local(local), None]
+            state[rel] = [_stamp(local), None]
     if state is not None:
         _save_state(root, state)
 
@@ -290,7 +318,7 @@ def push_tree(root: str | os.PathLike, last: Iterable[str] = ("stats.json",), sk
         return 0
     state = _state(root)
     files = [n for n in _local_files(root) if not n.startswith(tuple(skip))]
-    changed = [n for n in files if n.endswith(".tar") or (state.get(n) or [None])[0] != _sha_local(root / n)]
+    changed = [n for n in files if n.endswith(".tar") or (state.get(n) or [None])[0] != _stamp(root / n)]
     late = [n for n in last if n in changed]
     push(root, [n for n in changed if n not in late] + late)
     return len(changed)
