@@ -163,11 +163,11 @@ def evaluate_run(args, run: dict[str, Any], shards: str, tag: str = "", set_size
     per_image = run["images"] / max(1, run["steps"])
     for ck in ckpts:
         step = int(ck.stem.split("-")[1])
-        r = evaluate_checkpoint(EvaluateConfig(str(ck), shards, str(out / f"eval{tag}-{step:06d}"), baselines=True,
+        r = evaluate_checkpoint(EvaluateConfig(str(ck), shards=shards, out=str(out / f"eval{tag}-{step:06d}"), baselines=True,
                                                identity=False, max_identities=args.eval_ids, device=args.device),
                                 progress=False)
         curve.append(row_of(r, step, int(step * per_image)))
-    last = evaluate_checkpoint(EvaluateConfig(str(out / "last.pt"), shards, str(out / f"eval{tag}"), baselines=True,
+    last = evaluate_checkpoint(EvaluateConfig(str(out / "last.pt"), shards=shards, out=str(out / f"eval{tag}"), baselines=True,
                                               identity=False, max_identities=args.eval_ids,
                                               set_sizes=tuple(set_sizes), device=args.device), progress=False)
     row = row_of(last, run["steps"], run["images"])
@@ -179,7 +179,7 @@ def evaluate_run(args, run: dict[str, Any], shards: str, tag: str = "", set_size
 
     cfg = checkpoint_config(load_checkpoint(out / "last.pt"))
     torch.manual_seed(cfg.seed)
-    init = evaluate_checkpoint(EvaluateConfig("untrained", shards, str(out / f"eval{tag}-init"), baselines=True,
+    init = evaluate_checkpoint(EvaluateConfig("untrained", shards=shards, out=str(out / f"eval{tag}-init"), baselines=True,
                                               identity=False, max_identities=args.eval_ids),
                                model=build_model(cfg, training=False).eval(), progress=False)
     row["init"] = row_of(init, 0, 0)

@@ -253,6 +253,39 @@ def align_face(
 PREALIGNED_RULES = ("auto", "arcface112", "celeba-align", "resize")
 
 
+def resolve_prealigned_rule(rule: str, width: int, height: int) -> str:
+    """``auto`` -> the layout its size names (``arcface112`` for 112x112, ``celeba-align`` for 178x218, else
+    ``resize``); other rules are returned as they are (an unknown one is a LapError)."""
+    if rule not in PREALIGNED_RULES:
+        raise LapError(f"unknown pre-aligned crop rule {rule!r} (known: {', '.join(PREALIGNED_RULES)})")
+    if rule == "auto":
+        return "arcface112" if (height, width) == (112, 112) else "celeba-align" if (height, width) == (218, 178) \
+            else "resize"
+    return rule
+
+
+def prealigned_matrix(rule: str, width: int, height: int, size: int, *, iod: float = DEFAULT_IOD,
+                      eye_y: float = DEFAULT_EYE_Y) -> np.ndarray:
+    """(2, 3) image -> crop matrix of a pre-aligned layout's fixed rule (pixel centres at integers).
+
+    ``resize``: the centre square of side min(w, h) scaled to ``size``; ``arcface112`` / ``celeba-align``: the
+    similarity from the layout's mean 5 points to the lap template. The one definition of where a pre-aligned
+    crop comes from: :func:`crop_prealigned` warps with it and keypoint evaluation maps points through it."""
+    rule = resolve_prealigned_rule(rule, width, height)
+    if rule == "resize":
+        s = min(height, width)
+        y0, x0 = (height - s) // 2, (width - s) // 2
+        sc = size / s
+        return np.array([[sc, 0.0, (0.5 - x0) * sc - 0.5], [0.0, sc, (0.5 - y0) * sc - 0.5]])
+    if rule == "arcface112":
+        if height != width:
+            raise LapError(f"arcface112 rule needs a square image, got {width}x{height}")
+        src = arcface_template(width)
+    else:  # celeba-align
+        src = CELEBA_ALIGN_5 * np.array([width / 178.0, height / 218.0])
+    return estimate_similarity(src, lap_template(size, iod, eye_y))
+
+
 def crop_prealigned(
     image: np.ndarray,
     size: int = 128,
@@ -267,32 +300,22 @@ def crop_prealigned(
     image (H, W, 3) uint8 -> (size, size, 3) uint8 and the full rule string for the manifest, e.g.
     ``"prealigned:arcface112;sim5:template=lap,iod=0.35,eye_y=0.33,size=128,border=replicate"``.
     Rules: ``arcface112`` (ArcFace 112x112 crops; any square size, scaled), ``celeba-align`` (178x218
-    img_align_celeba), ``resize`` (centre square crop + resize), ``auto`` (by image size, see module doc)."""
-    if rule not in PREALIGNED_RULES:
-        raise LapError(f"unknown pre-aligned crop rule {rule!r} (known: {', '.join(PREALIGNED_RULES)})")
+    img_align_celeba), ``resize`` (centre square crop + resize), ``auto`` (by image size, see module doc).
+    The crop is the image under :func:`prealigned_matrix`."""
     h, w = image.shape[:2]
-    if rule == "auto":
-        rule = "arcface112" if (h, w) == (112, 112) else "celeba-align" if (h, w) == (218, 178) else "resize"
+    rule = resolve_prealigned_rule(rule, w, h)
+    m = prealigned_matrix(rule, w, h, size, iod=iod, eye_y=eye_y)
     if rule == "resize":
         s = min(h, w)
         y0, x0 = (h - s) // 2, (w - s) // 2
         sq = image[y0 : y0 + s, x0 : x0 + s]
-        sc = size / s
         if s == size:
             out = np.ascontiguousarray(sq)
         else:
             from PIL import Image
 
-            out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR if sc > 1 else Image.BOX))
+            out = np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR if size > s else Image.BOX))
         return out, f"prealigned:resize;center-square,size={size}"
-    if rule == "arcface112":
-        if h != w:
-            raise LapError(f"arcface112 rule needs a square image, got {w}x{h}")
-        src = arcface_template(w)
-    else:  # celeba-align
-        src = CELEBA_ALIGN_5 * np.array([w / 178.0, h / 218.0])
-    dst = lap_template(size, iod, eye_y)
-    m = estimate_similarity(src, dst)
     out = warp_affine(image, m, size, border)
     return out, f"prealigned:{rule};{lap_rule(size, iod, eye_y, border)}"
 

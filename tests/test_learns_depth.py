@@ -48,7 +48,7 @@ def run(tmp_path, shards, steps: int, **over):
         res = train(cfg, progress=False, log=lambda m: None)
     finally:
         torch.set_num_threads(threads)
-    r = evaluate_checkpoint(EvaluateConfig(str(res.checkpoint), shards, str(tmp_path / "eval"), baselines=True,
+    r = evaluate_checkpoint(EvaluateConfig(str(res.checkpoint), shards=shards, out=str(tmp_path / "eval"), baselines=True,
                                            identity=False), progress=False)
     m, f = r.rows["model"], r.rows["flat"]
     return m["side"]["mean"] / f["side"]["mean"], m["mad"]["mean"] / f["mad"]["mean"]

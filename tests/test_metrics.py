@@ -201,7 +201,7 @@ def test_evaluate_true_vs_wrong_depth(tmp_path):
     from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint, format_table
 
     url, table = _write_shards(tmp_path / "shards")
-    good = evaluate_checkpoint(EvaluateConfig("x.pt", url, str(tmp_path / "good"), baselines=True, identity=False,
+    good = evaluate_checkpoint(EvaluateConfig("x.pt", shards=url, out=str(tmp_path / "good"), baselines=True, identity=False,
                                               set_sizes=(1, 2, 3)), model=_DepthModel(table), progress=False)
     row = good.rows["model"]
     assert row["side"]["n"] == 12 and good.counts == {"identities": 4, "views": 12, "views_with_gt": 12}
@@ -214,12 +214,14 @@ def test_evaluate_true_vs_wrong_depth(tmp_path):
     assert sorted(good.set_size) == [1, 2, 3] and good.set_size[3]["sets"]["n"] == 4
     assert good.set_size[2]["side"]["mean"] < 0.01
     doc = json.loads((tmp_path / "good" / "eval.json").read_text())
-    assert set(doc["rows"]) == {"model", "flat", "gt"}
+    assert set(doc["rows"]) == {"model", "flat", "mean_face", "gt"}
+    assert doc["rows"]["mean_face"]["side"]["n"] == 0  # these views carry no pose label: no mean face to pose
+    assert set(doc["canon_spread"]) == {"identities", "views"} and doc["canon_spread"]["identities"] > 0
     for f in ("set_size.png", "set_size.json", "examples.png"):
         assert (tmp_path / "good" / f).exists(), f
     assert format_table(good).row_count == 6
 
-    bad = evaluate_checkpoint(EvaluateConfig("x.pt", url, str(tmp_path / "bad"), identity=False, set_sizes=(1, 4)),
+    bad = evaluate_checkpoint(EvaluateConfig("x.pt", shards=url, out=str(tmp_path / "bad"), identity=False, set_sizes=(1, 4)),
                               model=_DepthModel(table, "wrong"), progress=False)
     assert any("no identity has 4 views" in n for n in bad.notes)
     assert bad.set_size[1]["side"]["n"] == 4 and bad.set_size[4]["side"]["n"] == 0
@@ -257,12 +259,12 @@ def test_evaluate_errors(tmp_path):
     from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 
     with pytest.raises(LapError, match="checkpoint not found"):
-        evaluate_checkpoint(EvaluateConfig(str(tmp_path / "none.pt"), "x.tar", str(tmp_path)))
+        evaluate_checkpoint(EvaluateConfig(str(tmp_path / "none.pt"), shards="x.tar", out=str(tmp_path)))
     with pytest.raises(LapError, match="does not exist"):
-        evaluate_checkpoint(EvaluateConfig("x.pt", str(tmp_path / "missing.tar"), str(tmp_path)), model=_DepthModel({}),
+        evaluate_checkpoint(EvaluateConfig("x.pt", shards=str(tmp_path / "missing.tar"), out=str(tmp_path)), model=_DepthModel({}),
                             progress=False)
     with pytest.raises(LapError, match="batch_size must be >= 1"):
-        EvaluateConfig("x.pt", "x.tar", str(tmp_path), batch_size=0)
+        EvaluateConfig("x.pt", shards="x.tar", out=str(tmp_path), batch_size=0)
 
 
 def test_evaluate_cli(tmp_path):
@@ -310,7 +312,7 @@ def test_evaluate_cli_lap_set_sizes(tmp_path):
 
 
 def test_set_order():
-    from lapmodel.evaluation.evaluate import set_order
+    from lapmodel.evaluation.evalset import set_order
 
     a = set_order("alice", 6)
     assert sorted(a) == list(range(6)) and a == set_order("alice", 6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -24,6 +25,7 @@ class EvalSet:
     mask: Tensor
     has_gt: Tensor
     fov_deg: float | None = None
+    poses: list[tuple[float, float, float] | None] | None = None  # per view (yaw, pitch, roll) degrees, when known
 
 
 def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> EvalSet:
@@ -35,10 +37,12 @@ def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> Eva
     n = num_views(raw)
     views = range(n if max_views is None else min(n, max_views))
     s = decode_sample(raw, views=views, fields=("image", "depth", "mask"))
-    imgs, depths, masks, has = [], [], [], []
+    imgs, depths, masks, has, poses = [], [], [], [], []
     fov = s.meta.get("fov_deg")
     for v in s.views:
         imgs.append(torch.from_numpy(preprocess_image(v.image, size)))
+        pose = v.meta.get("pose")
+        poses.append(tuple(float(x) for x in pose) if isinstance(pose, (list, tuple)) and len(pose) == 3 else None)
         h, w = v.image.shape[:2]
         if v.depth is not None:
             d = np.asarray(v.depth, dtype=np.float32)
@@ -55,7 +59,7 @@ def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> Eva
         masks.append(torch.from_numpy(preprocess_field(m, size)))
     return EvalSet(
         identity=s.identity, images=torch.stack(imgs), depth=torch.stack(depths), mask=torch.stack(masks),
-        has_gt=torch.tensor(has, dtype=torch.bool), fov_deg=None if fov is None else float(fov),
+        has_gt=torch.tensor(has, dtype=torch.bool), fov_deg=None if fov is None else float(fov), poses=poses,
     )
 
 
@@ -69,3 +73,10 @@ def iter_evalsets(shards: str | Sequence[str], size: int, max_identities: int | 
         if max_identities is not None and k >= max_identities:
             break
         yield sample_to_evalset(raw, size, max_views)
+
+
+def set_order(identity: str, n: int) -> list[int]:
+    """A fixed pseudo-random order of an identity's n views (seeded by its name): the set of size N is the first N,
+    so sets are nested across N and mix poses even when the shard stores views sorted by pose."""
+    g = torch.Generator().manual_seed(zlib.crc32(identity.encode("utf-8")))
+    return torch.randperm(n, generator=g).tolist()

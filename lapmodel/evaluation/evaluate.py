@@ -9,8 +9,11 @@ derives its ground-truth normals), so conventions cannot disagree. SSIM and iden
 with the input on the face region (the eroded gt mask where the shard has one, else the predicted mask).
 Views without ground-truth depth (real photos) still count for SSIM and identity cosine.
 
-Baselines (``baselines=True``): ``flat`` = a constant depth (the median of the gt) on the gt mask, ``gt`` = the gt
-depth itself (a sanity check: SIDE = MAD = 0).
+Baselines (``baselines=True``): ``flat`` = a constant depth (the median of the gt) on the gt mask, ``mean_face`` =
+the other evaluated identities' average gt depth in the same nominal pose (``evaluation.baselines.MeanFace``: a
+generic face, correctly posed; a model that does not beat it has not learned shape), ``gt`` = the gt depth itself (a
+sanity check: SIDE = MAD = 0). ``canon_spread`` (eval.json): how much the predicted canonical depth varies across
+identities and across views (``evaluation.baselines.canon_spread``; near 0 = one map for everyone).
 
 Outputs in ``out_dir``: ``eval.json`` (all numbers), ``set_size.png`` + ``set_size.json`` (Fig. 7a of the paper:
 metrics against N = 1..6 for set models), ``examples.png`` (input | re-render | normals and depth of prediction and
@@ -22,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -34,7 +36,8 @@ from torch import Tensor
 from lapdata.errors import LapError
 from lapdata import pictures
 from lapmodel.evaluation import metrics
-from lapmodel.evaluation.evalset import EvalSet, iter_evalsets
+from lapmodel.evaluation.baselines import MeanFace, canon_spread
+from lapmodel.evaluation.evalset import EvalSet, iter_evalsets, set_order
 from lapmodel.models.outputs import Reconstruction
 
 METRIC_KEYS = ("side", "mad", "ssim", "depth_corr", "id_cos")
@@ -169,6 +172,16 @@ def baseline_metrics(es: EvalSet, kind: str, erode: int = 1, fov_deg: float = 10
     return out
 
 
+def mean_face_metrics(mean_face: MeanFace, erode: int = 1, fov_deg: float = 10.0) -> dict[str, list[float]]:
+    """Depth metrics of the mean-face baseline (``MeanFace.predictions``) on every view it covers."""
+    pred, pmask, gt, gmask = mean_face.predictions()
+    if len(pred) == 0:
+        return {k: [] for k in METRIC_KEYS}
+    dm = depth_metrics(pred, pmask.float(), torch.where(gmask, gt, torch.full_like(gt, math.nan)), gmask, fov_deg,
+                       fov_deg, erode)
+    return {k: [float(x) for x in dm[k]] if k in dm else [] for k in METRIC_KEYS}
+
+
 EXAMPLE_COLUMNS = ("input", "re-render", "pred normal", "gt normal", "pred depth", "gt depth")
 
 
@@ -203,13 +216,6 @@ def summarize(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return res
 
 
-def set_order(identity: str, n: int) -> list[int]:
-    """A fixed pseudo-random order of an identity's n views (seeded by its name): the set of size N is the first N,
-    so sets are nested across N and mix poses even when the shard stores views sorted by pose."""
-    g = torch.Generator().manual_seed(zlib.crc32(identity.encode("utf-8")))
-    return torch.randperm(n, generator=g).tolist()
-
-
 def _extend(acc: dict[str, list[float]], new: dict[str, list[float]]) -> None:
     for k, v in new.items():
         acc.setdefault(k, []).extend(v)
@@ -224,6 +230,8 @@ class EvalResult:
     set_size: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    keypoints: dict[str, Any] | None = None               # the real-photo keypoint protocol (evaluation.photos)
+    canon_spread: dict[str, float] = field(default_factory=dict)  # {"identities", "views"}: evaluation.baselines
 
 
 def evaluate_model(
@@ -261,6 +269,9 @@ def evaluate_model(
         set_sizes = []
     vals: dict[str, list[float]] = {}
     base: dict[str, dict[str, list[float]]] = {"flat": {}, "gt": {}}
+    mean_face = MeanFace()
+    canon_ids: list[Tensor] = []  # per identity: its views' mean canonical depth
+    canon_views: list[Tensor] = []  # up to 4 views per identity
     per_id_curve: list[tuple[int, dict[int, dict[str, list[float]]]]] = []  # (views of the identity, {N: metrics})
     ex_rows: list[list[Any]] = []
     counts = {"identities": 0, "views": 0, "views_with_gt": 0}
@@ -276,9 +287,14 @@ def evaluate_model(
         counts["views_with_gt"] += int(es.has_gt.sum())
         rec = run_model(model, es.images, batch_size=batch_size)
         _extend(vals, view_metrics(es, rec, embedder, erode))
+        canon_ids.append(rec.canon_depth.mean(0))
+        canon_views.extend(rec.canon_depth[:4])
         if baselines:
             for kind in ("flat", "gt"):
                 _extend(base[kind], baseline_metrics(es, kind, erode, rec.fov_deg))
+            g = es.has_gt.nonzero().flatten().tolist()
+            if es.poses is not None and g and all(es.poses[i] is not None for i in g):
+                mean_face.add(counts["identities"], [round(es.poses[i][0], 1) for i in g], es.depth[g], es.mask[g])
         if set_sizes:
             mine: dict[int, dict[str, list[float]]] = {}
             order = set_order(es.identity, len(es.images))
@@ -304,6 +320,7 @@ def evaluate_model(
     rows = {"model": summarize(vals)}
     if baselines:
         rows["flat"] = summarize(base["flat"])
+        rows["mean_face"] = summarize(mean_face_metrics(mean_face, erode, fov_deg=es.fov_deg or rec.fov_deg))
         rows["gt"] = summarize(base["gt"])
     # the curve uses the same identities for every N: those with >= max(N) views (else each N its own, noted)
     curve: dict[int, dict[str, list[float]]] = {n: {} for n in set_sizes}
@@ -322,7 +339,8 @@ def evaluate_model(
     set_res = {n: summarize(curve[n]) for n in set_sizes}
     for n in set_sizes:
         set_res[n]["sets"] = {"n": len(curve[n].get("ssim", [])) // n}  # identities with >= N views
-    result = EvalResult(rows=rows, set_size=set_res, notes=notes, counts=counts)
+    spread = {"identities": canon_spread(torch.stack(canon_ids)), "views": canon_spread(torch.stack(canon_views))}
+    result = EvalResult(rows=rows, set_size=set_res, notes=notes, counts=counts, canon_spread=spread)
 
     doc = {
         "counts": counts,
@@ -332,6 +350,7 @@ def evaluate_model(
                      "ssim_region": "eroded gt mask (pred mask where no gt)",
                      "identity": embedder.name if embedder is not None else "off"},
         "rows": rows,
+        "canon_spread": spread,
         "set_size": {str(n): v for n, v in set_res.items()},
         "notes": notes,
     }
@@ -392,10 +411,15 @@ class EvaluateConfig:
     """What `lapmodel evaluate` does; its command-line options derive from these fields."""
 
     checkpoint: str                      # trained model checkpoint (.pt)
-    shards: tuple[str, ...]              # shards: paths, brace patterns, globs or a dataset folder (repeatable)
     out: str                             # output folder (eval.json, set_size.png, examples.png)
+    shards: tuple[str, ...] = ()         # shards with ground-truth depth: paths, brace patterns, globs or a dataset folder
+    keypoints: str | None = None         # real photos with 3D keypoints: a keypoints3d .npz, an AFLW2000-3D or 3DFAW folder
+    photo_root: str | None = None        # folder the .npz's photo paths are relative to (default: the .npz's folder)
+    identities: tuple[str, ...] = ()     # keypoints: score only these identities (e.g. held-out ones; default all)
+    max_per_identity: int | None = None  # keypoints: at most this many photos per identity (evenly spaced)
+    aligned: bool | None = None          # keypoints: photos are aligned crops / to detect (default: square = crop)
     set_sizes: tuple[int, ...] = ()      # set sizes of the set-size curve, e.g. 1,2,3,4,5,6 (LAP models)
-    baselines: bool = False              # add the flat-depth baseline and the ground-truth reference
+    baselines: bool = False              # shards: add the flat-depth baseline and the ground-truth reference
     id_model: str | None = None          # ArcFace .onnx for the identity cosine (default: dlib 128-D)
     identity: bool = True                # compute the identity cosine between input and re-render
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
@@ -405,18 +429,24 @@ class EvaluateConfig:
     erode: int = 1                       # pixels eroded from the gt and predicted masks (Unsup3D: 1)
 
     def __post_init__(self) -> None:
-        if isinstance(self.shards, str):
-            object.__setattr__(self, "shards", (self.shards,))
+        for name in ("shards", "identities"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, (getattr(self, name),))
         if self.batch_size < 1 or self.erode < 0 or any(n < 1 for n in self.set_sizes) \
                 or (self.size is not None and self.size < 8) or (self.max_identities is not None
-                                                                  and self.max_identities < 1):
+                                                                  and self.max_identities < 1) \
+                or (self.max_per_identity is not None and self.max_per_identity < 1):
             raise LapError(f"evaluate: batch_size must be >= 1 (got {self.batch_size}), erode >= 0 ({self.erode}), "
                            f"set sizes >= 1 ({list(self.set_sizes)}), size >= 8 ({self.size}), max_identities >= 1 "
-                           f"({self.max_identities})")
+                           f"({self.max_identities}), max_per_identity >= 1 ({self.max_per_identity})")
+        if not self.shards and not self.keypoints:
+            raise LapError("evaluate: give --shards (ground-truth depth) and/or --keypoints (real photos with 3D "
+                           "keypoints)")
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progress: bool = True) -> EvalResult:
-    """The `lapmodel evaluate` command's work: load the checkpoint, stream the shards, evaluate, write, return.
+    """The `lapmodel evaluate` command's work: load the checkpoint, evaluate on the shards and / or the keypoint
+    photos, write ``eval.json`` (the keypoint protocol under its ``keypoints`` key), return.
 
     ``model``: evaluate this model instead of loading ``cfg.checkpoint`` (tests, benchmarks)."""
     from lapdata.device import resolve_device
@@ -424,15 +454,31 @@ def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progre
 
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise LapError(f"{cfg.out}: --out is a file, not a folder")
+    if cfg.id_model is not None and not Path(cfg.id_model).is_file():
+        raise LapError(f"{cfg.id_model}: identity model (ArcFace ONNX) not found")
+    kps = None
+    if cfg.keypoints:  # read (and refuse) the keypoints before any model work
+        from lapmodel.evaluation.keypoints import read_keypoints, select
+
+        kps = select(read_keypoints(cfg.keypoints, cfg.photo_root), cfg.identities, (), cfg.max_per_identity)
     if model is None:
         from lapmodel.io.checkpoint import load_model
 
         # LapError naming the file when missing or not a checkpoint
         model = load_model(cfg.checkpoint, device=resolve_device(cfg.device))
-    if cfg.id_model is not None and not Path(cfg.id_model).is_file():
-        raise LapError(f"{cfg.id_model}: identity model (ArcFace ONNX) not found")
     s = cfg.size or model_image_size(model)
-    sets = iter_evalsets(list(cfg.shards), s, max_identities=cfg.max_identities)
-    return evaluate_model(model, sets, cfg.out, set_sizes=cfg.set_sizes, baselines=cfg.baselines,
-                          id_model=cfg.id_model, identity=cfg.identity, erode=cfg.erode, batch_size=cfg.batch_size,
-                          progress=progress)
+    result = EvalResult(rows={})
+    if cfg.shards:
+        sets = iter_evalsets(list(cfg.shards), s, max_identities=cfg.max_identities)
+        result = evaluate_model(model, sets, cfg.out, set_sizes=cfg.set_sizes, baselines=cfg.baselines,
+                                id_model=cfg.id_model, identity=cfg.identity, erode=cfg.erode,
+                                batch_size=cfg.batch_size, progress=progress)
+    if kps is not None:
+        from lapmodel.evaluation.photos import evaluate_photos
+
+        result.keypoints = evaluate_photos(model, kps, cfg.out, size=s, aligned=cfg.aligned, set_sizes=cfg.set_sizes,
+                                           batch_size=cfg.batch_size)
+        path = Path(cfg.out) / "eval.json"
+        doc = json.loads(path.read_text()) if cfg.shards and path.is_file() else {}
+        _write_json(path, {**doc, "keypoints": result.keypoints})
+    return result

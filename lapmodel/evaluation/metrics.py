@@ -166,3 +166,48 @@ def flat_normals(shape: tuple[int, int, int], dtype: torch.dtype = torch.float64
     n = torch.zeros(*shape, 3, dtype=dtype, device=device)
     n[..., 2] = 1.0
     return n
+
+
+# --------------------------------------------------------------------------------------------- keypoint depth
+
+
+def sample_at_points(depth: Tensor, valid: Tensor, points: Tensor) -> Tensor:
+    """Bilinear depth at sub-pixel points, NaN where any of the four pixels is invalid or the point is off the frame.
+
+    depth (B, S, S), valid (B, S, S) bool, points (B, K, 2) x, y in pixels (pixel centres at integers) ->
+    (B, K) float64."""
+    b, s = depth.shape[0], depth.shape[-1]
+    grid = ((points.to(torch.float64) + 0.5) / s * 2 - 1)[:, :, None, :]  # (B, K, 1, 2), align_corners=False
+    d = torch.where(valid, depth.to(torch.float64), torch.zeros((), dtype=torch.float64))[:, None]
+    val = F.grid_sample(d, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0, :, 0]
+    cover = F.grid_sample(valid.to(torch.float64)[:, None], grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)[:, 0, :, 0]
+    inside = (points >= -0.5).all(-1) & (points <= s - 0.5).all(-1)
+    ok = inside & (cover > 1 - 1e-6) & torch.isfinite(val)
+    return torch.where(ok, val / cover.clamp_min(1e-12), torch.full_like(val, math.nan)).reshape(b, -1)
+
+
+def keypoint_correlation(pred: Tensor, gt: Tensor, min_points: int = 8) -> Tensor:
+    """Per-photo Pearson correlation of keypoint depths (DepthNet's ``pearsons``): (B, K) x2 -> (B,) float64.
+
+    NaN keypoints are left out; NaN for a photo with fewer than ``min_points`` valid keypoints."""
+    r = depth_correlation(pred[:, None, :], gt[:, None, :])
+    n = (torch.isfinite(pred) & torch.isfinite(gt)).sum(1)
+    return torch.where(n >= min_points, r, torch.full_like(r, math.nan))
+
+
+def depthnet_score(pred: Tensor, gt: Tensor) -> tuple[float, Tensor]:
+    """DepthNet's summed depth correlation (Moniz et al. 2018; Unsup3D / LAP Table 3, 66 = ground truth on 3DFAW).
+
+    pred, gt (B, K): keypoint depths of B photos. Each photo's depths are centred on their mean (the protocol's
+    depth has no absolute origin); then, per keypoint, the correlation across the photos; the score is the sum over
+    keypoints of its absolute value (K for a perfect prediction; a keypoint whose depth is constant over the photos
+    adds 0). Returns (score, per-keypoint |corr| (K,))."""
+    ok = torch.isfinite(pred) & torch.isfinite(gt)
+    p = pred.to(torch.float64).where(ok, torch.tensor(math.nan, dtype=torch.float64))
+    g = gt.to(torch.float64).where(ok, torch.tensor(math.nan, dtype=torch.float64))
+    p = p - p.nanmean(1, keepdim=True)
+    g = g - g.nanmean(1, keepdim=True)
+    r = depth_correlation(p.T[:, None, :], g.T[:, None, :]).abs()  # (K,)
+    r = torch.nan_to_num(r, nan=0.0)
+    return float(r.sum()), r

@@ -39,13 +39,16 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 @dataclass
 class LoadedFaces:
-    """Face crops ready for the model: images (B, 3, S, S) float in [0, 1]; names unique per photo."""
+    """Face crops ready for the model: images (B, 3, S, S) float in [0, 1]; names unique per photo; ``matrices``
+    the (2, 3) photo -> crop transform of each crop (pixel centres at integers), so that points annotated on the
+    photo (keypoint evaluation) land where the model sees them."""
 
     images: Tensor
     names: list[str]
     sources: list[str]
     rules: list[str]
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    matrices: list[np.ndarray] = field(default_factory=list)
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -100,7 +103,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
 
     from lapdata import detectors as ldetectors, faces as lfaces
 
-    crops, kept_names, sources, rules, skipped = [], [], [], [], []
+    crops, kept_names, sources, rules, skipped, matrices = [], [], [], [], [], []
     for path, name in zip(files, names):
         try:
             with Image.open(path) as im:
@@ -112,6 +115,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
         is_aligned = aligned if aligned is not None else (h == w)
         if is_aligned:
             crop, rule = lfaces.crop_prealigned(img, size, "auto")
+            matrix = lfaces.prealigned_matrix("auto", w, h, size)
         else:
             if detector is None:
                 detector = ldetectors.DlibDetector()
@@ -120,8 +124,9 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
                 skipped.append({"path": str(path), "reason": "no face found"})
                 continue
             crop, info = lfaces.align_face(img, face, size)
-            rule = info.get("rule", "align_face")
+            rule, matrix = info.get("rule", "align_face"), np.asarray(info["matrix"], np.float64)
         crops.append(crop)
+        matrices.append(matrix)
         kept_names.append(name)
         sources.append(str(path))
         rules.append(rule)
@@ -129,7 +134,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
         images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
     else:
         images = torch.zeros(0, 3, size, size)
-    return LoadedFaces(images, kept_names, sources, rules, skipped)
+    return LoadedFaces(images, kept_names, sources, rules, skipped, matrices)
 
 
 def _needs_detector(path: Path, aligned: bool | None) -> bool:
