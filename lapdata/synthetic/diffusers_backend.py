@@ -125,6 +125,7 @@ class DiffusersBackend:
 
     name = "diffusers"
     has_geometry = False
+    framing = "approx-lap"  # painted near the conditioning's lap framing: detected and aligned (synthetic.framing)
 
     def __init__(self, config: DiffusersConfig, condition_backend):
         if config.condition not in ("normal", "depth"):
