@@ -201,6 +201,11 @@ def test_diffusers_bad_folder(tmp_path):
     pytest.importorskip("diffusers")
     from lapdata.synthetic.diffusers_backend import load_pipeline
 
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)  # a single-file checkpoint: how to convert it, one line
+    with pytest.raises(LapError, match=r"model.safetensors: a single-file checkpoint; --pipeline takes a diffusers "
+                                       r"folder: convert it once, offline, with from_single_file\(FILE, config=") as ei:
+        load_pipeline(str(tmp_path / "model.safetensors"))
+    assert "\n" not in str(ei.value)
     (tmp_path / "p").mkdir()
     with pytest.raises(LapError, match="model_index.json is missing"):
         load_pipeline(str(tmp_path / "p"))
