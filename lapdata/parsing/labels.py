@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import LapError
 
+# The project's ids: CelebAMask-HQ's g_mask.py ``label_list`` order, 1-based after background (see the module doc)
 CLASSES: tuple[str, ...] = (
     "background",  # 0
     "skin",  # 1
