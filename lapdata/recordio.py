@@ -10,7 +10,9 @@ Format (dmlc-core recordio):
 * ``.idx``: text lines ``<key>\\t<byte offset of the record>``.
 * payload (mx.recordio.pack): IRHeader ``struct 'IfQQ'`` = flag (uint32), label (float32), id (uint64), id2 (uint64);
   when flag > 0 the label is instead ``flag`` float32 values following the header; then the encoded image bytes.
-  In insightface datasets record 0 is usually a header record (flag > 0, label = [first image index, end], no image).
+  insightface datasets (arcface_torch ``MXFaceDataset``) lay out: images at keys 1..n (label = identity), then one
+  record per identity (flag 2, label = [first, end) of its image keys, no image); record 0 is a header (flag 2,
+  label = [n + 1, end): the identity records' range, so the images are keys 1 .. label[0] - 1; no image).
 """
 
 from __future__ import annotations
@@ -175,15 +177,17 @@ class RecordReader:
 
 
 def write_rec(rec_path: str | Path, idx_path: str | Path, items, header_record: bool = True) -> None:
-    """Write ``items`` [(label: float, image bytes)] as an insightface-style .rec/.idx (record 0 = header)."""
+    """Write ``items`` [(label: float, image bytes)] as an insightface-style .rec/.idx: with ``header_record``,
+    record 0 = the header (label = the identity records' range) and, after the images, one identity record per
+    label (label = [first, end) of its image keys), as in the module doc."""
     items = list(items)
     with open(rec_path, "wb") as f, open(idx_path, "w", encoding="utf-8") as fi:
-        key = 0
+        n, ids = len(items), sorted({float(label) for label, _ in items})
+        records = [(IRHeader(0, float(label), k, 0), data) for k, (label, data) in enumerate(items, 1)]
         if header_record:
-            off = write_record(f, pack(IRHeader(2, np.array([1, len(items) + 1], np.float32), 0, 0), b""))
+            keys = {i: [k for k, (label, _) in enumerate(items, 1) if float(label) == i] for i in ids}
+            records.insert(0, (IRHeader(2, np.array([n + 1, n + 1 + len(ids)], np.float32), 0, 0), b""))
+            records += [(IRHeader(2, np.array([min(keys[i]), max(keys[i]) + 1], np.float32), 0, 0), b"") for i in ids]
+        for key, (header, data) in enumerate(records):
+            off = write_record(f, pack(header, data))
             fi.write(f"{key}\t{off}\n")
-            key += 1
-        for label, data in items:
-            off = write_record(f, pack(IRHeader(0, float(label), key, 0), data))
-            fi.write(f"{key}\t{off}\n")
-            key += 1

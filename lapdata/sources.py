@@ -326,7 +326,8 @@ def celebamask_hq_source(root: str | Path, identity_file: str | Path | None = No
 
 
 def rec_source(path: str | Path) -> Iterator[PhotoRecord]:
-    """insightface .rec: identity = int(label) (first value of an array label); the header record is skipped."""
+    """insightface .rec: identity = int(label) (first value of an array label); records without an image (record 0
+    and the identity records after the images, ``lapdata.recordio``) are skipped."""
     from .recordio import RecordIOError, iter_offsets, read_idx, read_record_at, unpack
 
     p = Path(path)
@@ -352,7 +353,7 @@ def rec_source(path: str | Path) -> Iterator[PhotoRecord]:
                 yield PhotoRecord("unknown", f"{name}#{key}", "rec", None, (str(p), off), "arcface112", None, escaped)
                 continue
             if header.flag > 0 and not data:
-                continue  # header record (record 0 in insightface datasets)
+                continue  # record 0 (the identity records' range) or an identity record (its image range)
             lab = header.label
             ident = str(int(lab[0] if isinstance(lab, np.ndarray) else lab))
             yield PhotoRecord(ident, f"{name}#{key}", "rec", None, (str(p), off), "arcface112", None, escaped)

@@ -269,8 +269,9 @@ def _job_lost(job: tuple, e: Exception) -> dict:
 
 # options that may change between the runs of one dataset (they do not change what is written)
 RESUMABLE_OPTIONS = frozenset({"workers", "part", "progress", "out", "device", *ENGINE_FIELDS})
-# options added after datasets were first written, with the value older runs used (lapdata.ingest_config)
-ADDED_OPTIONS = {"max_pixels": 64_000_000, "csv_root": None}
+# options added after datasets were first written, with the value older runs used (lapdata.ingest_config;
+# build-synthetic: det_model and framing, none for the 3D backends)
+ADDED_OPTIONS = {"max_pixels": 64_000_000, "csv_root": None, "det_model": "", "framing": None}
 
 
 def check_same_run(out: Path, config: Mapping | None) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from lapdata.errors import LapError
 from lapdata.parsing.bisenet import BiSeNet, BiSeNetParser, convert_state_dict, load_bisenet
+from lapdata.parsing.labels import CLASS_ID, CLASSES, FACE_PARSING_CLASSES, order_lookup, read_label_order
 
 # a few keys and shapes of the reference weight files, written out by hand
 REFERENCE_KEYS = {
@@ -110,14 +111,15 @@ def test_parser_sizes_and_labels(model):
 
 
 def test_parser_resizes_like_reference(model):
-    # a 64x64 input at input_size 64: the label map is exactly the argmax of the network on the normalised image
+    # a 64x64 input at input_size 64: the label map is exactly the argmax of the network on the normalised image,
+    # the network's (face-parsing.PyTorch) ids mapped to the project's
     img = np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     seg = BiSeNetParser(model, input_size=64)([img])[0].seg
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.inference_mode():
         ref = model(x).logits.argmax(1)[0].numpy()
-    assert np.array_equal(seg, ref)
+    assert np.array_equal(seg, order_lookup(FACE_PARSING_CLASSES)[ref])
 
 
 def test_wrong_class_count(tmp_path):
@@ -169,3 +171,67 @@ def test_cuda_matches_cpu(model):
     a = BiSeNetParser(model, input_size=512)([img])[0].seg
     b = BiSeNetParser(_random_model(), device="cuda", input_size=512)([img])[0].seg
     assert (a == b).mean() > 0.99
+
+
+# ------------------------------------------------------------------------------------------------ class ids
+# face-parsing.PyTorch prepropess_data.py builds its training masks with label = 1 + index in
+# atts = ['skin', 'l_brow', 'r_brow', 'l_eye', 'r_eye', 'eye_g', 'l_ear', 'r_ear', 'ear_r', 'nose', 'mouth', 'u_lip',
+#         'l_lip', 'neck', 'neck_l', 'cloth', 'hair', 'hat'], so 79999_iter.pth answers these ids (facts):
+NETWORK_ID = {"nose": 10, "hair": 17, "l_lip": 13, "r_brow": 3}
+# CelebAMask-HQ g_mask.py label_list (the project's ids): nose 2, hair 13, l_lip 12, r_brow 7 (facts)
+PROJECT_ID = {"nose": 2, "hair": 13, "l_lip": 12, "r_brow": 7}
+
+
+def forced_state_dict(net_id: int) -> dict:
+    """Weights in the 79999_iter.pth layout (191 keys, net.state_dict()) whose main head always answers ``net_id``:
+    the head's BatchNorm outputs a constant 1 after ReLU, and only row ``net_id`` of the classifier is non-zero."""
+    sd = {k: v.clone() for k, v in _random_model(1).state_dict().items()}
+    sd["conv_out.conv.bn.weight"].zero_()
+    sd["conv_out.conv.bn.bias"].fill_(1.0)
+    w = torch.zeros_like(sd["conv_out.conv_out.weight"])  # (19, 256, 1, 1)
+    w[net_id] = 1.0
+    sd["conv_out.conv_out.weight"] = w
+    return sd
+
+
+def test_label_orders_are_the_published_ones():
+    assert CLASSES[1:] == ("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear", "mouth",
+                           "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth")
+    assert FACE_PARSING_CLASSES[1:] == ("skin", "l_brow", "r_brow", "l_eye", "r_eye", "eye_g", "l_ear", "r_ear",
+                                        "ear_r", "nose", "mouth", "u_lip", "l_lip", "neck", "neck_l", "cloth", "hair",
+                                        "hat")
+    assert {n: CLASS_ID[n] for n in PROJECT_ID} == PROJECT_ID
+    lut = order_lookup(FACE_PARSING_CLASSES)
+    assert {n: int(lut[i]) for n, i in NETWORK_ID.items()} == PROJECT_ID
+    assert sorted(lut.tolist()) == list(range(19))
+    assert order_lookup(CLASSES).tolist() == list(range(19))
+
+
+@pytest.mark.parametrize("name", sorted(NETWORK_ID))
+def test_forced_class_is_stored_as_its_project_label(tmp_path, name):
+    w = tmp_path / "79999_iter.pth"
+    torch.save(forced_state_dict(NETWORK_ID[name]), w)
+    img = np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+    seg = BiSeNetParser(w, input_size=64)([img])[0].seg  # default order: face-parsing
+    assert seg.shape == (40, 48) and (seg == PROJECT_ID[name]).all()
+    seg = BiSeNetParser(w, input_size=64, label_order="celebamask-hq")([img])[0].seg  # weights in our order
+    assert (seg == NETWORK_ID[name]).all()
+
+
+def test_label_order_file(tmp_path):
+    order = list(reversed(CLASSES))  # network id k means CLASSES[18 - k]
+    f = tmp_path / "order.txt"
+    f.write_text("# my network\n" + "\n".join(order) + "\n\n")
+    assert read_label_order(str(f)) == tuple(order)
+    w = tmp_path / "w.pth"
+    torch.save(forced_state_dict(5), w)
+    seg = BiSeNetParser(w, input_size=64, label_order=str(f))([np.zeros((32, 32, 3), np.uint8)])[0].seg
+    assert (seg == CLASS_ID[order[5]]).all() and CLASS_ID[order[5]] == 13  # hair
+    f.write_text("\n".join(order[:-1] + ["nose"]))
+    with pytest.raises(LapError, match=r"order.txt: a label order needs the 19 class names once each.*18 distinct"):
+        read_label_order(str(f))
+    f.write_text("\n".join(order[:-1] + ["beard"]))
+    with pytest.raises(LapError, match=r"unknown class 'beard'"):
+        read_label_order(str(f))
+    with pytest.raises(LapError, match=r"--label-order 'nope': not one of face-parsing, celebamask-hq"):
+        read_label_order("nope")

@@ -310,17 +310,30 @@ def test_cli(tmp_path):
 
 
 def test_bisenet_end_to_end(tmp_path, monkeypatch):
+    """79999_iter.pth-layout weights forced to answer face-parsing.PyTorch's class 10 (nose): the stored label maps,
+    class counts and RCL masks hold the project's nose (2), not its 10 (mouth, M_re 0.3)."""
     monkeypatch.undo()  # the real parsers
     import torch
 
-    from lapdata.parsing.bisenet import BiSeNet
+    from lapdata.parsing.masks import label_to_masks_np
+    from test_parsing_bisenet import forced_state_dict
 
-    torch.manual_seed(0)
     w = tmp_path / "79999_iter.pth"
-    torch.save(BiSeNet().state_dict(), w)
+    torch.save(forced_state_dict(10), w)
     root = make_dataset(tmp_path / "ds", n_ids=2, per_shard=1)
     rep = P.parse_masks(root, P.ParseConfig(weights=str(w), input_size=64, batch_size=4), progress=False)
     assert rep.swapped and audit_dataset(root).ok
     rows = [r for r in pq.read_table(root / "photos.parquet").to_pylist() if r["status"] == "ok"]
     assert len(rows) == 6 and all(r["parser"] == "bisenet" for r in rows)  # auto + --weights -> bisenet
-    assert all(sum(r["class_counts"]) == S * S for r in rows)
+    nose = CLASS_ID["nose"]
+    assert nose == 2 and all(r["class_counts"][nose] == S * S == sum(r["class_counts"]) for r in rows)
+    for v in _views(root).values():
+        assert (v.seg == nose).all()
+        m, m_re = label_to_masks_np(v.seg)
+        assert (m == 1).all() and (m_re == 1).all()
+    # the same weights declared in the project's order: the id is stored as is (10 = mouth, lowered to 0.3)
+    rep = P.parse_masks(root, P.ParseConfig(weights=str(w), input_size=64, label_order="celebamask-hq"),
+                        progress=False)
+    assert rep.swapped
+    for v in _views(root).values():
+        assert (v.seg == CLASS_ID["mouth"]).all() and (label_to_masks_np(v.seg)[1] == np.float32(0.3)).all()

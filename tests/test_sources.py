@@ -175,7 +175,8 @@ def test_celebamask_hq(tmp_path):
 
 
 def tiny_rec_writer(rec_path, idx_path, items):
-    """Independent writer (straight from the format description): header record 0, then (label, bytes)."""
+    """Independent writer (straight from the format description): header record 0, the (label, bytes) records,
+    the identity records."""
     with open(rec_path, "wb") as f, open(idx_path, "w") as fi:
 
         def put(key, payload):
@@ -183,9 +184,16 @@ def tiny_rec_writer(rec_path, idx_path, items):
             f.write(struct.pack("<II", 0xCED7230A, len(payload)))
             f.write(payload + b"\0" * ((4 - len(payload) % 4) % 4))
 
-        put(0, struct.pack("IfQQ", 2, 0.0, 0, 0) + np.array([1, len(items) + 1], np.float32).tobytes())
+        # insightface's layout: images 1..n, then one record per identity (label = its [first, end) image range, no
+        # image); record 0's label = the identity records' range [n + 1, n + 1 + identities)
+        n, ids = len(items), sorted({label for label, _ in items})
+        put(0, struct.pack("IfQQ", 2, 0.0, 0, 0) + np.array([n + 1, n + 1 + len(ids)], np.float32).tobytes())
         for k, (label, data) in enumerate(items, 1):
             put(k, struct.pack("IfQQ", 0, float(label), k, 0) + data)
+        for j, ident in enumerate(ids):
+            first = 1 + min(k for k, (label, _) in enumerate(items) if label == ident)
+            end = 2 + max(k for k, (label, _) in enumerate(items) if label == ident)
+            put(n + 1 + j, struct.pack("IfQQ", 2, 0.0, 0, 0) + np.array([first, end], np.float32).tobytes())
 
 
 def test_rec_source(tmp_path):
@@ -198,6 +206,19 @@ def test_rec_source(tmp_path):
     # same result when the .idx is missing (the .rec is scanned), and via a folder
     (tmp_path / "train.idx").unlink()
     assert [load_bytes(r) for r in open_source("rec", tmp_path)] == [d for _, d in items]
+
+
+def test_write_rec_is_the_real_layout(tmp_path):
+    from lapdata.recordio import read_idx, read_record_at, write_rec
+
+    items = [(7, b"a"), (7, b"b"), (9, b"c")]
+    write_rec(tmp_path / "t.rec", tmp_path / "t.idx", items)
+    with open(tmp_path / "t.rec", "rb") as f:
+        recs = [unpack(read_record_at(f, off)) for _, off in read_idx(tmp_path / "t.idx")]
+    assert recs[0][0].label.tolist() == [4, 6]  # record 0: the identity records' range (keys 4, 5), not the images'
+    assert [h.label.tolist() for h, _ in recs[4:]] == [[1, 3], [3, 4]]  # identity 7: keys 1-2, identity 9: key 3
+    assert [(r.identity, load_bytes(r)) for r in open_source("rec", tmp_path / "t.rec")] == [
+        ("7", b"a"), ("7", b"b"), ("9", b"c")]
 
 
 def test_recordio_multipart_and_array_label(tmp_path):

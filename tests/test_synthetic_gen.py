@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
+from lapdata.audit import audit_dataset
 from lapdata.errors import LapError
 from lapdata.synthetic.base import Pose
-from lapdata.synthetic.build import SynthConfig, run_synthetic
+from lapdata.synthetic.build import SynthConfig, run_synthetic, summary_line
 
 
 class TinyGenerator(nn.Module):
@@ -34,6 +35,19 @@ class TinyMapping(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc(z)  # (N, w_dim)
+
+
+class CentreFace:
+    """Stand-in detector: one face whose 5 points are the lap template's of a face filling the middle of the view."""
+
+    name = "centre"
+
+    def __call__(self, image):
+        from lapdata.faces import Face, lap_template
+
+        h = image.shape[0]
+        pts = lap_template(h) * 0.8 + 0.1 * h
+        return [Face(box=np.array([0.0, 0.0, h, h]), landmarks=pts, score=0.9)]
 
 
 class NotAnImage(nn.Module):
@@ -79,17 +93,42 @@ def test_stylegan_pose_edit(gan_files):
 
 
 def test_stylegan_end_to_end(gan_files, tmp_path):
-    from lapdata.audit import audit_dataset
 
     out = tmp_path / "gan"
     cfg = SynthConfig(backend="stylegan", out=str(out), identities=3, poses=5, size=16, id_filter="none",
                       generator=str(gan_files["generator"]), mapping=str(gan_files["mapping"]),
                       pose_boundary=str(gan_files["boundary"]), progress=False)
-    stats = run_synthetic(cfg)
+    stats = run_synthetic(cfg, detector=CentreFace())  # every view: a face in the middle, aligned to the lap framing
     assert stats["status_counts"] == {"ok": 15}
     assert audit_dataset(out).ok
     photos = pq.read_table(out / "photos.parquet").to_pandas()
     assert sorted(set(photos.yaw)) == [-45, -22.5, 0, 22.5, 45] and (photos.pitch == 0).all()
+    assert (photos.orig_width == 24).all() and photos.crop_rule.str.startswith("synthetic:stylegan:ffhq-frame,render=24;"
+                                                                              "centre;sim5:template=lap").all()
+
+
+def test_stylegan_view_without_face_is_an_error_row(gan_files, tmp_path):
+    """The toolkit's detector (dlib) finds no face on a random generator's views: counted error rows, no failure."""
+    pytest.importorskip("dlib")
+    out = tmp_path / "gan"
+    cfg = SynthConfig(backend="stylegan", out=str(out), identities=2, poses=3, size=16, id_filter="none",
+                      generator=str(gan_files["generator"]), mapping=str(gan_files["mapping"]),
+                      pose_boundary=str(gan_files["boundary"]), progress=False)
+    stats = run_synthetic(cfg)
+    assert stats["status_counts"] == {"error": 6} and stats["reason_counts"] == {"no_face": 6} and not stats["failed"]
+    assert audit_dataset(out).ok and summary_line(stats, out).startswith("6 views: 0 ok, 0 skipped, 6 error (no_face 6)")
+    rows = pq.read_table(out / "photos.parquet").to_pylist()
+    assert all(r["error"] == "no_face: dlib-hog found no face in the 24x24 generated view" and r["num_faces"] == 0
+               for r in rows)
+
+
+def test_bad_det_model_is_one_line_before_work(gan_files, tmp_path):
+    cfg = SynthConfig(backend="stylegan", out=str(tmp_path / "gan"), generator=str(gan_files["generator"]),
+                      mapping=str(gan_files["mapping"]), pose_boundary=str(gan_files["boundary"]),
+                      det_model=str(tmp_path / "det_10g.onnx"), progress=False)
+    with pytest.raises(LapError, match=r"insightface detection ONNX file not found: .*det_10g.onnx"):
+        run_synthetic(cfg)
+    assert not (tmp_path / "gan" / "shards").exists()
 
 
 @pytest.mark.parametrize("what", ["boundary_size", "not_image", "missing", "not_script", "no_boundary"])
@@ -136,7 +175,6 @@ def tiny_pipeline(tmp_path) -> Path:
 
 
 def test_diffusers_end_to_end(tiny_pipeline, tmp_path):
-    from lapdata.audit import audit_dataset
     from lapdata.synthetic.build import make_backend
 
     cfg = SynthConfig(backend="diffusers", out=str(tmp_path / "diff"), identities=2, poses=3, size=16, steps=2,
@@ -151,8 +189,11 @@ def test_diffusers_end_to_end(tiny_pipeline, tmp_path):
     v2 = b.render_views(p, [Pose(-40), Pose(40)], 16, np.random.default_rng(0))
     np.testing.assert_array_equal(v1[0].image, v2[0].image)  # same seed per identity: deterministic
     assert not np.array_equal(v1[0].image, v1[1].image)  # the conditioning moves the output
-    stats = run_synthetic(cfg, backend=b)
+    stats = run_synthetic(cfg, backend=b, detector=CentreFace())  # views detected and aligned (approx-lap framing)
     assert stats["status_counts"] == {"ok": 6}
+    rule = pq.read_table(tmp_path / "diff" / "photos.parquet").column("crop_rule").to_pylist()
+    assert set(rule) == {"synthetic:diffusers:approx-lap-frame,render=16;centre;"
+                         "sim5:template=lap,iod=0.35,eye_y=0.33,size=16,border=replicate"}
     assert audit_dataset(tmp_path / "diff").ok
 
 
@@ -160,6 +201,11 @@ def test_diffusers_bad_folder(tmp_path):
     pytest.importorskip("diffusers")
     from lapdata.synthetic.diffusers_backend import load_pipeline
 
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)  # a single-file checkpoint: how to convert it, one line
+    with pytest.raises(LapError, match=r"model.safetensors: a single-file checkpoint; --pipeline takes a diffusers "
+                                       r"folder: convert it once, offline, with from_single_file\(FILE, config=") as ei:
+        load_pipeline(str(tmp_path / "model.safetensors"))
+    assert "\n" not in str(ei.value)
     (tmp_path / "p").mkdir()
     with pytest.raises(LapError, match="model_index.json is missing"):
         load_pipeline(str(tmp_path / "p"))

@@ -1,6 +1,7 @@
 """Face parsing for LAP's Relaxed Consistency Loss: 19-class CelebAMask-HQ label maps and the RCL masks.
 
-- ``labels``: the 19 classes (``CLASSES``, ``CLASS_ID``), palette, ``colorize``, ``class_counts``.
+- ``labels``: the 19 classes (``CLASSES``, ``CLASS_ID``: the project's ids), the published parsers' orders
+  (``FACE_PARSING_CLASSES``, ``read_label_order``, ``order_lookup``), palette, ``colorize``, ``class_counts``.
 - ``masks``: ``RCLMaskConfig``, ``label_to_masks`` (torch, any leading dims, CPU/GPU) / ``label_to_masks_np``
   -> (M, M_re); ``face_fraction``.
 - ``base``: ``ParseResult`` and the ``FaceParser`` protocol (images in, label maps out).

@@ -16,6 +16,12 @@ Pre-processing as in both projects' inference code: RGB resized to 512 x 512 (bi
 normalised with the ImageNet mean/std; the label map is the argmax of the main head at 512 px, resized back to the
 input size (nearest).
 
+Class ids: both weight files answer in face-parsing.PyTorch's training order (``labels.FACE_PARSING_CLASSES``:
+10 = nose, 17 = hair, ...), not in the project's CelebAMask-HQ order (``labels.CLASSES``: 2 = nose, 13 = hair).
+``BiSeNetParser`` maps the argmax through ``labels.order_lookup(label_order)`` before anything else sees it
+(``label_order`` "face-parsing" by default; "celebamask-hq" for weights trained on g_mask.py's label maps, or a
+file of 19 names: ``labels.read_label_order``).
+
 No torchvision, no download: the weight file is a local path.
 """
 
@@ -32,7 +38,7 @@ from torch import Tensor, nn
 
 from ..errors import LapError
 from .base import ParseResult
-from .labels import NUM_CLASSES
+from .labels import NUM_CLASSES, order_lookup, read_label_order
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -328,14 +334,18 @@ class BiSeNetParser:
         device: "cpu", "cuda", "cuda:1", ...
         batch_size: images per forward pass.
         input_size: network input side (512 as trained; smaller is faster and coarser).
+        label_order: the network's class order (``labels.read_label_order``): "face-parsing" (79999_iter.pth,
+            parsing_bisenet.pth), "celebamask-hq", or a file of 19 class names; its ids are mapped to the project's.
     """
 
     name = "bisenet"
 
     def __init__(self, weights: str | Path | BiSeNet, device: str = "cpu", batch_size: int = 8,
                  input_size: int = INPUT_SIZE, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> None:
+                 std: Sequence[float] = IMAGENET_STD, label_order: str = "face-parsing") -> None:
         self.device = torch.device(device)
+        self.label_order = read_label_order(label_order)
+        self.lookup = torch.from_numpy(order_lookup(self.label_order)).to(self.device)  # network id -> project id
         self.model = weights.eval().to(self.device) if isinstance(weights, BiSeNet) else load_bisenet(weights, self.device)
         if input_size % 32:
             raise LapError(f"bisenet input size {input_size} is not a multiple of 32")
@@ -345,12 +355,13 @@ class BiSeNetParser:
 
     @torch.inference_mode()
     def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """(H_i, W_i, 3) uint8 RGB images -> (H_i, W_i) uint8 label maps (argmax at input_size, nearest back)."""
+        """(H_i, W_i, 3) uint8 RGB images -> (H_i, W_i) uint8 label maps in the project's ids (argmax at
+        input_size mapped through ``lookup``, nearest back)."""
         out: list[np.ndarray] = []
         for i in range(0, len(images), self.batch_size):
             chunk = images[i : i + self.batch_size]
             x = preprocess(chunk, self.input_size, self.mean, self.std, self.device)
-            labels = self.model(x).logits.argmax(1).to(torch.uint8)  # (b, S, S)
+            labels = self.lookup[self.model(x).logits.argmax(1)]  # (b, S, S) uint8, the project's ids
             for im, lab in zip(chunk, labels):
                 h, w = im.shape[:2]
                 if (h, w) != tuple(lab.shape):

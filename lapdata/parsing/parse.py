@@ -20,7 +20,9 @@ Parsers per view (``parser``):
 * ``ground-truth``: the view's stored ``seg`` when it did not come from a parse-masks model parser (CelebAMask-HQ
   annotations kept by ingest; a part label map stored by a synthetic backend), else the synthetic backends' exact
   face ``mask`` as a label map (face -> skin (1), the rest background (0)).
-* ``bisenet``: BiSeNet with ``weights`` (face-parsing.PyTorch 79999_iter.pth or facexlib parsing_bisenet.pth).
+* ``bisenet``: BiSeNet with ``weights`` (face-parsing.PyTorch 79999_iter.pth or facexlib parsing_bisenet.pth); its
+  class ids are mapped from ``label_order`` (the weights' order, "face-parsing" for both files) to the project's
+  (``lapdata.parsing.labels``) before they are stored.
 * ``landmarks``: the dlib 68-landmark polygons (offline default).
 * ``auto``: ground truth where the view has it; the others with bisenet when ``weights`` is given, else landmarks.
 
@@ -66,7 +68,7 @@ from ..shards import KEY, SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, iter_tar_sa
 from ..writer import MANIFESTS, ShardTask, shard_stats, write_dataset
 from . import commit
 from .commit import COMPLETE_FILE, OLD_SUFFIX, TMP_SUFFIX, drop_old, finish_swap, swap_paths  # noqa: F401
-from .labels import colorize
+from .labels import colorize, read_label_order
 from .landmarks import LandmarkParserConfig
 from .masks import RCLMaskConfig, label_to_masks_np
 from .shard import (GROUND_TRUTH, MODEL_PARSERS, _one_line, ground_truth, has_ground_truth,  # noqa: F401
@@ -85,6 +87,7 @@ class ParseConfig(EngineConfig):
 
     parser: ParserName = "auto"         # auto: ground truth where present, else bisenet with --weights, else landmarks
     weights: str | None = None          # BiSeNet weights: 79999_iter.pth (face-parsing.PyTorch) or parsing_bisenet.pth
+    label_order: str = "face-parsing"   # BiSeNet weights' class order: face-parsing, celebamask-hq or a 19-name file
     min_face_fraction: float = DEFAULT_MIN_FACE_FRACTION  # views with a smaller face fraction are marked hard
     batch_size: int = 8                 # images per BiSeNet forward pass
     device: str = "auto"                # auto | cpu | cuda | cuda:N
@@ -110,6 +113,7 @@ class ParseConfig(EngineConfig):
             raise LapError(f"--input-size {self.input_size}: BiSeNet input side, must be in 32..4096 (512 as trained)")
         if self.contact_sheet_views < 0:
             raise LapError(f"--contact-sheet-views {self.contact_sheet_views}: must be >= 0")
+        read_label_order(self.label_order)  # a bad name or file: one line before any work
 
     @property
     def model_parser(self) -> str | None:
@@ -125,6 +129,7 @@ class ParseConfig(EngineConfig):
         d = asdict(self)
         for k in ("batch_size", "device", "workers", "keep_old", "contact_sheet_views", *ENGINE_FIELDS):
             d.pop(k)
+        d["label_order"] = list(read_label_order(self.label_order))  # the order itself, not where it was read
         if d["weights"]:
             p = Path(d["weights"]).expanduser()
             d["weights"] = str(p.resolve())
@@ -145,14 +150,14 @@ def warm_parser(cfg: ParseConfig) -> None:
 
 def get_parser(name: str, cfg: ParseConfig):
     """The model parser ``name`` for cfg, built once per process (BiSeNet weights / dlib models load once)."""
-    key = (name, cfg.weights, cfg.device, cfg.batch_size, cfg.input_size, cfg.landmarks)
+    key = (name, cfg.weights, cfg.label_order, cfg.device, cfg.batch_size, cfg.input_size, cfg.landmarks)
     p = _PARSERS.get(key)
     if p is None:
         if name == "bisenet":
             from .bisenet import BiSeNetParser
 
             p = BiSeNetParser(cfg.weights, device=resolve_device(cfg.device), batch_size=cfg.batch_size,
-                              input_size=cfg.input_size)
+                              input_size=cfg.input_size, label_order=cfg.label_order)
         elif name == "landmarks":
             from .landmarks import LandmarkParser
 

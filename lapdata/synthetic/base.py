@@ -74,6 +74,9 @@ class Backend(Protocol):
 
     ``name``: e.g. "procedural". ``has_geometry``: True when views carry depth/normal/mask ground truth.
     Backends must be picklable (the build sends them to worker processes): heavy state (models) is loaded lazily.
+    Optional ``framing``: a backend whose images are not rendered in the ``lap`` framing names the framing they come
+    in (a key of ``lapdata.synthetic.framing.SOURCE_FRAMINGS``, e.g. "ffhq"); build-synthetic then generates its
+    views larger, detects the face on each and aligns it to the lap template, as ingest does with a photo.
     """
 
     name: str

@@ -10,7 +10,9 @@ How a run goes:
 3. ``lapdata.writer.plan_shards`` groups identities into shards; ``write_dataset`` renders the unfinished ones
    (resume), in ``workers`` processes, for part ``I/N``.
 4. Per identity: sample the identity, 15 poses (yaws evenly over ``yaw_range``, small pitch/roll jitter for the 3D
-   backends), render the views, then the paper's identity filter: embed every view and drop those whose cosine to
+   backends), render the views; a backend that declares a ``framing`` (stylegan: FFHQ; diffusers) has each view
+   detected and aligned to the lap framing, like an ingested photo (``lapdata.synthetic.framing``: ``det_model``
+   or dlib; a view without a face is an error row, reason no_face); then the paper's identity filter: embed every view and drop those whose cosine to
    the frontal view is below the threshold (ArcFace 0.6 with ``--id-model``; dlib with its calibrated threshold
    otherwise; ``none`` disables). Dropped views are PHOTOS rows with status skipped, reason id_similarity and
    their id_score; failures of an identity are error rows (the run goes on).
@@ -41,6 +43,7 @@ from lapdata.device import resolve_device
 from lapdata.engine import EngineConfig, engine_of
 
 from .base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
+from .framing import FramedView, ViewFramer, make_framer
 
 BACKENDS = ("procedural", "ict", "stylegan", "diffusers")
 REASON_ID = "id_similarity"
@@ -83,6 +86,8 @@ class SynthConfig(EngineConfig):
     pose_boundary: str = ""             # stylegan: InterfaceGAN pose boundary .npy
     latent_dim: int = 0                 # stylegan: z size of the mapping network (0: its z_dim, else the boundary's)
     yaw_scale: float = 0.05             # stylegan: boundary distance per degree of yaw
+    # stylegan and diffusers: each view is detected and aligned to the lap framing (lapdata.synthetic.framing)
+    det_model: str = ""                 # stylegan/diffusers: insightface SCRFD .onnx that finds the faces (default: dlib)
     # diffusers
     pipeline: str = ""                  # diffusers: local pipeline folder (save_pretrained)
     prompt: str = "a studio portrait photo of a person's face, neutral background, sharp focus"  # diffusers
@@ -155,8 +160,8 @@ def _asdict(cfg: SynthConfig) -> dict[str, Any]:
 class IdentityFilter:
     """The paper's frontal-view filter around an embedder (``lapdata.embed``: ``__call__(aligned crops)`` and
     optionally ``embed_image(image, [landmarks])``): views whose cosine to the frontal view is below
-    ``threshold`` are dropped. Views with landmarks are aligned from them; others are embedded as they are
-    (assumed to be framed like the ``lap`` template, e.g. aligned generator output)."""
+    ``threshold`` are dropped. Views with landmarks are aligned from them (the 3D backends' projected landmarks;
+    the detected ones on a generated view, ``lapdata.synthetic.framing``); others are embedded as they are."""
 
     def __init__(self, embedder, threshold: float, name: str):
         self.embedder = embedder
@@ -254,48 +259,74 @@ def _round(x: Any, nd: int = 4) -> Any:
     return np.round(np.asarray(x, np.float64), nd).tolist()
 
 
+def _filter_views(filt: IdentityFilter | None, views: Sequence[SynthView], poses: Sequence[Pose],
+                  ok: Sequence[int]) -> tuple[int, np.ndarray, np.ndarray, str | None]:
+    """The frontal-view identity filter over the views ``ok`` (indices of views with a face) -> (frontal index,
+    keep (P,) bool, cosine (P,) float32 (NaN: not scored), id_model) over all P views."""
+    P = len(views)
+    keep, sims = np.zeros(P, bool), np.full(P, np.nan, np.float32)
+    front = ok[frontal_index([poses[k] for k in ok])]
+    if filt is None:
+        keep[list(ok)] = True
+        return front, keep, sims, None
+    k_ok, s_ok = filt([views[k] for k in ok], list(ok).index(front))
+    keep[list(ok)], sims[list(ok)] = k_ok, s_ok
+    return front, keep, sims, filt.name
+
+
 def render_identity(
-    cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None, identity: str, split: str, index: int
+    cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None, identity: str, split: str, index: int,
+    framer: ViewFramer | None = None,
 ) -> tuple[IdentitySample | None, list[dict]]:
-    """Render, filter and package one identity -> (sample or None when nothing is kept, PHOTOS rows)."""
+    """Render, frame (``framer``: backends that declare a framing), filter and package one identity -> (sample or
+    None when nothing is kept, PHOTOS rows)."""
     seed = identity_seed(cfg.seed, index)
     rng = np.random.default_rng(seed)
     source = f"synthetic:{cfg.backend}"
     base_row = {"identity": identity, "split": split, "source": source, "orig_width": cfg.size,
                 "orig_height": cfg.size, "size": cfg.size, "num_faces": 1, "crop_rule": "synthetic:lap-frame"}
+    path = f"{cfg.backend}:seed={cfg.seed}:identity={index}:view={{}}"
     poses: list[Pose] = []
     try:
         params = backend.sample_identity(rng)
         poses = identity_poses(cfg, backend, rng)
-        views = backend.render_views(params, poses, cfg.size, rng)
+        views = backend.render_views(params, poses, framer.render_size if framer else cfg.size, rng)
         if len(views) != len(poses):
             raise RuntimeError(f"backend returned {len(views)} views for {len(poses)} poses")
     except Exception as e:  # noqa: BLE001 - a bad identity is data, the run goes on
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         n = max(len(poses), cfg.poses)
-        return None, [{**base_row, "photo_id": f"{identity}-{k:02d}", "path": f"{cfg.backend}:seed={cfg.seed}:"
-                       f"identity={index}:view={k}", "status": STATUS_ERROR, "error": msg} for k in range(n)]
-    front = frontal_index(poses)
-    if filt is not None:
-        keep, sims = filt(views, front)
-        id_model = filt.name
-    else:
-        keep, sims, id_model = np.ones(len(views), bool), np.full(len(views), np.nan, np.float32), None
+        return None, [{**base_row, "photo_id": f"{identity}-{k:02d}", "path": path.format(k), "status": STATUS_ERROR,
+                       "error": msg} for k in range(n)]
+    framed = [framer(v) for v in views] if framer else [None] * len(views)
+    ok = [k for k, f in enumerate(framed) if not isinstance(f, str)]
+    written = [f.view if isinstance(f, FramedView) else v for v, f in zip(views, framed)]
+    if ok:
+        embedded = [f.source if isinstance(f, FramedView) else v for v, f in zip(views, framed)]
+        front, keep, sims, id_model = _filter_views(filt, embedded, poses, ok)
     rows, kept = [], []
-    for k, (v, p) in enumerate(zip(views, poses)):
+    for k, (v, p, f) in enumerate(zip(written, poses, framed)):
         pid = f"{identity}-{k:02d}"
+        if isinstance(f, str):  # no face found on a generated view (or its crop failed): a counted error row
+            rows.append({**base_row, "photo_id": pid, "path": path.format(k), "status": STATUS_ERROR,
+                         "reason": f.split(":")[0], "error": f, "num_faces": 0 if f.startswith("no_face") else None,
+                         "orig_width": framer.render_size,
+                         "orig_height": framer.render_size, "yaw": v.pose.yaw, "pitch": v.pose.pitch,
+                         "roll": v.pose.roll})
+            continue
         data = encode_image(v.image, cfg.image_ext, cfg.quality)
-        sha = hashlib.sha256(data).hexdigest()
         score = None if not np.isfinite(sims[k]) else float(sims[k])
-        row = {**base_row, "photo_id": pid, "path": f"{cfg.backend}:seed={cfg.seed}:identity={index}:view={k}",
-               "sha256": sha, "yaw": v.pose.yaw, "pitch": v.pose.pitch, "roll": v.pose.roll, "id_score": score,
+        row = {**base_row, "photo_id": pid, "path": path.format(k), "sha256": hashlib.sha256(data).hexdigest(),
+               "yaw": v.pose.yaw, "pitch": v.pose.pitch, "roll": v.pose.roll, "id_score": score,
                "id_model": id_model, "crop_rule": f"synthetic:{cfg.backend}:lap-frame,fov={cfg.fov_deg:g}",
-               "landmarks": None if v.landmarks is None else np.asarray(v.landmarks, np.float32).reshape(-1).tolist()}
+               "landmarks": None if v.landmarks is None else np.asarray(v.landmarks, np.float32).reshape(-1).tolist(),
+               **(f.row if isinstance(f, FramedView) else {})}
         if keep[k]:
             row["status"] = STATUS_OK
             meta = {"photo_id": pid, "pose": v.pose.as_list(), "view_index_in_identity": k, "frontal": k == front,
                     "id_score": score, "light": _round(v.light), "expression": _round(v.expression),
-                    "landmarks": _round(v.landmarks, 2), "fov_deg": cfg.fov_deg, **v.meta}
+                    "landmarks": _round(v.landmarks, 2), "fov_deg": cfg.fov_deg, **v.meta,
+                    **(f.meta if isinstance(f, FramedView) else {})}
             kept.append(View(image=None, encoded=(cfg.image_ext, data), meta=meta, depth=v.depth,
                              canon_depth=v.canon_depth, normal=v.normal, mask=v.mask))
         else:
@@ -309,7 +340,8 @@ def render_identity(
     return IdentitySample(key=sample_key(identity), identity=identity, split=split, views=kept, meta=smeta), rows
 
 
-def process_shard(task, *, cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None):
+def process_shard(task, *, cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None,
+                  framer: ViewFramer | None = None):
     """``lapdata.writer`` process function: render every identity of the shard."""
     import torch
 
@@ -321,7 +353,7 @@ def process_shard(task, *, cfg: SynthConfig, backend: Backend, filt: IdentityFil
         torch.set_num_threads(1)
     res = ShardResult()
     for identity, index in task.items:
-        sample, rows = render_identity(cfg, backend, filt, identity, task.split, int(index))
+        sample, rows = render_identity(cfg, backend, filt, identity, task.split, int(index), framer)
         if sample is not None:
             res.samples.append(sample)
         res.rows.extend(rows)
@@ -331,10 +363,12 @@ def process_shard(task, *, cfg: SynthConfig, backend: Backend, filt: IdentityFil
 # ------------------------------------------------------------------------------------------------ the run
 
 
-def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: IdentityFilter | None | str = "config") -> dict:
+def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: IdentityFilter | None | str = "config",
+                  detector: Any = None) -> dict:
     """Build the dataset of ``cfg`` (resumable) -> the writer's stats (plus ``contact_sheet``).
 
-    ``backend`` / ``filt`` override the configured ones (tests use stand-ins)."""
+    ``backend`` / ``filt`` / ``detector`` (the face detector of the views' framing) override the configured ones
+    (tests use stand-ins)."""
     from lapdata.config import to_dict
     from lapdata.split import split_of
     from lapdata.writer import plan_shards, write_dataset
@@ -349,14 +383,16 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
         backend = make_backend(cfg, cache_dir=out / "cache")
     if isinstance(filt, str):
         filt = make_filter(cfg)
+    framer = make_framer(backend, cfg.size, cfg.det_model, detector)
     groups = []
     for i in range(cfg.identities):
         name = identity_name(cfg, i)
         groups.append((name, split_of(name, cfg.seed, cfg.fractions), i))
     tasks = plan_shards(groups, cfg.samples_per_shard)
     config = {"command": "build-synthetic", **to_dict(cfg), "backend_config": backend.describe(),
-              "id_filter": None if filt is None else {"model": filt.name, "threshold": filt.threshold}}
-    process = functools.partial(process_shard, cfg=cfg, backend=backend, filt=filt)
+              "id_filter": None if filt is None else {"model": filt.name, "threshold": filt.threshold},
+              "framing": None if framer is None else framer.describe()}
+    process = functools.partial(process_shard, cfg=cfg, backend=backend, filt=filt, framer=framer)
     stats = write_dataset(out, tasks, process, workers=cfg.workers, part=cfg.part, config=json.loads(json.dumps(config, default=str)),
                           image_ext=cfg.image_ext, quality=cfg.quality, progress=cfg.progress,
                           engine=engine_of(cfg), model=True)
@@ -413,8 +449,8 @@ def summary_line(stats: dict, out: str | Path) -> str:
     """One line: views by status (skip reasons), identities by split, shards, contact sheet, failed shards."""
     sc, rc = stats.get("status_counts", {}), stats.get("reason_counts", {})
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(rc.items(), key=lambda kv: -kv[1]))
-    line = (f"{stats.get('photos', 0)} views: {sc.get('ok', 0)} ok, {sc.get('skipped', 0)} skipped"
-            + (f" ({reasons})" if reasons else "") + f", {sc.get('error', 0)} error; "
+    line = (f"{stats.get('photos', 0)} views: {sc.get('ok', 0)} ok, {sc.get('skipped', 0)} skipped, "
+            f"{sc.get('error', 0)} error" + (f" ({reasons})" if reasons else "") + "; "
             + f"{stats.get('identities_ok', 0)} identities ("
             + ", ".join(f"{k} {v}" for k, v in (stats.get("identities_by_split") or {}).items())
             + f") in {stats.get('shards', 0)} shards -> {out}")

@@ -8,7 +8,12 @@ consistent as the pipeline allows. Views carry pose labels only (no 3D ground tr
 follow the conditioning geometry exactly).
 
 The pipeline is loaded from a local folder, never downloaded: ``DiffusionPipeline.from_pretrained(path,
-local_files_only=True)`` (e.g. a StableDiffusionControlNetPipeline saved with ``save_pretrained``). It is called
+local_files_only=True)`` (e.g. a StableDiffusionControlNetPipeline saved with ``save_pretrained``). A single-file
+checkpoint (``model.safetensors``) is refused with one line saying how to convert it: diffusers'
+``from_single_file`` needs the base pipeline's component configs, and when ``local_files_only=True`` finds none
+cached it turns ``local_files_only`` off and fetches them from the Hub (diffusers ``loaders/single_file.py``); an
+SD checkpoint also holds no ControlNet. The user's one offline conversion, with a local config folder of the base
+model (``config=DIR``) and the ControlNet passed in, gives the folder this backend loads. It is called
 with the keyword arguments its ``__call__`` accepts among ``prompt``, ``negative_prompt``, ``image`` /
 ``control_image`` (the conditioning maps as PIL images), ``num_inference_steps``, ``guidance_scale``,
 ``generator``, ``height``, ``width`` and ``output_type="np"``.
@@ -99,6 +104,10 @@ def load_pipeline(path: str, device: str = "cpu"):
     if not _HAVE_DIFFUSERS:
         raise LapError("--backend diffusers needs the diffusers package (pip install 'lap-toolkit[diffusers]')")
     p = Path(path).expanduser()
+    if p.is_file():  # a single-file checkpoint (module doc: why it is not loaded here)
+        raise LapError(f"{p}: a single-file checkpoint; --pipeline takes a diffusers folder: convert it once, offline, "
+                       f"with from_single_file(FILE, config=LOCAL_BASE_CONFIG_DIR, local_files_only=True)"
+                       f".save_pretrained(DIR) (docs/synthetic.md)")
     if not p.is_dir():
         raise LapError(f"{p}: diffusers pipeline folder does not exist")
     idx = p / "model_index.json"
@@ -125,6 +134,7 @@ class DiffusersBackend:
 
     name = "diffusers"
     has_geometry = False
+    framing = "approx-lap"  # painted near the conditioning's lap framing: detected and aligned (synthetic.framing)
 
     def __init__(self, config: DiffusersConfig, condition_backend):
         if config.condition not in ("normal", "depth"):

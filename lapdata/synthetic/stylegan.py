@@ -83,6 +83,7 @@ class StyleGANBackend:
 
     name = "stylegan"
     has_geometry = False
+    framing = "ffhq"  # FFHQ-aligned output: build-synthetic detects and aligns each view (lapdata.synthetic.framing)
 
     def __init__(self, config: StyleGANConfig):
         self.config = config
