@@ -7,9 +7,9 @@ from lapdata.cli import make_app
 app = make_app(
     "lapmodel",
     "Train and run the Unsup3D base and the LAP aggregate-and-personalize model from lapdata shards: "
-    "train, reconstruct, evaluate, run pipelines.",
+    "train, reconstruct, evaluate, run pipelines, import published weights.",
     "lapmodel",
-    ("train", "reconstruct", "evaluate", "run"),
+    ("train", "reconstruct", "evaluate", "run", "importer"),
 )
 
 

@@ -55,6 +55,7 @@ class LAPConfig:
     target_size: int = 64                # side the target photo is resized to for the refiner's target encoder
     filtered_connection: Literal["filtered", "plain", "none"] = "filtered"  # ablation: "none" (or "plain")
     injection: Literal["multi", "vector"] = "multi"  # attribute injection at 8x8, 4x4, 1x1; "vector" = 1x1 only
+    arch: Literal["lapmodel", "official"] = "lapmodel"  # official: the LAP demo's networks (its weights load; 128 px)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class ModelConfig:
     min_depth: float = 0.9               # canonical depth range (tanh output rescaled into it)
     max_depth: float = 1.1
     border_depth: float | None = None    # depth of the fixed image border; None = 0.7*max + 0.3*min (Unsup3D)
+    border_columns: int | None = None    # columns pinned at border_depth on each side; None = S // 32 (official: 2)
+    border_corner: tuple[int, int] = (0, 0)  # rows, columns at the bottom-left also pinned (LAP demo: 20, 15)
     xyz_rotation_range: float = 60.0     # max |rotation| about x, y, z in degrees (tanh output scaled)
     xy_translation_range: float = 0.1    # max |translation| in x, y
     z_translation_range: float = 0.0     # max |translation| in z

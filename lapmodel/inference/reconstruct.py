@@ -340,7 +340,7 @@ class ReconstructConfig:
     """What `lapmodel reconstruct` does; its command-line options derive from these fields."""
 
     paths: tuple[str, ...]               # photos and/or folders of photos
-    checkpoint: str                      # trained model checkpoint (.pt)
+    checkpoint: str                      # model checkpoint (.pt), or a published Unsup3D / LAP demo .pth
     out: str                             # output folder (one subfolder per photo)
     as_set: bool = False                 # all photos are one identity: aggregate them (LAP models)
     size: int | None = None              # crop side in pixels (default: the model's)

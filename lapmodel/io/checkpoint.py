@@ -2,7 +2,8 @@
 
 Written to ``name.tmp`` then ``os.replace``d (never half-written). Loaded with ``torch.load(weights_only=True)``:
 everything stored is tensors and plain containers (RNG states included). ``load_model(path)`` rebuilds the model from
-the checkpoint alone (its config), for reconstruct / evaluate / the next training stage.
+the checkpoint alone (its config), for reconstruct / evaluate / the next training stage. Both also read the
+files published with Unsup3D and the LAP demo (``lapmodel.io.published``), so ``--checkpoint`` and ``--init`` take them.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from torch import nn
 from lapdata.atomic import atomic_path
 from lapdata.config import to_dict
 from lapdata.errors import LapError
+from lapdata.logs import get_logger, warn_once
 
 FORMAT = "lapmodel-checkpoint-1"
+LOG = get_logger("checkpoint")
 
 
 def rng_state() -> dict[str, Any]:
@@ -85,21 +88,33 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, config: Any, step: in
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint (weights_only); LapError naming the file when it is missing or not a lapmodel checkpoint."""
+    """Read a checkpoint (weights_only); LapError naming the file when it is missing or not a checkpoint.
+
+    A file published with Unsup3D or the LAP demo (``lapmodel.io.published``) is read into the same form: its
+    weights in our model's layout, its official model config, step 0 (``extra.published`` says what it was)."""
+    from lapmodel.io import published
+
     p = Path(path)
-    if not p.is_file():
-        raise LapError(f"{p}: checkpoint not found")
-    if p.stat().st_size == 0:
-        raise LapError(f"{p}: empty file (0 bytes), not a checkpoint")
-    try:
-        doc = torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any load failure is a user error about this file
-        first = (str(e).strip().splitlines() or [""])[0][:120]
-        raise LapError(f"{p}: cannot be read as a checkpoint ({type(e).__name__}{': ' + first if first else ''})") \
-            from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "model" not in doc or "config" not in doc:
-        raise LapError(f"{p}: not a lapmodel checkpoint (no {FORMAT!r} format tag with model and config)")
-    return doc
+    doc = published.read_file(p, map_location)
+    if isinstance(doc, dict) and doc.get("format") == FORMAT and "model" in doc and "config" in doc:
+        return doc
+    if published.layout_of(doc) is not None:
+        return published_checkpoint(p, doc)
+    raise LapError(f"{p}: not a lapmodel checkpoint (no {FORMAT!r} format tag with model and config) nor a "
+                   "published Unsup3D / LAP demo file (netD, netA, netL, netV state dicts)")
+
+
+def published_checkpoint(path: str | Path, doc: dict[str, Any], experiment: str | None = None) -> dict[str, Any]:
+    """A published file's dict -> a checkpoint dict of ours (model, config, step 0); logs what it was read as."""
+    from lapmodel.io import published
+
+    pub = published.convert(path, doc, experiment)
+    what = "Unsup3D checkpoint" if pub.layout == "unsup3d" else "LAP demo checkpoint"
+    LOG.info(f"{path}: read as a published {what} ({pub.experiment}), with the official model config")
+    for note in pub.notes:
+        warn_once(LOG, f"{path}: {note}")
+    return {"format": FORMAT, "model": pub.state, "config": to_dict(pub.config), "step": 0, "data": {},
+            "extra": {"published": {"source": str(path), "layout": pub.layout, "experiment": pub.experiment}}}
 
 
 def checkpoint_config(doc: dict[str, Any]):
@@ -127,3 +142,30 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", training: b
         raise LapError(f"{path}: weights do not fit the stored config ({str(e).splitlines()[0][:160]})") from None
     model.to(device)
     return model.train(training)
+
+
+def import_published(cfg) -> dict[str, Any]:
+    """`lapmodel import` (``cfg``: ``lapmodel.io.published.ImportConfig``): read a published file strictly into our
+    model, write it as a lapmodel checkpoint (step 0) at ``cfg.out`` and its official config beside it as YAML with
+    ``init`` set to the checkpoint (``lapmodel train --config OUT.yaml`` fine-tunes it with the official settings).
+    Returns {"checkpoint", "config", "layout", "experiment"}."""
+    from dataclasses import replace
+
+    import yaml
+
+    from lapmodel.io import published
+    from lapmodel.models.build import build_model
+
+    src, out = Path(cfg.path), Path(cfg.out)
+    doc = published.read_file(src)
+    if published.layout_of(doc) is None:
+        raise LapError(f"{src}: not a published Unsup3D / LAP demo file (needs netD, netA, netL, netV state dicts)")
+    ck = published_checkpoint(src, doc, cfg.experiment)
+    train_cfg = checkpoint_config(ck)
+    model = build_model(train_cfg, training=False)
+    model.load_state_dict(ck["model"])  # strict: every key of our model, nothing else
+    save_checkpoint(out, model=model, config=train_cfg, step=0, extra=ck["extra"])
+    yml = out.with_suffix(".yaml")
+    yml.write_text(yaml.safe_dump(to_dict(replace(train_cfg, init=str(out))), sort_keys=False))
+    info = ck["extra"]["published"]
+    return {"checkpoint": str(out), "config": str(yml), "layout": info["layout"], "experiment": info["experiment"]}

@@ -7,6 +7,10 @@
 * ``light_net`` / ``view_net`` (``networks.Encoder``) and ``conf_net`` (``networks.ConfNet``): per photo, as Unsup3D;
 * ``refiner`` (:class:`lapmodel.models.refine.Refiner`): (a_c, d_c, photo) -> personalised (a_t, d_t) at ``refine_size``.
 
+With ``model.lap.arch: official`` the aggregators, the refiner and the light / view encoders are the official LAP
+demo's networks (``lapmodel.models.lap_official``, 128 px), so that its released weights load
+(``lapmodel.io.published``); everything else (stages, losses, reconstruct) is the same.
+
 Stages (``model.lap.stage`` in the config; ``lapmodel train --stage``):
 
 * ``aggregate``: (a_c, d_c) rendered with each photo's own light and view; loss = Relaxed Consistency Loss (Eq. 5):
@@ -96,15 +100,32 @@ class LAPModel(nn.Module):
         s = cfg.image_size
         self.cfg = cfg
         self.size = s
-        self.albedo_agg = Aggregator(3, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=True)
-        self.depth_agg = Aggregator(1, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=False)
-        self.light_net = Encoder(3, 4, s, cfg.nf_encoder)  # (M, 3, S, S) -> (M, 4)
-        self.view_net = Encoder(3, 6, s, cfg.nf_encoder)  # (M, 3, S, S) -> (M, 6)
+        official = lap.arch == "official"  # the LAP demo's networks, whose released weights load (lap_official.py)
+        widths = None
+        if official:
+            from lapmodel.models import lap_official as off
+
+            if s != off.SIZE:
+                raise LapError(f"model.lap.arch official (the LAP demo's networks) is {off.SIZE} px only, "
+                               f"not model.image_size {s}")
+            self.albedo_agg = off.OfficialAggregator(3, cfg.nf, cfg.zdim, adaptive=lap.adaptive, tanh=True)
+            self.depth_agg = off.OfficialAggregator(1, cfg.nf, cfg.zdim, adaptive=lap.adaptive, tanh=False)
+            widths = off.encoder_channels(cfg.nf_encoder)
+        else:
+            self.albedo_agg = Aggregator(3, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=True)
+            self.depth_agg = Aggregator(1, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=False)
+        self.light_net = Encoder(3, 4, s, cfg.nf_encoder, channels=widths)  # (M, 3, S, S) -> (M, 4)
+        self.view_net = Encoder(3, 6, s, cfg.nf_encoder, channels=widths)  # (M, 3, S, S) -> (M, 6)
         self.conf_net = ConfNet(3, s, cfg.nf, cfg.zdim_conf) if cfg.use_conf else None
         if cfg.depth_init == "flat":
             photogeo.init_flat_depth(self.depth_agg.decoder)
-        self.refiner = Refiner(lap.refine_size, lap.refine_nf, lap.target_size, lap.filtered_connection,
-                               lap.injection) if lap.refiner else None
+        if not lap.refiner:
+            self.refiner = None
+        elif official:
+            self.refiner = off.OfficialRefiner(cfg.nf, cfg.zdim)
+        else:
+            self.refiner = Refiner(lap.refine_size, lap.refine_nf, lap.target_size, lap.filtered_connection,
+                                   lap.injection)
         self.vgg = vgg  # frozen VGG16 relu3_3 or None (perceptual loss off)
         self.register_buffer("refiner_trained", torch.zeros((), dtype=torch.bool))
         self.stage = lap.stage

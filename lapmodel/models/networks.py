@@ -12,6 +12,7 @@ fused over a photo set can be decoded with ``net.decoder(code)``.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from torch import Tensor, nn
 
@@ -40,11 +41,18 @@ class Encoder(nn.Module):
     """Image -> vector (light: cout=4, view: cout=6). Convs without normalisation, ReLU, tanh output.
 
     (B, cin, S, S) -> (B, cout)
+
+    ``channels``: the widths of the stride-2 stages (default ``stage_channels(nf, n)``; the LAP demo's 128 px
+    encoders use nf, nf, 2nf, 4nf, 8nf).
     """
 
-    def __init__(self, cin: int, cout: int, size: int = 64, nf: int = 32, activation: type[nn.Module] | None = nn.Tanh):
+    def __init__(self, cin: int, cout: int, size: int = 64, nf: int = 32, activation: type[nn.Module] | None = nn.Tanh,
+                 channels: Sequence[int] | None = None):
         super().__init__()
-        ch = stage_channels(nf, num_stages(size))
+        n = num_stages(size)
+        ch = list(channels) if channels is not None else stage_channels(nf, n)
+        if len(ch) != n:
+            raise ValueError(f"Encoder at {size} px needs {n} stage widths, got {ch}")
         layers: list[nn.Module] = []
         c = cin
         for co in ch:  # (B, c, s, s) -> (B, co, s/2, s/2); S -> S/2 -> ... -> 4

@@ -29,6 +29,11 @@ ladder"):
   2 are an exact null space of the central-difference normals under yaw-only view changes, and the depth fills with
   stripes.
 
+A published checkpoint (``lapmodel.io.published``: Unsup3D's releases, the LAP demo) comes with the official config:
+every switch above off (``depth_prior: 0``, ``depth_init: default``, ``uncovered: ignore``, ``lam_depth_sm: 0`` but
+for syncar) and the official border (``border_columns: 2`` at any size; the demo's ``border_depth: 1.05`` and
+``border_corner: [20, 15]``), so its depth, light and view are the official ones exactly (BENCHMARKS.md).
+
 Shapes: B images of side S; depth (B, S, S); albedo / images (B, 3, S, S) in [0, 1]; light (B, 4); view (B, 6).
 """
 
@@ -52,9 +57,11 @@ def depth_range(cfg) -> tuple[float, float]:
     return (float(cfg.min_depth), float(cfg.max_depth))
 
 
-def border_columns(size: int) -> int:
-    """Columns pinned at the border depth on each side: 2 at 64 px as Unsup3D (S // 32, at least 1)."""
-    return max(1, size // 32)
+def border_columns(size: int, cfg=None) -> int:
+    """Columns pinned at the border depth on each side: ``cfg.border_columns`` when set (the official code pins 2 at
+    any size), else S // 32, at least 1 (2 at 64 px as Unsup3D)."""
+    k = getattr(cfg, "border_columns", None)
+    return int(k) if k is not None else max(1, size // 32)
 
 
 def border_depth(cfg) -> float:
@@ -81,7 +88,7 @@ def map_depth(raw: Tensor, cfg) -> Tensor:
     """Raw depth (B, S, S) or (B, 1, S, S) -> canonical depth (B, S, S) in [min_depth, max_depth].
 
     d = tanh(r - mean(r)) with r = raw + prior, rescaled to the depth range; ``border_columns`` columns on the
-    left and right are pinned at ``border_depth`` (Unsup3D)."""
+    left and right (and ``cfg.border_corner`` rows x columns at the bottom-left) are pinned at ``border_depth``."""
     r = raw.squeeze(1) if raw.dim() == 4 else raw
     s = r.shape[-1]
     if cfg.depth_prior:
@@ -89,11 +96,14 @@ def map_depth(raw: Tensor, cfg) -> Tensor:
     d = torch.tanh(r - r.mean(dim=(1, 2), keepdim=True))
     lo, hi = depth_range(cfg)
     d = (1 + d) / 2 * hi + (1 - d) / 2 * lo
-    k = border_columns(s)
-    pin = torch.zeros(s, dtype=torch.bool, device=d.device)
-    pin[:k] = True
-    pin[s - k:] = True
-    return torch.where(pin.view(1, 1, s), torch.full_like(d, border_depth(cfg)), d)
+    k = border_columns(s, cfg)
+    pin = torch.zeros(r.shape[-2], s, dtype=torch.bool, device=d.device)
+    pin[:, :k] = True
+    pin[:, s - k:] = True
+    rows, cols = getattr(cfg, "border_corner", (0, 0))
+    if rows and cols:  # the LAP demo also pins a bottom-left corner
+        pin[-rows:, :cols] = True
+    return torch.where(pin, torch.full_like(d, border_depth(cfg)), d)
 
 
 def map_light(raw: Tensor, cfg) -> Tensor:
@@ -177,7 +187,7 @@ def depth_smoothness(depth: Tensor, cfg, views: Tensor | None = None) -> Tensor:
 
     ``views`` (B,) optional 0/1 weights of the images (hard views: 0); the mean is over the weighted images."""
     lo, hi = depth_range(cfg)
-    k = border_columns(depth.shape[-1])
+    k = border_columns(depth.shape[-1], cfg)
     d = depth[..., k:-k] / (hi - lo)
     per = (d[:, 1:] - d[:, :-1]).abs().flatten(1).mean(1) + (d[:, :, 1:] - d[:, :, :-1]).abs().flatten(1).mean(1)
     if views is None:
