@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import math
 import pickle
 import sys
@@ -198,10 +199,11 @@ def nvlabs_modules(monkeypatch):
         monkeypatch.setitem(sys.modules, mod, m)
 
 
-def save_nvlabs(path: Path, sd: dict[str, torch.Tensor], res: int, extra_state: dict | None = None) -> Path:
+def save_nvlabs(path: Path, sd: dict[str, torch.Tensor], res: int, extra_state: dict | None = None,
+                c_dim: int = 0) -> Path:
     buffers = {"w_avg", "resample_filter", "noise_const"}
     g = _module_tree(sd, {"": "Generator", "mapping.": "MappingNetwork", "synthesis.": "SynthesisNetwork"}, buffers)
-    kw = EasyDict(z_dim=D, c_dim=0, w_dim=D, img_resolution=res, img_channels=3,
+    kw = EasyDict(z_dim=D, c_dim=c_dim, w_dim=D, img_resolution=res, img_channels=3,
                   mapping_kwargs=EasyDict(num_layers=2), synthesis_kwargs=EasyDict(channel_base=64, conv_clamp=256))
     g.meta["state"] |= {"_init_args": (), "_init_kwargs": kw, "z_dim": D, "img_resolution": res, **(extra_state or {})}
     snapshot = {"G": g, "D": _Persistent("Discriminator", {}), "G_ema": g, "augment_pipe": None,
@@ -417,3 +419,16 @@ def test_build_synthetic_cli_end_to_end(published, fmt, tmp_path):
     assert r.exit_code == 0, r.output
     assert "6 views: 6 ok" in r.output
     assert audit_dataset(out).ok
+    bc = json.loads((out / "stats.json").read_text())["config"]["backend_config"]
+    kinds = {"rosinality": "rosinality-stylegan2", "nvlabs": "nvlabs-stylegan2", "interfacegan": "interfacegan-stylegan1"}
+    assert (bc["generator_kind"], bc["boundary_space_used"], bc["latent_dim"], bc["w_shape"], bc["w_avg"]) == \
+        (kinds[fmt], "w", D, [10, D], "model")
+
+
+def test_stylegan3_and_conditional_pickles_are_refused_in_one_line(tmp_path, nvlabs_modules):
+    sd = fill(nvlabs_table(16))
+    sg3 = save_nvlabs(tmp_path / "sg3.pkl", {**sd, "synthesis.input.freqs": torch.zeros(8, 2)}, 16)
+    with pytest.raises(LapError, match="a StyleGAN3 generator .*not supported yet"):
+        read_generator(str(sg3))
+    with pytest.raises(LapError, match=r"a conditional generator \(c_dim=10\)"):
+        read_generator(str(save_nvlabs(tmp_path / "cond.pkl", sd, 16, c_dim=10)))

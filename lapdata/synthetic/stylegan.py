@@ -210,9 +210,9 @@ class StyleGANBackend:
         net = self._load()
         w_avg = ("model" if net.tracked_w_avg() is not None else
                  f"mean of {W_AVG_SAMPLES} mapped samples" if self._w_avg is not None else "none (not truncated)")
-        return {"backend": self.name, "generator_kind": net.kind, "latent_dim": self.z_dim,
+        return {**to_dict(self.config), "backend": self.name, "generator_kind": net.kind, "latent_dim": self.z_dim,
                 "w_shape": list(self.w_shape), "image_shape": list(self.image_shape),
-                "boundary_space_used": self.space, "w_avg": w_avg, **to_dict(self.config)}
+                "boundary_space_used": self.space, "w_avg": w_avg}
 
     def sample_identity(self, rng: np.random.Generator) -> IdentityParams:
         z = rng.standard_normal(self.z_dim).astype(np.float32)

@@ -118,6 +118,8 @@ def _nvlabs(p: Path, g: Persistent) -> StyleNet:
     kw.update(plain(st.get("_init_kwargs") or {}))
     for k in names[:4]:
         kw.setdefault(k, st.get(k))
+    if "synthesis_kwargs" not in kw:  # the stylegan3 repository passes them as the Generator's own **kwargs
+        kw["synthesis_kwargs"] = {k: v for k, v in kw.items() if k not in names}
     if any(k.startswith("synthesis.input.") for k in sd):
         raise LapError(f"{p}: a StyleGAN3 generator (synthesis.input, filtered layers): not supported yet; use a "
                        "StyleGAN2 file (rosinality .pt, NVlabs stylegan2-ada .pkl) or StyleGAN1 (InterfaceGAN .pth)")
