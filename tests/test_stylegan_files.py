@@ -229,8 +229,9 @@ def published(tmp_path, nvlabs_modules) -> dict[str, Path]:
     files = {"rosinality": save_rosinality(tmp_path / "ros.pt", ros, torch.randn(D) * 0.1),
              "rosinality-train": save_rosinality(tmp_path / "ros_train.pt", ros, None),
              "nvlabs": save_nvlabs(tmp_path / "nv.pkl", nv, 64),
-             "interfacegan": tmp_path / "stylegan_ffhq.pth"}
+             "interfacegan": tmp_path / "stylegan_ffhq.pth", "interfacegan-legacy": tmp_path / "legacy.pth"}
     torch.save(ig, files["interfacegan"])
+    torch.save(ig, files["interfacegan-legacy"], _use_new_zipfile_serialization=False)  # torch < 1.6 files
     rng = np.random.default_rng(0)
     for name in ("stylegan_ffhq_pose_boundary.npy", "stylegan_ffhq_pose_w_boundary.npy", "pose.npy"):
         np.save(tmp_path / name, rng.standard_normal((1, D)))
@@ -243,7 +244,8 @@ def published(tmp_path, nvlabs_modules) -> dict[str, Path]:
 @pytest.mark.parametrize("fmt, kind, keys", [("rosinality", "rosinality-stylegan2", rosinality_table(64)),
                                              ("rosinality-train", "rosinality-stylegan2", rosinality_table(64)),
                                              ("nvlabs", "nvlabs-stylegan2", nvlabs_table(64)),
-                                             ("interfacegan", "interfacegan-stylegan1", interfacegan_table(64))])
+                                             ("interfacegan", "interfacegan-stylegan1", interfacegan_table(64)),
+                                             ("interfacegan-legacy", "interfacegan-stylegan1", interfacegan_table(64))])
 def test_published_layouts_load_strictly(published, fmt, kind, keys):
     net = read_generator(str(published[fmt]))
     assert net.kind == kind
