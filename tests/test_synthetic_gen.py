@@ -1,5 +1,6 @@
 """lapdata.synthetic 2D backends end to end on tiny random models the tests build and save locally:
-stylegan (TorchScript generator + mapping + InterfaceGAN boundary) and diffusers (a tiny PoseControlPipeline saved
+stylegan (TorchScript generator + mapping + InterfaceGAN boundary; the published formats are in
+test_stylegan_files.py) and diffusers (a tiny PoseControlPipeline saved
 with save_pretrained and reloaded offline)."""
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class NotAnImage(nn.Module):
 @pytest.fixture
 def gan_files(tmp_path) -> dict[str, Path]:
     torch.manual_seed(0)
-    files = {"generator": tmp_path / "G.pt", "mapping": tmp_path / "M.pt", "boundary": tmp_path / "pose.npy"}
+    files = {"generator": tmp_path / "G.pt", "mapping": tmp_path / "M.pt", "boundary": tmp_path / "pose_w_boundary.npy"}
     torch.jit.save(torch.jit.script(TinyGenerator(16)), files["generator"])
     torch.jit.save(torch.jit.script(TinyMapping(8, 16)), files["mapping"])
     np.save(files["boundary"], np.random.default_rng(0).standard_normal((1, 16)))
@@ -69,8 +70,9 @@ def test_stylegan_pose_edit(gan_files):
     from lapdata.synthetic.stylegan import StyleGANBackend, StyleGANConfig
 
     cfg = StyleGANConfig(generator=str(gan_files["generator"]), mapping=str(gan_files["mapping"]),
-                         boundary=str(gan_files["boundary"]), yaw_scale=0.05)
+                         boundary=str(gan_files["boundary"]), yaw_scale=0.05, truncation=1.0)
     b = StyleGANBackend(cfg)
+    assert b.space == "w"  # from InterfaceGAN's naming (*_w_boundary.npy)
     assert b.z_dim == 8 and b.w_shape == (16,) and b.image_shape == (3, 8, 8)
     p = b.sample_identity(np.random.default_rng(0))
     poses = [Pose(-60), Pose(0), Pose(30)]
@@ -131,14 +133,14 @@ def test_bad_det_model_is_one_line_before_work(gan_files, tmp_path):
     assert not (tmp_path / "gan" / "shards").exists()
 
 
-@pytest.mark.parametrize("what", ["boundary_size", "not_image", "missing", "not_script", "no_boundary"])
+@pytest.mark.parametrize("what", ["boundary_size", "not_image", "missing", "not_script", "no_boundary", "z_without_mapping"])
 def test_stylegan_bad_inputs(gan_files, tmp_path, what):
     from lapdata.synthetic.stylegan import StyleGANBackend, StyleGANConfig
 
     g, m, bnd = str(gan_files["generator"]), str(gan_files["mapping"]), str(gan_files["boundary"])
     if what == "boundary_size":
-        np.save(tmp_path / "b10.npy", np.ones(10))
-        bnd, msg = str(tmp_path / "b10.npy"), "boundary has 10 values but the mapping network's latent w has 16"
+        np.save(tmp_path / "b10_w_boundary.npy", np.ones(10))
+        bnd, msg = str(tmp_path / "b10_w_boundary.npy"), "boundary has 10 values but the generator's W latent has 16"
     elif what == "not_image":
         torch.jit.save(torch.jit.script(NotAnImage()), tmp_path / "bad.pt")
         g, m, msg = str(tmp_path / "bad.pt"), "", r"output \(1, 16\) is not an image batch"
@@ -146,7 +148,9 @@ def test_stylegan_bad_inputs(gan_files, tmp_path, what):
         g, msg = str(tmp_path / "nope.pt"), "generator file does not exist"
     elif what == "not_script":
         (tmp_path / "junk.pt").write_bytes(b"not a model")
-        g, msg = str(tmp_path / "junk.pt"), "not a TorchScript generator"
+        g, msg = str(tmp_path / "junk.pt"), "not a StyleGAN generator"
+    elif what == "z_without_mapping":
+        m, msg = "", "W-space pose boundary, but G.pt has no mapping network"
     else:
         bnd, msg = "", "needs --pose-boundary"
     with pytest.raises(LapError, match=msg) as ei:

@@ -13,7 +13,7 @@ EXAMPLES = """Examples:
 
   lapdata build-synthetic --backend ict --model ~/ICT-FaceKit/FaceXModel --identities 30000 --out /data/lap/ict
 
-  lapdata build-synthetic --backend stylegan --generator G.pt --pose-boundary pose.npy --id-model w600k_r50.onnx --out s
+  lapdata build-synthetic --backend stylegan --generator stylegan_ffhq.pth --pose-boundary stylegan_ffhq_pose_boundary.npy --out s
 """
 
 

@@ -81,13 +81,16 @@ class SynthConfig(EngineConfig):
     fov_deg: float = 10.0               # 3D backends: camera field of view in degrees
     model: str = ""                     # ict: the ICT-FaceKit FaceXModel folder
     # stylegan
-    generator: str = ""                 # stylegan: TorchScript generator (latent -> image)
-    mapping: str = ""                   # stylegan: TorchScript mapping network (z -> w), optional
+    generator: str = ""                 # stylegan: generator as published (rosinality .pt, NVlabs .pkl, InterfaceGAN .pth), TorchScript
+    mapping: str = ""                   # stylegan: TorchScript mapping (z -> w) of a TorchScript generator, optional
     pose_boundary: str = ""             # stylegan: InterfaceGAN pose boundary .npy
-    latent_dim: int = 0                 # stylegan: z size of the mapping network (0: its z_dim, else the boundary's)
+    boundary_space: Literal["auto", "z", "w", "wp"] = "auto"  # stylegan: boundary latent space (auto: from its name)
+    latent_dim: int = 0                 # stylegan: z size of a TorchScript mapping (0: its z_dim, else the boundary's)
     yaw_scale: float = 0.05             # stylegan: boundary distance per degree of yaw
     # stylegan and diffusers: each view is detected and aligned to the lap framing (lapdata.synthetic.framing)
     det_model: str = ""                 # stylegan/diffusers: insightface SCRFD .onnx that finds the faces (default: dlib)
+    truncation: float = 0.7             # stylegan: psi, after the edit, with the model's w_avg (1: none)
+    truncation_layers: int = 8          # stylegan: layers of w+ truncated (InterfaceGAN's 8)
     # diffusers
     pipeline: str = ""                  # diffusers: local pipeline folder (save_pretrained)
     prompt: str = "a studio portrait photo of a person's face, neutral background, sharp focus"  # diffusers
@@ -139,8 +142,10 @@ def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backe
         from .stylegan import StyleGANBackend, StyleGANConfig
 
         return StyleGANBackend(StyleGANConfig(generator=cfg.generator, mapping=cfg.mapping,
-                                              boundary=cfg.pose_boundary, latent_dim=cfg.latent_dim,
-                                              yaw_scale=cfg.yaw_scale, device=dev))
+                                              boundary=cfg.pose_boundary, boundary_space=cfg.boundary_space,
+                                              latent_dim=cfg.latent_dim, yaw_scale=cfg.yaw_scale,
+                                              truncation=cfg.truncation, truncation_layers=cfg.truncation_layers,
+                                              device=dev))
     if cfg.backend == "diffusers":
         from .diffusers_backend import DiffusersBackend, DiffusersConfig
 
