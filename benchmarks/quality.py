@@ -121,7 +121,7 @@ def train_run(args, name: str, config: str, shards: list[str], steps: int, batch
                              "pass --tag NAME for a new run or --fresh to retrain")
         return doc
     base = {"data.shards": shards, "data.workers": args.loader_workers, "steps": steps, "batch": batch,
-            "device": args.device, "precision": "fp32" if args.device == "cpu" else "auto", "out": str(out), "log_every": max(1, args.eval_every // 5),
+            "device": args.device, "precision": args.precision, "out": str(out), "log_every": max(1, args.eval_every // 5),
             "picture_every": args.eval_every, "ckpt_every": args.eval_every, "keep_every": args.eval_every,
             "seed": args.seed, "init": init}
     for kv in args.set:
@@ -291,9 +291,9 @@ def rung0(args) -> list[dict[str, Any]]:
 def rung1(args) -> list[dict[str, Any]]:
     """Overfit: train and evaluate on the same few identities (Unsup3D-re)."""
     ids = args.ids or 4
-    data = dataset(args, args.backend, ids, args.size, fractions=(1.0, 0.0, 0.0))
+    data = dataset(args, args.backend, ids, args.size, seed=args.data_seed, fractions=(1.0, 0.0, 0.0))
     sh = str(data / "shards")
-    run = train_run(args, f"rung1-{args.backend}-{ids}ids-{args.size}px{args.tag}", "unsup3d.yaml", [sh],
+    run = train_run(args, f"rung1-{args.backend}-{ids}ids-{args.size}px-d{args.data_seed}{args.tag}", "unsup3d.yaml", [sh],
                     args.steps or 1500, args.batch or 8,
                     {**SMALL, "model.image_size": args.size, "optim.lr": args.lr or 3e-4})
     row = evaluate_run(args, run, sh)
@@ -402,8 +402,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sm", type=float, default=0.1, help="rung0: weight of the depth smoothness term")
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--eval-ids", type=int, default=None, help="evaluate on at most this many identities")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="model initialisation seed")
+    ap.add_argument("--data-seed", type=int, default=0, help="rung1: seed of the synthetic identities")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="auto", help="training precision (auto: bf16 on CPUs with native bf16)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda (GPU machines: benchmarks/gpu_suite.sh)")
     ap.add_argument("--loader-workers", type=int, default=0, help="DataLoader workers (0: in-process, CPU-s exact)")
     ap.add_argument("--data-workers", type=int, default=1, help="processes building the synthetic data")

@@ -55,6 +55,7 @@ class LAPConfig:
     target_size: int = 64                # side the target photo is resized to for the refiner's target encoder
     filtered_connection: Literal["filtered", "plain", "none"] = "filtered"  # ablation: "none" (or "plain")
     injection: Literal["multi", "vector"] = "multi"  # attribute injection at 8x8, 4x4, 1x1; "vector" = 1x1 only
+    encoder: Literal["multiscale", "deep"] = "multiscale"  # per-photo code: every scale pooled, or the 1x1 bottleneck only
     arch: Literal["lapmodel", "official"] = "lapmodel"  # official: the LAP demo's networks (its weights load; 128 px)
 
 
@@ -149,6 +150,11 @@ class OptimConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
+    # decoupled (AdamW): the decay shrinks the weights by lr * weight_decay per step, apart from the gradient.
+    # l2: Adam's L2 term added to the gradient, as the official Unsup3D code; Adam then normalises it, so every
+    # weight whose loss gradient is small shrinks by ~lr per step: it killed LAP's depth aggregator (its 1x1 code
+    # dead, one depth map for every person; BENCHMARKS.md "Real photos")
+    weight_decay_mode: Literal["decoupled", "l2"] = "decoupled"
     grad_clip: float | None = None       # clip the global grad norm (None = off)
 
     def __post_init__(self) -> None:
@@ -168,7 +174,7 @@ class TrainConfig:
     steps: int = 1000                    # optimizer steps (the data stream is resampled, never runs dry)
     epochs: float | None = None          # if set, steps = ceil(epochs * identities / batch) (counts the shards)
     batch: int = 64                      # identities per step, over all ranks (each rank takes batch / world)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA if supported
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16
     compile: bool = False                # torch.compile the networks
     device: str = "auto"                 # auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)
     seed: int = 0                        # model initialisation

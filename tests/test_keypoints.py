@@ -197,3 +197,33 @@ def test_evaluate_keypoints_end_to_end(tmp_path):
                                            photo_root=str(tmp_path / "nowhere")), model=model, progress=False)
     with pytest.raises(LapError, match="--shards .* --keypoints"):
         EvaluateConfig("x.pt", out=str(tmp_path / "x"))
+
+
+def test_mean_face_is_the_other_identities_mean_in_the_same_pose():
+    from lapmodel.evaluation.baselines import MeanFace
+
+    mf = MeanFace()
+    s = 4
+    for ident, level in enumerate((1.0, 2.0, 4.0)):
+        d = torch.full((2, s, s), level)
+        d[1] += 10.0  # pose 30 is a different depth for everyone
+        m = torch.ones(2, s, s, dtype=torch.bool)
+        mf.add(ident, [0.0, 30.0], d, m)
+    mf.add(3, [-60.0], torch.ones(1, s, s), torch.ones(1, s, s, dtype=torch.bool))  # a pose nobody else has
+    pred, pmask, gt, gmask = mf.predictions()
+    assert pred.shape == (6, s, s) and bool(pmask.all()) and bool(gmask.all())
+    torch.testing.assert_close(pred[:, 0, 0], torch.tensor([3.0, 13.0, 2.5, 12.5, 1.5, 11.5], dtype=torch.float64))
+    torch.testing.assert_close(gt[:, 0, 0], torch.tensor([1.0, 11.0, 2.0, 12.0, 4.0, 14.0], dtype=torch.float64))
+
+
+def test_canon_spread_zero_for_one_map_and_scale_free():
+    from lapmodel.evaluation.baselines import canon_spread
+
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    base = 1.0 - 0.1 * (1 - xs**2 - ys**2).clamp(min=0)
+    assert canon_spread(base.expand(5, -1, -1)) == pytest.approx(0.0, abs=1e-12)
+    noisy = base + 0.01 * torch.randn(5, 16, 16, generator=torch.Generator().manual_seed(0))
+    sp = canon_spread(noisy)
+    assert sp > 0.01
+    assert canon_spread(1.0 + 3 * (noisy - 1.0)) == pytest.approx(sp, rel=1e-5)  # relief and spread scale together
+    assert math.isnan(canon_spread(base[None]))

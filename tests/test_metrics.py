@@ -159,7 +159,7 @@ def _write_shards(root: Path, identities: int = 4, views: int = 3) -> tuple[str,
                 kind = "sphere" if i % 2 == 0 else "plane"
                 img, d, m = _scene(kind, 10 * i + v)
                 table[img.tobytes()] = (d, m)
-                vs.append(View(image=img, depth=d, mask=m, meta={"photo_id": f"{i}-{v}"}))
+                vs.append(View(image=img, depth=d, mask=m, meta={"photo_id": f"{i}-{v}", "pose": [10.0 * v, 0.0, 0.0]}))
             tw.write(encode_sample(IdentitySample(key=f"id{i}-00000000-000", identity=f"id{i}", split="test",
                                                   views=vs), image_ext="png"))
     return url, table
@@ -215,11 +215,12 @@ def test_evaluate_true_vs_wrong_depth(tmp_path):
     assert good.set_size[2]["side"]["mean"] < 0.01
     doc = json.loads((tmp_path / "good" / "eval.json").read_text())
     assert set(doc["rows"]) == {"model", "flat", "mean_face", "gt"}
-    assert doc["rows"]["mean_face"]["side"]["n"] == 0  # these views carry no pose label: no mean face to pose
+    mf = doc["rows"]["mean_face"]  # every view: the other 3 identities' gt in the same pose, not its own depth
+    assert mf["side"]["n"] == 12 and mf["side"]["mean"] > 10 * row["side"]["mean"]
     assert set(doc["canon_spread"]) == {"identities", "views"} and doc["canon_spread"]["identities"] > 0
     for f in ("set_size.png", "set_size.json", "examples.png"):
         assert (tmp_path / "good" / f).exists(), f
-    assert format_table(good).row_count == 6
+    assert format_table(good).row_count == 7  # model, flat, mean face, gt, sets of 1, 2, 3
 
     bad = evaluate_checkpoint(EvaluateConfig("x.pt", shards=url, out=str(tmp_path / "bad"), identity=False, set_sizes=(1, 4)),
                               model=_DepthModel(table, "wrong"), progress=False)

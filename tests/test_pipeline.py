@@ -219,7 +219,10 @@ def _mini_pipeline(tmp_path: Path, shards: Path) -> Path:
                          "identities": 1, "views": 2, "turntable": 2}},
                {"name": "missing", "kind": "ingest", "requires": [str(tmp_path / "nope")],
                 "args": {"kind": "folders", "src": str(tmp_path / "nope")}},
-               {"name": "report", "kind": "report"}]}
+               {"name": "report", "kind": "report"},
+               {"name": "pack", "kind": "pack",
+                "args": {"checkpoint": "${OUT}/train/personalize/last.pt", "evaluations": ["eval"],
+                         "data": ["three tiny test identities"], "licence": "test only", "title": "mini model"}}]}
     return _write(tmp_path / "mini.yaml", doc)
 
 
@@ -231,8 +234,21 @@ def test_runner_markers_from_force_and_report(tmp_path):
     res = run_pipeline(p, progress=False, log=logs.append)
     run = tmp_path / "run"
     assert res["missing"]["status"] == "skipped" and res["report"]["status"] == "done"
-    for name in ("stage1", "stage2", "eval", "recon", "report"):
+    for name in ("stage1", "stage2", "eval", "recon", "report", "pack"):
         assert json.loads((run / "steps" / f"{name}.json").read_text())["status"] == "done"
+    # pack: fp16 weights, no optimizer state, loads like any checkpoint; the card quotes the run
+    from lapmodel.io.checkpoint import load_checkpoint, load_model
+
+    packed, full = load_checkpoint(run / "pack/default.pt"), load_checkpoint(run / "train/personalize/last.pt")
+    assert "optimizer" not in packed and {v.dtype for v in packed["model"].values() if v.is_floating_point()} == \
+        {torch.float16}
+    assert (run / "pack/default.pt").stat().st_size < 0.6 * (run / "train/personalize/last.pt").stat().st_size
+    m = load_model(run / "pack/default.pt")
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v.float(), full["model"][k].float().half().float())
+    card = (run / "pack/MODEL_CARD.md").read_text()
+    for piece in ("# mini model", "test only", "three tiny test identities", "| stage1 | aggregate | 2 |", "`eval`"):
+        assert piece in card, piece
     assert (run / "train/personalize/last.pt").exists()
     html = (run / "report/index.html").read_text()
     for piece in ("pictures/loss-curves.png", "pictures/recon-compare.png", "Metrics", "flat", "ratio model / flat",
@@ -246,7 +262,7 @@ def test_runner_markers_from_force_and_report(tmp_path):
     # a rerun skips every step
     logs.clear()
     run_pipeline(p, progress=False, log=logs.append)
-    assert sum("done, skipped" in line for line in logs) == 5
+    assert sum("done, skipped" in line for line in logs) == 6
     # --from reruns that step and the later ones (their outputs removed first)
     logs.clear()
     stamp = (run / "steps/stage2.json").stat().st_mtime_ns

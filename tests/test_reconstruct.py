@@ -177,7 +177,7 @@ def test_reconstruct_paths_with_model(tmp_path):
         _write_png(src / f"f{i}.png", rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
     (src / "bad.png").write_bytes(b"\x89PNG broken")
     model = StandIn()
-    rep = reconstruct_paths(ReconstructConfig((str(src),), "unused.pt", str(tmp_path / "out"), turntable=0),
+    rep = reconstruct_paths(ReconstructConfig((str(src),), checkpoint="unused.pt", out=str(tmp_path / "out"), turntable=0),
                             model=model, progress=False, chunk=2)
     assert rep["done"] == 3 and rep["skipped"] == 1 and rep["size"] == 16
     assert model.calls == [1, 2]  # chunk 1: bad.png + f0.png (one skipped), chunk 2: f1, f2
@@ -185,15 +185,15 @@ def test_reconstruct_paths_with_model(tmp_path):
     doc = json.loads((tmp_path / "out" / "reconstruct.json").read_text())
     assert doc["skipped_files"][0]["path"].endswith("bad.png")
     with pytest.raises(LapError, match="checkpoint not found"):
-        reconstruct_paths(ReconstructConfig((str(src),), str(tmp_path / "nope.pt"), str(tmp_path / "out2")))
+        reconstruct_paths(ReconstructConfig((str(src),), checkpoint=str(tmp_path / "nope.pt"), out=str(tmp_path / "out2")))
     with pytest.raises(LapError, match="batch_size must be >= 1"):
-        ReconstructConfig((str(src),), "x.pt", str(tmp_path / "out3"), batch_size=0)
+        ReconstructConfig((str(src),), checkpoint="x.pt", out=str(tmp_path / "out3"), batch_size=0)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(LapError, match="--out is a file"):
-        reconstruct_paths(ReconstructConfig((str(src),), "x.pt", str(tmp_path / "afile")), model=model)
+        reconstruct_paths(ReconstructConfig((str(src),), checkpoint="x.pt", out=str(tmp_path / "afile")), model=model)
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(LapError, match="empty file"):
-        reconstruct_paths(ReconstructConfig((str(src),), str(tmp_path / "empty.pt"), str(tmp_path / "out4")))
+        reconstruct_paths(ReconstructConfig((str(src),), checkpoint=str(tmp_path / "empty.pt"), out=str(tmp_path / "out4")))
 
 
 def test_detect_real_photo(tmp_path):
@@ -281,3 +281,26 @@ def test_cli_set_lap(tmp_path):
     for n in ("p0", "p1", "p2"):
         assert np.array_equal(np.asarray(Image.open(out / n / "albedo.png")), set_albedo), n
     assert not list(out.rglob("mesh.obj"))  # --no-mesh
+
+
+def test_no_checkpoint_uses_the_packaged_model(tmp_path, monkeypatch):
+    """`lapmodel reconstruct photo.png` with no --checkpoint: the model shipped in the package (io.pretrained);
+    without one installed, a one-line error saying so."""
+    from typer.testing import CliRunner
+
+    from lapmodel.cli import app
+    from lapmodel.io import pretrained
+
+    ck = _tiny_checkpoint(tmp_path / "tiny.pt")
+    packed = pretrained.pack_checkpoint(ck, tmp_path / "weights" / "default.pt")
+    photo = tmp_path / "face.png"
+    _write_png(photo, np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    monkeypatch.setattr(pretrained, "DEFAULT_CHECKPOINT", packed)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["reconstruct", str(photo), "--turntable-frames", "0"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "reconstructions" / "reconstruct.json").read_text())
+    assert rep["checkpoint"] == str(packed) and rep["done"] == 1
+    monkeypatch.setattr(pretrained, "DEFAULT_CHECKPOINT", tmp_path / "absent.pt")
+    r = CliRunner().invoke(app, ["reconstruct", str(photo), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no packaged model" in r.output and "\n" not in r.output.strip()

@@ -93,6 +93,26 @@ def test_loader_on_tiny_set(tiny_model, tmp_path):
     np.testing.assert_array_equal(again.rfaces, model.rfaces)
 
 
+def test_loader_reads_the_folder_packed_as_tar_xz(tiny_model, tmp_path):
+    """`--model FaceXModel.tar.xz`: the same model as the folder; unpacked once into a temporary folder that is
+    removed, then read from the cache without unpacking; a broken archive is one line naming it."""
+    import tarfile
+
+    arc = tmp_path / "FaceXModel.tar.xz"
+    with tarfile.open(arc, "w:xz") as tf:
+        tf.add(tiny_model, arcname="FaceXModel")
+    ref = load_model(tiny_model)
+    got = load_model(arc, cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(got.id_basis, ref.id_basis)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [next((tmp_path / "c").glob("ict-archive-*.npz")).name]
+    tiny_model.rename(tmp_path / "gone")  # the cache alone serves the archive now
+    np.testing.assert_array_equal(load_model(arc, cache_dir=tmp_path / "c").neutral, ref.neutral)
+    bad = tmp_path / "bad.tar.xz"
+    bad.write_bytes(b"\xfd7zXZ\x00 not really")
+    with pytest.raises(LapError, match="bad.tar.xz: cannot unpack"):
+        load_model(bad, cache_dir=tmp_path / "c2")
+
+
 def test_identity_is_neutral_plus_modes(tiny_model, tmp_path):
     b = ICTBackend(tiny_model, ICTConfig(expression_scale=0.0), cache_dir=tmp_path / "cache")
     p = b.sample_identity(np.random.default_rng(0))

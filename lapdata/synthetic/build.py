@@ -79,7 +79,7 @@ class SynthConfig(EngineConfig):
     iod: float = 0.0                    # 3D backends: inter-ocular distance / side (0: lapdata.faces' template)
     eye_y: float = 0.0                  # 3D backends: eye line / side from the top (0: lapdata.faces' template)
     fov_deg: float = 10.0               # 3D backends: camera field of view in degrees
-    model: str = ""                     # ict: the ICT-FaceKit FaceXModel folder
+    model: str = ""                     # ict: the ICT-FaceKit FaceXModel folder (or its .tar.xz)
     # stylegan
     generator: str = ""                 # stylegan: generator as published (rosinality .pt, NVlabs .pkl, InterfaceGAN .pth), TorchScript
     mapping: str = ""                   # stylegan: TorchScript mapping (z -> w) of a TorchScript generator, optional
@@ -133,7 +133,7 @@ def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backe
         from .ict import ICTBackend, ICTConfig
 
         if not cfg.model:
-            raise LapError("--backend ict needs --model DIR (the ICT-FaceKit FaceXModel folder)")
+            raise LapError("--backend ict needs --model DIR (the ICT-FaceKit FaceXModel folder, or its .tar.xz)")
         return ICTBackend(cfg.model, ICTConfig(fov_deg=cfg.fov_deg, ssaa=cfg.ssaa, light=cfg.light,
                                                expression_scale=cfg.expression_scale, device=dev,
                                                background=cfg.background, **frame),

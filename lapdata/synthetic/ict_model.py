@@ -298,21 +298,57 @@ def build_model(files: ICTFiles, progress: bool = False) -> ICTModel:
     )
 
 
+ARCHIVES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")  # a FaceXModel folder packed as one file
+
+
 def load_model(folder: str | Path, cache_dir: str | Path | None = None, progress: bool = False) -> ICTModel:
-    """Validate ``folder`` and load the model, from ``cache_dir/ict-<fingerprint>.npz`` when present."""
-    files = validate_folder(folder)
-    cache = None
-    if cache_dir:
-        cache = Path(cache_dir) / f"ict-{files.fingerprint()}.npz"
-        if cache.is_file():
-            try:
-                return ICTModel.load(cache)
-            except (ValueError, KeyError, OSError):
-                pass
-    model = build_model(files, progress=progress)
+    """Validate ``folder`` and load the model, from ``cache_dir/ict-<fingerprint>.npz`` when present.
+
+    ``folder`` may also be a tar archive holding the FaceXModel folder (``FaceXModel.tar.xz``): it is unpacked into
+    a temporary folder (under ``cache_dir``), read, and removed; the cache is keyed by the archive's name, size and
+    mtime, so later loads never unpack it again."""
+    src = Path(folder).expanduser()
+    if src.is_file() and src.name.lower().endswith(ARCHIVES):
+        return _load_archive(src, cache_dir, progress)
+    files = validate_folder(src)
+    return _cached(Path(cache_dir) / f"ict-{files.fingerprint()}.npz" if cache_dir else None,
+                   lambda: build_model(files, progress=progress))
+
+
+def _cached(cache: Path | None, build) -> ICTModel:
+    if cache is not None and cache.is_file():
+        try:
+            return ICTModel.load(cache)
+        except (ValueError, KeyError, OSError):
+            pass
+    model = build()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         model.save(cache)
     return model
 
 
+def _load_archive(src: Path, cache_dir: str | Path | None, progress: bool) -> ICTModel:
+    import hashlib
+    import tarfile
+    import tempfile
+
+    st = src.stat()
+    key = hashlib.sha1(f"{src.name}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+    def build() -> ICTModel:
+        if cache_dir:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir or None, prefix=".ict-unpack-") as tmp:
+            try:
+                with tarfile.open(src) as tf:
+                    tf.extractall(tmp, filter="data")
+            except (tarfile.TarError, OSError, EOFError) as e:
+                raise LapError(f"{src}: cannot unpack the archive ({type(e).__name__}: {e})") from None
+            hits = sorted(Path(tmp).rglob(NEUTRAL))
+            if len(hits) != 1:
+                raise LapError(f"{src}: the archive holds {len(hits)} ICT-FaceKit FaceXModel folders ({NEUTRAL}), "
+                               "expected one")
+            return build_model(validate_folder(hits[0].parent), progress=progress)
+
+    return _cached(Path(cache_dir) / f"ict-archive-{key}.npz" if cache_dir else None, build)

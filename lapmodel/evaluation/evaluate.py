@@ -410,8 +410,8 @@ def format_table(result: EvalResult, title: str = "evaluation"):
 class EvaluateConfig:
     """What `lapmodel evaluate` does; its command-line options derive from these fields."""
 
-    checkpoint: str                      # trained model checkpoint (.pt)
-    out: str                             # output folder (eval.json, set_size.png, examples.png)
+    checkpoint: str | None = None        # model checkpoint (.pt) or a published .pth; default: the packaged model
+    out: str = "evaluation"              # output folder (eval.json, set_size.png, examples.png, keypoints.csv)
     shards: tuple[str, ...] = ()         # shards with ground-truth depth: paths, brace patterns, globs or a dataset folder
     keypoints: str | None = None         # real photos with 3D keypoints: a keypoints3d .npz, an AFLW2000-3D or 3DFAW folder
     photo_root: str | None = None        # folder the .npz's photo paths are relative to (default: the .npz's folder)
@@ -463,9 +463,10 @@ def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progre
         kps = select(read_keypoints(cfg.keypoints, cfg.photo_root), cfg.identities, (), cfg.max_per_identity)
     if model is None:
         from lapmodel.io.checkpoint import load_model
+        from lapmodel.io.pretrained import resolve_checkpoint
 
         # LapError naming the file when missing or not a checkpoint
-        model = load_model(cfg.checkpoint, device=resolve_device(cfg.device))
+        model = load_model(resolve_checkpoint(cfg.checkpoint), device=resolve_device(cfg.device))
     s = cfg.size or model_image_size(model)
     result = EvalResult(rows={})
     if cfg.shards:

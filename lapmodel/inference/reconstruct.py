@@ -340,8 +340,8 @@ class ReconstructConfig:
     """What `lapmodel reconstruct` does; its command-line options derive from these fields."""
 
     paths: tuple[str, ...]               # photos and/or folders of photos
-    checkpoint: str                      # model checkpoint (.pt), or a published Unsup3D / LAP demo .pth
-    out: str                             # output folder (one subfolder per photo)
+    checkpoint: str | None = None        # model checkpoint (.pt) or a published Unsup3D / LAP demo .pth; default: the packaged model
+    out: str = "reconstructions"         # output folder (one subfolder per photo)
     as_set: bool = False                 # all photos are one identity: aggregate them (LAP models)
     size: int | None = None              # crop side in pixels (default: the model's)
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
@@ -375,6 +375,9 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
         from lapmodel.io.checkpoint import load_model
 
         # LapError naming the file when missing or not a checkpoint
+        from lapmodel.io.pretrained import resolve_checkpoint
+
+        checkpoint = resolve_checkpoint(checkpoint)
         model = load_model(checkpoint, device=resolve_device(cfg.device))
     if as_set and not model_accepts_sets(model):
         raise LapError(f"{checkpoint}: --as-set needs a LAP checkpoint (this model reconstructs single images)")

@@ -68,6 +68,20 @@ class ScaleEncoder(nn.Module):
         return self.fuse(torch.cat(vecs, dim=1)).flatten(1)  # (M, Z)
 
 
+class DeepEncoder(nn.Module):
+    """Per-image encoder that keeps only the Unsup3D DownPath's own 1x1 bottleneck as the code (as Unsup3D's
+    ``EDDeconv`` and the official LAP demo's ``ED_Aggregation`` do): image (M, C_in, S, S) -> code (M, Z)."""
+
+    def __init__(self, in_channels: int = 3, size: int = 64, zdim: int = 256, nf: int = 64):
+        super().__init__()
+        self.down = DownPath(in_channels, size, nf, zdim)
+        self.size = size
+        self.zdim = zdim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(x).flatten(1)  # (M, Z)
+
+
 def set_softmax(logits: Tensor, valid: Tensor) -> Tensor:
     """Softmax over the set, per channel, ignoring padded views.
 
@@ -100,9 +114,13 @@ class Aggregator(nn.Module):
         adaptive: bool = True,
         tanh: bool = True,
         in_channels: int = 3,
+        encoder: str = "multiscale",
     ):
         super().__init__()
-        self.encoder = ScaleEncoder(in_channels, size, zdim, nf)
+        if encoder not in ("multiscale", "deep"):
+            raise ValueError(f"encoder must be 'multiscale' or 'deep', got {encoder!r}")
+        self.encoder = ScaleEncoder(in_channels, size, zdim, nf) if encoder == "multiscale" else \
+            DeepEncoder(in_channels, size, zdim, nf)
         # channel-wise weight head: x_i (M, Z) -> logits (M, Z)
         self.weight_head = nn.Sequential(nn.Linear(zdim, zdim), nn.LeakyReLU(0.2, inplace=True), nn.Linear(zdim, zdim))
         # x_c (B, Z) -> (B, Z, 1, 1) -> Unsup3D decoder -> (B, C_out, S, S)

@@ -112,8 +112,8 @@ class LAPModel(nn.Module):
             self.depth_agg = off.OfficialAggregator(1, cfg.nf, cfg.zdim, adaptive=lap.adaptive, tanh=False)
             widths = off.encoder_channels(cfg.nf_encoder)
         else:
-            self.albedo_agg = Aggregator(3, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=True)
-            self.depth_agg = Aggregator(1, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=False)
+            self.albedo_agg = Aggregator(3, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=True, encoder=lap.encoder)
+            self.depth_agg = Aggregator(1, s, cfg.zdim, cfg.nf, adaptive=lap.adaptive, tanh=False, encoder=lap.encoder)
         self.light_net = Encoder(3, 4, s, cfg.nf_encoder, channels=widths)  # (M, 3, S, S) -> (M, 4)
         self.view_net = Encoder(3, 6, s, cfg.nf_encoder, channels=widths)  # (M, 3, S, S) -> (M, 6)
         self.conf_net = ConfNet(3, s, cfg.nf, cfg.zdim_conf) if cfg.use_conf else None

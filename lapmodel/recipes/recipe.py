@@ -16,8 +16,9 @@ Step kinds (each calls the typed Python function of its module, no subprocess): 
 (lapdata.synthetic), ``ingest`` (lapdata.ingest.run_ingest), ``parse-masks`` (lapdata.parsing), ``train``
 (:func:`train_stage`: one LAP stage with its curriculum phases, or a plain ``lapmodel.training.train.train`` for a non-LAP
 model), ``evaluate`` (lapmodel.evaluation.evaluate.evaluate_checkpoint), ``reconstruct`` (held-out identities of a shard set
-reconstructed from the whole set and from one photo, lapmodel.inference.reconstruct.reconstruct_images) and ``report``
-(``OUT/report/index.html``, lapmodel.viz.report).
+reconstructed from the whole set and from one photo, lapmodel.inference.reconstruct.reconstruct_images), ``report``
+(``OUT/report/index.html``, lapmodel.viz.report) and ``pack`` (a checkpoint slimmed for shipping with its model card,
+lapmodel.recipes.card).
 
 Markers: a finished step writes ``OUT/steps/<name>.json``; a rerun skips it. Resume *inside* a step relies on the
 step's own resume (finished shards are kept by the shard writer, training continues from ``last.pt``, a finished
@@ -42,14 +43,14 @@ from lapdata.config import flatten, from_dict, load_config, read_yaml
 from lapdata.errors import LapError
 from lapmodel.recipes.catalog import find_config
 
-STEP_KINDS = ("build-synthetic", "ingest", "parse-masks", "train", "evaluate", "reconstruct", "report")
+STEP_KINDS = ("build-synthetic", "ingest", "parse-masks", "train", "evaluate", "reconstruct", "report", "pack")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
 class StepConfig:
     name: str                            # unique; the marker is OUT/steps/<name>.json
-    kind: Literal["build-synthetic", "ingest", "parse-masks", "train", "evaluate", "reconstruct", "report"]
+    kind: Literal["build-synthetic", "ingest", "parse-masks", "train", "evaluate", "reconstruct", "report", "pack"]
     args: dict[str, Any] = field(default_factory=dict)  # the step's arguments (see the adapter of its kind)
     requires: tuple[str, ...] = ()       # paths that must exist, else the step is skipped (recorded, not an error)
     description: str = ""

@@ -85,6 +85,9 @@ def metrics_sections(step: StepConfig, d: Path, folder: ReportFolder) -> tuple[l
     if not ej.exists():
         return [], []
     doc = json.loads(ej.read_text())
+    kp = keypoint_sections(step, d, doc.get("keypoints"), folder)
+    if not doc.get("rows"):
+        return kp
     rows = doc.get("rows", {})
     shown = [(k, lab) for k, lab in METRICS if any((r.get(k) or {}).get("n") for r in rows.values())]
     table = []
@@ -121,9 +124,46 @@ def metrics_sections(step: StepConfig, d: Path, folder: ReportFolder) -> tuple[l
                               "prediction and ground truth on the evaluated pixels"))
             if (d / png).exists()]
     notes = [("notes of the evaluation", "\n".join(doc["notes"]))] if doc.get("notes") else []
+    sp = doc.get("canon_spread") or {}
+    if sp:
+        text += (f" Canonical depth spread (std over relief, near 0 = one map for everyone): across identities "
+                 f"{sp.get('identities', float('nan')):.4f}, across views {sp.get('views', float('nan')):.4f}.")
     return [Section(f"Metrics: {step.name}", text,
                     tables=[("this run", table), ("reference: the papers on BFM synthetic faces", paper)],
-                    blocks=notes)], [Section(f"Evaluation pictures: {step.name}", "", imgs)] if imgs else []
+                    blocks=notes)] + kp[0], ([Section(f"Evaluation pictures: {step.name}", "", imgs)] if imgs else []) + kp[1]
+
+
+# the papers' Table 3 (3DFAW, 66 keypoints; DepthNet's summed depth correlation, 66 = ground truth)
+PAPER_3DFAW = (("ground truth", 66.0), ("Unsup3D", 54.64), ("LAP", 57.92))
+
+
+def keypoint_sections(step: StepConfig, d: Path, kp: Mapping[str, Any] | None, folder: ReportFolder
+                      ) -> tuple[list[Section], list[Section]]:
+    """The real-photo protocol (``lapmodel.evaluation.photos``): model against the prior and the keypoints' mean
+    template, DepthNet's score on Table 3's scale, the canonical-depth spread, the set-size curve and examples."""
+    if not kp:
+        return [], []
+    table = []
+    for name, r in [*kp["rows"].items(), *((f"set of {n}", v) for n, v in kp.get("set_size", {}).items())]:
+        k = r["kp_corr"]
+        table.append({"method": name.replace("_", " "), "kp depth corr (mean)": f"{k['mean']:.3f}",
+                      "median": f"{k['median']:.3f}", "photos": k["n"],
+                      "DepthNet score (x66/K)": f"{r['depthnet']['table3_scale']:.2f}"})
+    paper = [{"method": f"{n} (paper, 3DFAW)", "DepthNet score (66 keypoints)": f"{v:.2f}"} for n, v in PAPER_3DFAW]
+    sp, c = kp["canon_spread"], kp["counts"]
+    text = (f"Real photos with 3D keypoints ({kp['source']}, {kp['keypoints_per_photo']} per photo): "
+            f"{c['scored']} of {c['photos']} photos of {c['identities']} identities scored. Per photo, the Pearson "
+            "correlation between the model's depth in the photo's view at the keypoints and their depth (the photo "
+            "cropped exactly as reconstruct crops it); DepthNet's score sums, over the keypoints, the correlation "
+            "across photos (Unsup3D's / LAP's Table 3 protocol, shown scaled to 66 keypoints). 'prior' is the "
+            "untrained model, 'mean template' the keypoints' own average face, not posed: a model below it has not "
+            f"learned face shape. Canonical depth spread: across photos {sp['photos']:.4f}, across identities "
+            f"{sp['identities']:.4f} (near 0 = one map for everyone).")
+    imgs = [(folder.add(d / "keypoints_examples.png", "pictures", f"{step.name}-keypoints_examples.png"),
+             f"{step.name}: photo with its keypoints coloured by depth | the model's view depth | canonical depth "
+             "| normals (r = the photo's keypoint depth correlation)")] if (d / "keypoints_examples.png").exists() else []
+    return ([Section(f"Real photos: {step.name}", text, tables=[("this run", table), ("reference: Table 3", paper)])],
+            [Section(f"Real-photo pictures: {step.name}", "", imgs)] if imgs else [])
 
 
 # --------------------------------------------------------------------------------------------- reconstructions

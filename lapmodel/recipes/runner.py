@@ -12,6 +12,7 @@ from lapdata.config import to_dict
 from lapdata.errors import LapError
 from lapdata.logs import get_logger, log_to_file
 from lapmodel.recipes.recipe import PipelineConfig, StepConfig, load_pipeline
+from lapmodel.recipes.card import run_pack
 from lapmodel.recipes.report import run_report
 from lapmodel.recipes.steps import (StepContext, jsonable, marker_path, read_marker, run_build_synthetic,
                                     run_evaluate, run_ingest, run_parse_masks, run_reconstruct, run_train,
@@ -25,6 +26,7 @@ ADAPTERS: dict[str, Callable[[StepConfig, StepContext], dict]] = {
     "evaluate": run_evaluate,
     "reconstruct": run_reconstruct,
     "report": run_report,
+    "pack": run_pack,
 }
 
 
@@ -75,9 +77,10 @@ def _run(cfg: PipelineConfig, path: str | Path, run_out: Path, start: str | None
             results[s.name] = doc
             continue
         log(f"[{i + 1}/{len(cfg.steps)}] {s.name} ({s.kind}) ...")
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         res = ADAPTERS[s.kind](s, ctx)
-        doc = {"status": "done", "kind": s.kind, "seconds": round(time.time() - t0, 1), "result": jsonable(res)}
+        doc = {"status": "done", "kind": s.kind, "seconds": round(time.time() - t0, 1),
+               "cpu_seconds": round(time.process_time() - c0, 1), "result": jsonable(res)}
         write_json(marker, doc)
         results[s.name] = doc
         log(f"[{i + 1}/{len(cfg.steps)}] {s.name}: done in {doc['seconds']} s")

@@ -44,7 +44,7 @@ def step_output(step: StepConfig, ctx: StepContext) -> Path | None:
     """The folder a step writes (deleted before a forced rerun when inside OUT)."""
     defaults = {"build-synthetic": f"data/{step.name}", "ingest": f"data/{step.name}", "parse-masks": None,
                 "train": None, "evaluate": f"eval/{step.name}", "reconstruct": f"reconstruct/{step.name}",
-                "report": "report"}
+                "report": "report", "pack": "pack"}
     if step.kind == "train":
         tc = pipeline_train_config(ctx.cfg, step.args.get("set"))
         st = step.args.get("stage")

@@ -84,8 +84,15 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic natively (AVX512-BF16 or AMX tiles), where bf16 autocast trains faster
+    (BENCHMARKS.md, "Training step": 1.5x for the whole Unsup3D-re step on AVX512-BF16)."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(c()) for c in checks if c is not None)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = fp32. auto: bf16 on CUDA when supported, fp32 otherwise (CPU)."""
+    """None = fp32. auto: bf16 on CUDA when supported and on CPUs with native bf16 (``cpu_has_bf16``), else fp32."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -94,7 +101,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda":
             raise LapError("precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
         return torch.float16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -148,7 +157,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
         model.set_stage(stage)
     params = model.trainable_parameters(stage) if hasattr(model, "trainable_parameters") else \
         [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
+    adam = torch.optim.AdamW if cfg.optim.weight_decay_mode == "decoupled" else torch.optim.Adam
+    opt = adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     # -- resume or init; ``offset``: steps of the curriculum phases / stages before this run (its ``--init``), so
