@@ -67,6 +67,13 @@ class PhaseConfig:
     shards: tuple[str, ...] = ()         # shard patterns of this phase (empty = data.shards / --shards)
     epochs: float | None = None          # length in epochs of these shards (identities / batch per epoch) ...
     steps: int | None = None             # ... or in steps (steps wins when both are set)
+    batch: int | None = None             # identities per step in this phase (None = the stage's, then top-level)
+    max_set: int | None = None           # largest set in this phase (1: single photos; None = the stage's / data's)
+
+    def __post_init__(self) -> None:
+        _check(f"phase {self.name}", [(self.batch is None or self.batch >= 1, f"batch {self.batch} must be >= 1"),
+                                      (self.max_set is None or self.max_set >= 1, f"max_set {self.max_set} must be >= 1"),
+                                      (self.steps is None or self.steps >= 1, f"steps {self.steps} must be >= 1")])
 
 
 @dataclass(frozen=True)

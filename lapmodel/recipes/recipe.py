@@ -26,7 +26,7 @@ curriculum phase has ``done.json``). ``--from STEP`` reruns STEP and everything 
 their markers are dropped and their output folders (when inside OUT) deleted first, so they really run again.
 
 ``${NAME}`` in any string of the YAML is replaced by: ``OUT`` (the output folder), ``REPO`` (the current folder),
-the environment, then ``vars``. An unset variable stops the run before any step with one line naming it.
+the environment, then ``vars`` (whose defaults may themselves name ``REPO``, the environment or another var). An unset variable stops the run before any step with one line naming it.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ def load_pipeline(path: str | Path, out: str | Path | None = None,
     out_dir = str(out if out is not None else raw.get("out", "runs/pipeline"))
     env: dict[str, Any] = {**vars_, **environ, "REPO": str(Path.cwd())}
     missing: set[str] = set()
+    for k, v in vars_.items():  # a default may name another variable (${REPO}/../data); the environment wins
+        if k not in environ:
+            env[k] = substitute(v, {**env, k: f"${{{k}}}"}, missing)
     out_dir = substitute(out_dir, env, missing)
     env["OUT"] = out_dir
     body = {k: v for k, v in raw.items() if k not in ("vars", "out")}

@@ -59,9 +59,9 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
                               last_logs={})
             continue
         model = replace(cfg.model, lap=replace(cfg.model.lap, stage=stage))
-        data = replace(cfg.data, shards=tuple(ph.shards) or cfg.data.shards,
-                       max_set=sc.max_set or cfg.data.max_set,
-                       min_set=min(cfg.data.min_set, sc.max_set or cfg.data.max_set))
+        max_set = ph.max_set or sc.max_set or cfg.data.max_set
+        data = replace(cfg.data, shards=tuple(ph.shards) or cfg.data.shards, max_set=max_set,
+                       min_set=min(cfg.data.min_set, max_set))
         if not data.shards:
             raise LapError(f"stages.{stage}.phases[{i}] ({ph.name}): no shards (give phase shards, data.shards or "
                            "--shards)")
@@ -69,7 +69,7 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
         steps, epochs = (ph.steps, None) if ph.steps is not None else (
             (cfg.steps, cfg.epochs) if ph.epochs is None else (cfg.steps, ph.epochs))
         pcfg = replace(cfg, model=model, data=data, optim=optim, steps=steps, epochs=epochs,
-                       batch=sc.batch or cfg.batch, out=str(pout), init=init)
+                       batch=ph.batch or sc.batch or cfg.batch, out=str(pout), init=init)
         log(f"LAP stage {stage}, phase {i + 1}/{len(sc.phases)} ({ph.name}): {len(data.shards)} shard pattern(s), "
             + (f"{steps} steps" if epochs is None else f"{epochs} epochs") + f", out {pout}")
         res = train(pcfg, resume=(pout / "last.pt").exists(), stage=stage, progress=progress, log=log)
