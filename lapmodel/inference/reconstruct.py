@@ -89,7 +89,7 @@ def load_faces(
 
     aligned=True: every file is an aligned crop (`crop_prealigned(rule="auto")`: ArcFace 112 px, CelebA aligned,
     or already lap-framed -> centre square + resize). aligned=False: detect the largest face (dlib) and align it
-    to the lap template. aligned=None (auto): square images are treated as aligned crops, others are detected.
+    to the lap template. aligned=None (auto): see ``crop_face``.
     Unreadable files and photos without a face are skipped and listed in ``skipped`` (the run goes on).
     """
     files = expand_paths(paths)
@@ -101,7 +101,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
     """`load_faces` for an explicit list of image files and their output names."""
     from PIL import Image, ImageOps
 
-    from lapdata import detectors as ldetectors, faces as lfaces
+    from lapdata import detectors as ldetectors
 
     crops, kept_names, sources, rules, skipped, matrices = [], [], [], [], [], []
     for path, name in zip(files, names):
@@ -111,20 +111,13 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
         except Exception as e:  # unreadable, truncated, decompression bomb, ...: skip and count
             skipped.append({"path": str(path), "reason": f"unreadable image ({type(e).__name__}: {e})"})
             continue
-        h, w = img.shape[:2]
-        is_aligned = aligned if aligned is not None else (h == w)
-        if is_aligned:
-            crop, rule = lfaces.crop_prealigned(img, size, "auto")
-            matrix = lfaces.prealigned_matrix("auto", w, h, size)
-        else:
-            if detector is None:
-                detector = ldetectors.DlibDetector()
-            face = lfaces.largest_face(detector(img))
-            if face is None:
-                skipped.append({"path": str(path), "reason": "no face found"})
-                continue
-            crop, info = lfaces.align_face(img, face, size)
-            rule, matrix = info.get("rule", "align_face"), np.asarray(info["matrix"], np.float64)
+        if detector is None and _needs_detector_for(img.shape, aligned):
+            detector = ldetectors.DlibDetector()
+        got = crop_face(img, size, aligned, detector)
+        if isinstance(got, str):
+            skipped.append({"path": str(path), "reason": got})
+            continue
+        crop, rule, matrix = got
         crops.append(crop)
         matrices.append(matrix)
         kept_names.append(name)
@@ -137,10 +130,15 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
     return LoadedFaces(images, kept_names, sources, rules, skipped, matrices)
 
 
+KNOWN_LAYOUTS = ((112, 112), (218, 178))  # (h, w) of ArcFace 112 crops and CelebA img_align_celeba (lapdata.faces)
+
+
+def _needs_detector_for(shape: tuple[int, ...], aligned: bool | None) -> bool:
+    return not aligned if aligned is not None else tuple(shape[:2]) not in KNOWN_LAYOUTS
+
+
 def _needs_detector(path: Path, aligned: bool | None) -> bool:
-    """Whether ``path`` goes to the face detector (aligned=False, or auto and not square; unreadable: no)."""
-    if aligned is not None:
-        return not aligned
+    """Whether ``path`` goes to the face detector (see ``crop_face``; unreadable: no)."""
     from PIL import Image
 
     try:
@@ -148,7 +146,48 @@ def _needs_detector(path: Path, aligned: bool | None) -> bool:
             w, h = im.size
     except Exception:
         return False
-    return w != h
+    return _needs_detector_for((h, w), aligned)
+
+
+def crop_face(img: np.ndarray, size: int, aligned: bool | None, detector: Any) -> tuple[np.ndarray, str, np.ndarray] | str:
+    """One photo (H, W, 3) uint8 -> (crop (S, S, 3), rule, (2, 3) photo -> crop matrix), or the reason it has none.
+
+    aligned=True: a pre-aligned crop (``lapdata.faces.crop_prealigned`` 'auto'). aligned=False: the most confident
+    of the large detected faces, aligned to the lap template. aligned=None: the known pre-aligned layouts (ArcFace 112, CelebA 178x218) by
+    their rule; any other photo is detected (on a padded copy, so a face that fills the frame is found) and aligned,
+    except that a square photo whose face already sits where the lap template puts it (an aligned crop such as
+    LAP's / Unsup3D's demo faces) is only resized; a square photo with no face found is taken as an aligned crop."""
+    from lapdata import faces as lfaces
+
+    h, w = img.shape[:2]
+    if aligned or (aligned is None and (h, w) in KNOWN_LAYOUTS):
+        return (*lfaces.crop_prealigned(img, size, "auto"), lfaces.prealigned_matrix("auto", w, h, size))
+    pad = max(h, w) // 4
+    found = detector(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    big = max((f.area for f in found), default=0.0)
+    # the most confident of the large faces (a patch or a poster is a weak, often equally large, detection)
+    face = max((f for f in found if f.area >= 0.5 * big), key=lambda f: f.score, default=None)
+    if face is None:
+        if aligned is None and h == w:
+            return (*lfaces.crop_prealigned(img, size, "resize"), lfaces.prealigned_matrix("resize", w, h, size))
+        return "no face found"
+    pts = face.points5() - pad
+    if aligned is None and h == w and _lap_framed(pts, w):
+        return (*lfaces.crop_prealigned(img, size, "resize"), lfaces.prealigned_matrix("resize", w, h, size))
+    crop, info = lfaces.align_points(img, pts, size)
+    return crop, info["rule"], np.asarray(info["matrix"], np.float64)
+
+
+def _lap_framed(points5: np.ndarray, side: int, tol: float = 0.12) -> bool:
+    """Whether the 5 points of a square photo already sit on the lap template (scale within ``tol``, shift within
+    ``tol / 2`` of the side, rotation within 8 degrees): the photo is an aligned crop."""
+    from lapdata import faces as lfaces
+
+    m = lfaces.estimate_similarity(points5, lfaces.lap_template(side))
+    scale = float(np.hypot(m[0, 0], m[1, 0]))
+    rot = abs(float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))))
+    centre = lfaces.transform_points(m, np.array([[side / 2 - 0.5, side / 2 - 0.5]]))[0] - (side / 2 - 0.5)
+    return abs(scale - 1) < tol and float(np.abs(centre).max()) < tol / 2 * side and rot < 8
 
 
 def model_accepts_sets(model: Any) -> bool:
