@@ -6,6 +6,7 @@
     python benchmarks/quality.py rung2 --backend ict --size 64 # Unsup3D-re on held-out identities
     python benchmarks/quality.py rung3                         # LAP stage 1 vs Unsup3D-re at equal images seen
     python benchmarks/quality.py rung4                         # the three LAP stages and the Table 2 ablations (GPU budget)
+    python benchmarks/quality.py rung5 --seed 1 --scale 0.3    # real photos: pipelines/photos.yaml, keypoint curves
     python benchmarks/quality.py rung2 --set model.lam_depth_sm=0   # any config override (an ablation of a deviation)
 
 Every rung reports, for the model and for the flat baseline (a constant depth on the face), SIDE (x1e-2) and MAD
@@ -389,9 +390,104 @@ def rung4(args) -> list[dict[str, Any]]:
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ real photos
+
+HELD_OUT = ("Barack_Obama", "Hugh_Jackman", "Jennifer_Lopez")  # manifests/celebrity-sets_split.parquet's test split
+SHARED = REPO.parent / "shared" / "data"
+
+
+def kp_curve(ckpts: list[tuple[int, Path]], kps, out: Path, set_sizes=()) -> list[dict[str, Any]]:
+    """The keypoint protocol (lapmodel.evaluation.photos) on each (images seen, checkpoint)."""
+    from lapmodel.evaluation.photos import evaluate_photos
+    from lapmodel.io.checkpoint import load_model
+
+    rows = []
+    for images, ck in ckpts:
+        d = evaluate_photos(load_model(ck), kps, out / f"kp-{ck.parent.name}-{ck.stem}", size=64,
+                            set_sizes=set_sizes if ck == ckpts[-1][1] else ())
+        m = d["rows"]["model"]
+        rows.append({"images": images, "checkpoint": str(ck), "kp": m["kp_corr"]["mean"],
+                     "kp_median": m["kp_corr"]["median"], "depthnet66": m["depthnet"]["table3_scale"],
+                     "spread_ids": d["canon_spread"]["identities"], "spread_photos": d["canon_spread"]["photos"],
+                     "template": d["rows"]["mean_template"]["kp_corr"]["mean"],
+                     "prior": d["rows"]["prior"]["kp_corr"]["mean"],
+                     "set_size": {n: v["kp_corr"]["mean"] for n, v in d["set_size"].items()}})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def kept_checkpoints(phases: list[tuple[Path, int]]) -> list[tuple[int, Path]]:
+    """[(images seen, checkpoint)] over consecutive training folders, each with its views per step."""
+    out, base = [], 0
+    for folder, per_step in phases:
+        cks = sorted((folder / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+        for ck in cks:
+            out.append((base + int(ck.stem.split("-")[1]) * per_step, ck))
+        if cks:
+            base += int(cks[-1].stem.split("-")[1]) * per_step
+    return out
+
+
+def rung5(args) -> list[dict[str, Any]]:
+    """Real photos: the photos recipe (pipelines/photos.yaml: ICT synthetic -> the celebrity collections, LAP's three
+    stages and Unsup3D-re at equal images), scored on the 3 held-out identities with their MediaPipe 3D keypoints
+    (Table 3's protocol) at every kept checkpoint. ``--steps`` scales every phase of the recipe (1.0: its own)."""
+    from lapmodel.evaluation.keypoints import read_keypoints, select
+    from lapmodel.recipes.runner import run_pipeline
+
+    f = args.scale
+    env = {"SEED": str(args.seed), **{k: str(max(1, round(v * f))) for k, v in
+                                      (("SYN_STEPS", 300), ("SINGLE_STEPS", 1200), ("SET_STEPS", 3500),
+                                       ("REFINE_STEPS", 600), ("U3D_SYN_STEPS", 300), ("U3D_STEPS", 6300))}}
+    out = Path(args.work) / f"photos-x{f:g}-s{args.seed}{args.tag}"
+    train_steps = ["synthetic", "photos", "masks-synthetic", "masks-photos", "stage1", "stage2", "stage3",
+                   "unsup3d-synthetic", "unsup3d-real"]
+    t = time.process_time()
+    run_pipeline(REPO / "pipelines" / "photos.yaml", out, only=train_steps, progress=False, log=lambda m: None,
+                 environ={**os.environ, **env})
+    cpu = time.process_time() - t
+    kps = select(read_keypoints(SHARED / "keypoints3d" / "celebrity-sets.npz", SHARED / "faces"), HELD_OUT, (),
+                 args.eval_per_id)
+    tr = out / "train"
+    lap = kept_checkpoints([(tr / "aggregate" / "synthetic", 16), (tr / "aggregate" / "singles", 16),
+                            (tr / "aggregate" / "sets", 17.5), (tr / "personalize" / "sets", 17.5),
+                            (tr / "finetune" / "sets", 17.5)])
+    u3d = kept_checkpoints([(out / "unsup3d-re" / "synthetic", 16), (out / "unsup3d-re" / "real", 16)])
+    rl = kp_curve(lap, kps, out, set_sizes=(1, 2, 3, 4, 5, 6))
+    ru = kp_curve(u3d, kps, out)
+    (out / "kp_curves.json").write_text(json.dumps({"lap": rl, "unsup3d": ru, "cpu_s": cpu}, indent=1))
+    plot_kp_curves(rl, ru, out / "kp_curves.png", f"real photos, held-out identities (seed {args.seed})")
+    return [{"name": "LAP (3 stages)", **rl[-1]}, {"name": "Unsup3D-re", **ru[-1]}]
+
+
+def plot_kp_curves(lap: list[dict], u3d: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    for rows, lab in ((lap, "LAP"), (u3d, "Unsup3D-re")):
+        if rows:
+            ax[0].plot([r["images"] for r in rows], [r["kp"] for r in rows], "o-", label=lab, ms=3)
+            ax[1].plot([r["images"] for r in rows], [r["spread_ids"] for r in rows], "o-", label=lab, ms=3)
+    if lap:
+        ax[0].axhline(lap[0]["template"], ls="--", c="gray", label="mean template (oracle)")
+        ax[0].axhline(lap[0]["prior"], ls=":", c="gray", label="untrained prior")
+    ax[0].set(xlabel="images seen", ylabel="keypoint depth corr (mean)", title="depth on held-out photos")
+    ax[1].set(xlabel="images seen", ylabel="canonical depth spread / relief", title="across identities", yscale="log")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("rung", choices=["rung0", "rung1", "rung2", "rung3", "rung4"])
+    ap.add_argument("rung", choices=["rung0", "rung1", "rung2", "rung3", "rung4", "rung5"])
     ap.add_argument("--backend", choices=["procedural", "ict"], default="ict")
     ap.add_argument("--size", type=int, default=None, help="image side (rung1: 32, others 64)")
     ap.add_argument("--ids", type=int, default=0, help="identities in the dataset")
@@ -412,6 +508,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default=str(REPO / ".scratch" / "quality"))
     ap.add_argument("--ict-model", default=None)
     ap.add_argument("--set", nargs="*", default=[], help="config overrides KEY=VALUE for training")
+    ap.add_argument("--scale", type=float, default=1.0, help="rung5: fraction of the photos recipe's steps")
+    ap.add_argument("--eval-per-id", type=int, default=120, help="rung5: held-out photos scored per identity")
     ap.add_argument("--ablations", default="", help="rung4: indices of the Table 2 rows to run, e.g. 0,2 (default all)")
     ap.add_argument("--tag", default="", help="suffix of the run folder (ablations)")
     ap.add_argument("--fresh", action="store_true", help="retrain even when the run folder holds a result")
@@ -420,7 +518,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     Path(args.work).mkdir(parents=True, exist_ok=True)
     rows = globals()[args.rung](args)
-    print_table(f"{args.rung} ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} thread(s), CPU)", rows)
+    title = f"{args.rung} ({time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} thread(s), CPU)"
+    if args.rung == "rung5":
+        print(f"\n{title}\n| run | kp corr mean | median | DepthNet (x66/K) | spread (identities) | images |\n" + "|---" * 6 + "|")
+        for r in rows:
+            print(f"| {r['name']} | {r['kp']:.3f} | {r['kp_median']:.3f} | {r['depthnet66']:.1f} | "
+                  f"{r['spread_ids']:.4f} | {r['images']} |")
+    else:
+        print_table(title, rows)
     print("JSON " + json.dumps({"rung": args.rung, "backend": args.backend, "size": args.size, "rows": rows}))
 
 
