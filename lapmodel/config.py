@@ -19,6 +19,7 @@ from typing import Literal
 
 from lapdata.config import load_config  # noqa: F401  (re-exported: `from lapmodel.config import load_config`)
 from lapdata.errors import LapError
+from lapdata.paths import plain_name  # a phase's name is its folder
 from lapdata.parsing.masks import RCLMaskConfig  # LAP: RCL mask groups (model.lap.rcl_masks)
 from lapdata.sample import EXTRA_FIELDS  # the fields a shard view may hold (data.fields)
 
@@ -58,6 +59,11 @@ class LAPConfig:
     injection: Literal["multi", "vector"] = "multi"  # attribute injection at 8x8, 4x4, 1x1; "vector" = 1x1 only
     arch: Literal["lapmodel", "official"] = "lapmodel"  # official: the LAP demo's networks (its weights load; 128 px)
 
+    def __post_init__(self) -> None:
+        _check("model.lap", [(self.refine_size >= 8, f"refine_size {self.refine_size} must be >= 8"),
+                             (self.refine_nf >= 1, f"refine_nf {self.refine_nf} must be >= 1"),
+                             (self.target_size >= 8, f"target_size {self.target_size} must be >= 8")])
+
 
 @dataclass(frozen=True)
 class PhaseConfig:
@@ -68,6 +74,13 @@ class PhaseConfig:
     epochs: float | None = None          # length in epochs of these shards (identities / batch per epoch) ...
     steps: int | None = None             # ... or in steps (steps wins when both are set)
 
+    def __post_init__(self) -> None:  # the name is the phase's folder: never a path
+        _check("phase", [(plain_name(self.name) == self.name, f"name {self.name!r} is not a plain name (letters, "
+                                                               f"digits, '_', '.', '-'): it names the phase's folder"),
+                         (self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
+                          f"{self.name}: epochs {self.epochs} must be > 0 or null"),
+                         (self.steps is None or self.steps >= 1, f"{self.name}: steps {self.steps} must be >= 1")])
+
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -77,6 +90,11 @@ class StageConfig:
     batch: int | None = None             # identities per step (None = top-level batch)
     lr: float | None = None              # None = optim.lr
     max_set: int | None = None           # None = data.max_set
+
+    def __post_init__(self) -> None:
+        _check("stage", [(self.batch is None or self.batch >= 1, f"batch {self.batch} must be >= 1 or null"),
+                         (self.lr is None or (_finite(self.lr) and self.lr >= 0), f"lr {self.lr} must be >= 0 or null"),
+                         (self.max_set is None or self.max_set >= 1, f"max_set {self.max_set} must be >= 1 or null")])
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,11 @@ def test_recipe_names_cannot_merge_identities_or_traverse(tmp_path):
     y.write_text("out: o\nsteps:\n  - {name: ../../escape, kind: report}\n")
     with pytest.raises(LapError, match=r"step name '../../escape' is not a plain name"):
         load_pipeline(y)
+    from lapdata.config import load_config
+    from lapmodel.config import TrainConfig
+
+    with pytest.raises(LapError, match=r"phase: name '../x' is not a plain name"):  # a phase's name is its folder
+        load_config(TrainConfig, None, {"stages.aggregate.phases": [{"name": "../x", "steps": 1}]})
 
 
 # ------------------------------------------------------------------------------------------------ 6: empty paths
@@ -115,7 +120,9 @@ def test_numbers_out_of_range_are_one_line(tmp_path):
     for sets, want in ((["model.nf=0"], "model: nf 0 must be >= 1"),
                        (["model.min_depth=1.2"], "model: min_depth 1.2 must be < max_depth 1.1"),
                        (["model.fov_deg=0"], "model: fov_deg 0.0 must be in"),
-                       (["data.fields=[image, bogus]"], r"data: fields \['image', 'bogus'\]: each one of")):
+                       (["data.fields=[image, bogus]"], r"data: fields \['image', 'bogus'\]: each one of"),
+                       (["model.lap.refine_nf=0"], "model.lap: refine_nf 0 must be >= 1"),
+                       (["stages.aggregate.lr=-1"], "stage: lr -1.0 must be >= 0")):
         with pytest.raises(LapError, match=want):
             load_config(TrainConfig, None, dict(s.split("=", 1) for s in sets))
 
