@@ -148,7 +148,6 @@ class ModelConfig:
                   "z_translation_range": self.z_translation_range, "lam_perc": self.lam_perc,
                   "lam_flip": self.lam_flip, "depth_prior": self.depth_prior, "lam_depth_sm": self.lam_depth_sm}
         _check("model", [
-            (self.kind in MODEL_KINDS, f"kind {self.kind!r} is not one of {list(MODEL_KINDS)}"),
             *[(v >= 1, f"{k} {v} must be >= 1") for k, v in widths.items()],
             (_finite(self.fov_deg) and 0 < self.fov_deg < 180, f"fov_deg {self.fov_deg} must be in (0, 180)"),
             (_finite(self.min_depth) and self.min_depth > 0, f"min_depth {self.min_depth} must be > 0"),
