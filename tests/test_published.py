@@ -255,8 +255,8 @@ def test_import_then_finetune_and_evaluate(celeba, tmp_path):
 
     from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 
-    ev = evaluate_checkpoint(EvaluateConfig(str(path), shards=tuple(shards), out=str(tmp_path / "eval"),
-                                            identity=False, device="cpu"), progress=False)
+    ev = evaluate_checkpoint(EvaluateConfig(str(path), shards=tuple(shards), out=str(tmp_path / "eval"), identity=False,
+                                            device="cpu"), progress=False)
     assert ev.counts == {"identities": 2, "views": 2, "views_with_gt": 2}
     assert math.isfinite(ev.rows["model"]["side"]["mean"]) and (tmp_path / "eval" / "eval.json").exists()
 
