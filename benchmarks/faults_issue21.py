@@ -9,11 +9,14 @@ cases against a local Ray cluster the harness starts (``ray.init`` on this machi
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +38,10 @@ def s3() -> dict[str, str]:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
+        staging = tempfile.mkdtemp(prefix="lap-faults-staging-")  # not the user's ~/.cache/lapdata/staging
+        atexit.register(shutil.rmtree, staging, True)
         _S3.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                   FSSPEC_S3_ENDPOINT_URL=f"http://{host}:{port}")
+                   FSSPEC_S3_ENDPOINT_URL=f"http://{host}:{port}", LAPDATA_STAGING=staging)
         os.environ.update(_S3)
         import fsspec.config
 
