@@ -7,9 +7,10 @@
   read from a manifest stays inside the dataset (no absolute path, no ``..``, no symlink out: ``lapdata.paths``);
 * rows: photos.parquet holds exactly the rows of the shard parquets + unsharded.parquet, column for column (an
   edited sha256, path, reason or id_score is a fault even when the checksums were rewritten too);
-* duplicates: a pair in duplicates.parquet whose photos are in different splits is split leakage (a fault: a
-  re-encoded copy of one person under two identities lets a test identity be seen in training); pairs inside one
-  split are counted (``cross_identity_duplicates_same_split``, a warning: label noise, no leakage).
+* duplicates (the rule is ``lapdata.duplicates``'): a pair in duplicates.parquet whose photos are in different splits
+  is split leakage (a fault: a re-encoded copy of one person under two identities lets a test identity be seen in
+  training) unless its held-out photo was removed from the shards (decision ``removed``, checked against its row);
+  pairs inside one split are counted (``cross_identity_duplicates_same_split``, a warning: label noise, no leakage).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .manifests import CHECKSUMMED, DUPLICATES, UNSHARDED, sha256_file
@@ -102,17 +104,52 @@ def tar_of(root: Path, name: Any, path: Any, fault: Fault) -> Path | None:
     return root / rel
 
 
-def check_photo_rows(root: Path, photos, shard_names: list[str], fault: Fault) -> None:
+def check_photo_rows(root: Path, photos_path: Path, shard_names: list[str], fault: Fault) -> None:
     """photos.parquet = the shard parquets + unsharded.parquet, row for row (by photo_id), column for column.
 
-    Compared as Arrow tables sorted by photo_id (columnar: no Python rows for a clean dataset); only a column that
-    differs is compared row by row, to name the photos."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
+    First streamed, one shard's rows at a time, in the order finalize writes them (memory flat in the rows); only
+    when that differs are the whole tables compared, sorted by photo_id, to name the photos that differ."""
     sources = [root / SHARD_DIR / f"{n}.parquet" for n in shard_names]
     if (root / UNSHARDED).is_file():
         sources.append(root / UNSHARDED)
+    if _same_rows(photos_path, [p for p in sources if p.is_file()]):
+        return
+    _compare_rows(pq.read_table(photos_path), sources, fault)
+
+
+def _same_rows(photos_path: Path, sources: list[Path]) -> bool:
+    """True when photos.parquet holds exactly the rows of ``sources``, in their order (streamed)."""
+    pf = pq.ParquetFile(photos_path, pre_buffer=False)
+    cols = [c for c in PHOTOS.names if c in pf.schema_arrow.names]
+    batches = pf.iter_batches(columns=cols, batch_size=16384)
+    buf: list[pa.RecordBatch] = []
+    have = 0
+    for p in sources:
+        try:
+            want = pq.read_table(p, schema=PHOTOS).select(cols)
+        except Exception:  # noqa: BLE001 - named by the full comparison
+            return False
+        while have < want.num_rows:
+            b = next(batches, None)
+            if b is None:
+                return False
+            buf.append(b)
+            have += b.num_rows
+        got = pa.Table.from_batches(buf)
+        head, rest = got.slice(0, want.num_rows), got.slice(want.num_rows)
+        buf, have = rest.to_batches(), rest.num_rows
+        try:
+            if not head.cast(want.schema).equals(want):
+                return False
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+            return False
+    return have == 0 and next(batches, None) is None
+
+
+def _compare_rows(photos: pa.Table, sources: list[Path], fault: Fault) -> None:
+    """The full comparison, sorted by photo_id, naming what differs."""
+    import pyarrow.compute as pc
+
     cols = [c for c in PHOTOS.names if c in photos.column_names]
     parts, origin = [], []
     for p in sources:
@@ -166,7 +203,11 @@ def _both_nan(a: Any, b: Any) -> bool:
 
 
 def check_duplicates(root: Path, fault: Fault) -> dict:
-    """Cross-split pairs of duplicates.parquet are faults; returns the counts for the audit summary."""
+    """The pairs of duplicates.parquet under ``lapdata.duplicates``' rule: a pair across splits is leakage (a fault)
+    unless its photo was removed (decision ``removed``: its row must be out of the shards, reason
+    duplicate_other_split); returns the counts for the audit summary."""
+    from .duplicates import REASON_OTHER_SPLIT, REMOVED, is_leak
+
     p = root / DUPLICATES
     if not p.is_file():
         return {}
@@ -175,12 +216,25 @@ def check_duplicates(root: Path, fault: Fault) -> dict:
     except Exception as e:  # noqa: BLE001
         fault(f"{p}: unreadable parquet ({type(e).__name__}: {str(e)[:120]})")
         return {}
-    cross = [r for r in rows if r.get("split") != r.get("dup_split")]
+    removed = [r for r in rows if r.get("decision") == REMOVED]
+    if removed and (root / "photos.parquet").is_file():
+        import pyarrow.compute as pc
+
+        t = pq.read_table(root / "photos.parquet", columns=["photo_id", "status", "reason"])
+        t = t.filter(pc.is_in(t.column("photo_id"), value_set=pa.array([r.get("photo_id") for r in removed])))
+        state = {pid: (st, why) for pid, st, why in zip(*(t.column(c).to_pylist() for c in t.column_names))}
+        for r in removed[:MAX_LISTED]:
+            if state.get(r.get("photo_id"), (None, REASON_OTHER_SPLIT))[1] != REASON_OTHER_SPLIT:
+                fault(f"{p}: photo {r.get('photo_id')} is recorded as removed (a duplicate of {r.get('dup_of')} of "
+                      f"another split) but its row says {state[r.get('photo_id')]}")
+    cross = [r for r in rows if r.get("decision") != REMOVED and is_leak(r.get("split"), r.get("dup_split"))]
     for r in cross[:MAX_LISTED]:
         fault(f"split leakage: photo {r.get('photo_id')} of {r.get('identity')!r} ({r.get('split')}) is an "
               f"{r.get('kind')} duplicate (phash distance {r.get('distance')}) of photo {r.get('dup_of')} of "
-              f"{r.get('dup_identity')!r} ({r.get('dup_split')}): one person under two identities? see {DUPLICATES}")
+              f"{r.get('dup_identity')!r} ({r.get('dup_split')}): one person under two identities? see {DUPLICATES}; "
+              f"rerun the ingest (or merge) that wrote it: it removes the held-out photo")
     if len(cross) > MAX_LISTED:
         fault(f"split leakage: {len(cross) - MAX_LISTED} more cross-split duplicates in {DUPLICATES}")
-    return {"cross_identity_duplicates": len(rows), "cross_identity_duplicates_cross_split": len(cross),
-            "cross_identity_duplicates_same_split": len(rows) - len(cross)}
+    return {"cross_identity_duplicates": len(rows) - len(removed), "cross_identity_duplicates_cross_split": len(cross),
+            "cross_identity_duplicates_same_split": len(rows) - len(removed) - len(cross),
+            "cross_split_duplicates_removed": len(removed)}

@@ -166,10 +166,27 @@ def config_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def refuse_empty(values: dict[str, Any], params: Sequence[inspect.Parameter]) -> None:
+    """A value given as empty text where the option's default is not empty text is refused (LapError naming the
+    option): an empty path would silently mean the current folder (``--out ""``, ``ingest folders ""``,
+    ``--shards ""``). A field whose own default is "" (unset) may still be given as ""."""
+    for p in params:
+        v = values.get(p.name)
+        info = p.default
+        default = getattr(info, "default", None)
+        if not (v == "" and default != "") and not (isinstance(v, (list, tuple)) and "" in v):
+            continue
+        decls = [d for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]
+        flag = decls[0].split("/")[0] if decls else p.name.upper()
+        raise LapError(f"{flag} '': empty (an empty path would mean the current folder); give a value or leave it out")
+
+
 def with_parameters(func: Callable[..., Any], params: Sequence[inspect.Parameter]) -> Callable[..., Any]:
-    """``func(**kwargs)`` presented to typer with the signature ``params`` (positional arguments first)."""
+    """``func(**kwargs)`` presented to typer with the signature ``params`` (positional arguments first); a value
+    given empty is refused first (``refuse_empty``)."""
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
+        refuse_empty(kwargs, params)
         return func(**kwargs)
 
     ordered = sorted(params, key=lambda p: p.kind)

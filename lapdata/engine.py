@@ -137,8 +137,74 @@ def _env_vars() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(("LAPDATA_", "FSSPEC_"))}
 
 
+def connect_seconds() -> float:
+    """How long a Ray cluster has to answer (``LAPDATA_RAY_CONNECT_SECONDS``, default 60)."""
+    return float(os.environ.get("LAPDATA_RAY_CONNECT_SECONDS") or 60)
+
+
+def _probe(address: str) -> None:
+    """A ``host:port`` (or ``ray://host:port``) that refuses a TCP connection, or answers but not as a gRPC server
+    (a Ray head's GCS and the Ray Client server both speak gRPC: HTTP/2 with a SETTINGS frame first): one LapError
+    now, not Ray's endless retries."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray resolves itself
+    wait = min(10.0, connect_seconds())
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=wait) as sock:
+            sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            head = b""
+            while len(head) < 9:
+                got = sock.recv(9 - len(head))
+                if not got:
+                    break
+                head += got
+    except socket.timeout:
+        head = b""
+    except OSError as e:
+        raise LapError(f"--ray-address {address}: cannot connect to {host}:{port} ({e.strerror or type(e).__name__});"
+                       f" is the cluster up (ray start --head) and the address right?") from None
+    if len(head) < 9 or head[3] != 4:
+        raise LapError(f"--ray-address {address}: {host}:{port} answers, but not as a Ray cluster (no gRPC reply); "
+                       f"give the head's GCS address (ray start --head prints it, port 6379 by default)")
+
+
+def _connect(ray, address: str, kw: dict) -> None:
+    """``ray.init(address)`` bounded by ``connect_seconds()``: Ray retries an address that answers but is no Ray
+    cluster forever. Run in a helper thread (Ray then leaves SIGTERM to the default handler: the cluster is not
+    ours to stop)."""
+    import logging
+    import threading
+
+    done, failed = threading.Event(), []
+
+    def go() -> None:
+        quiet = logging.getLogger("ray._private.worker")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # "SIGTERM handler is not set ... not the main thread": expected here
+        try:
+            ray.init(address=address, **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            failed.append(e)
+        finally:
+            quiet.setLevel(level)
+            done.set()
+
+    threading.Thread(target=go, name="lapdata-ray-connect", daemon=True).start()
+    if not done.wait(connect_seconds()):
+        raise LapError(f"--ray-address {address}: no Ray cluster answered within {connect_seconds():.0f} s "
+                       f"(LAPDATA_RAY_CONNECT_SECONDS); is it a Ray head (ray start --head) and the port right?")
+    if failed:
+        raise failed[0]
+
+
 def init_ray(address: str | None = None):
-    """Connect to (or start) Ray once per process; returns the ray module. One-line errors."""
+    """Connect to the cluster at ``address`` (``auto``, ``host:port``, ``ray://host:port``; unset: ``$RAY_ADDRESS``,
+    else start a one-machine cluster here) once per process, in bounded time; returns the ray module. One-line
+    errors naming the address."""
     try:
         import ray
     except ImportError:
@@ -154,10 +220,11 @@ def init_ray(address: str | None = None):
                               runtime_env={"env_vars": _env_vars()} if _env_vars() else None)
     try:
         if address:
-            ray.init(address=address, **kw)
+            _probe(address)
+            _connect(ray, address, kw)
         else:  # a one-machine cluster of this machine's CPUs (stops when the command exits)
             ray.init(num_cpus=os.cpu_count() or 1, object_store_memory=256 << 20, **kw)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         raise LapError(f"--ray-address {address or '(local)'}: cannot connect to Ray ({type(e).__name__}: "
                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
     return ray
@@ -222,9 +289,10 @@ def _ray(run: Callable, items: Sequence, cfg: EngineConfig, warm: Callable | Non
         yield collect()
 
 
-def warn_if_multinode(out: str) -> None:
-    """A local --out on a Ray cluster of several nodes: each job writes where it runs (one warning)."""
-    ray = init_ray(None)
+def warn_if_multinode(out: str, address: str | None) -> None:
+    """A local --out on a Ray cluster of several nodes: each job writes where it runs (one warning). Connects to
+    the configured cluster (``address``), never a private one in its place."""
+    ray = init_ray(address)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1:
         from .logs import get_logger, warn_once

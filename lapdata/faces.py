@@ -47,6 +47,7 @@ CELEBA_ALIGN_5 = np.array(
     [[69.0, 111.5], [107.5, 111.5], [88.0, 134.8], [71.6, 152.2], [105.8, 152.0]], dtype=np.float64
 )
 
+MAX_CROP_SIZE = 4096  # the largest face crop side a command makes (ingest, build-synthetic, reconstruct --size)
 DEFAULT_IOD = 0.35
 DEFAULT_EYE_Y = 0.33
 DEFAULT_BORDER = "replicate"

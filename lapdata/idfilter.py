@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+MAX_PHASH_DISTANCE = 15  # a near duplicate is within this many of the 64 bits at most (DuplicateIndex's blocks)
 REASON_OUTLIER = "id-outlier"
 REASON_DUP_EXACT = "duplicate-exact"
 REASON_DUP_NEAR = "duplicate-near"
@@ -159,8 +160,8 @@ class DuplicateIndex:
     (ties: same identity first, then the earliest). Memory ~100 bytes per photo."""
 
     def __init__(self, max_distance: int = 4):
-        if not 0 <= max_distance < 16:
-            raise ValueError("max_distance must be in 0..15")
+        if not 0 <= max_distance <= MAX_PHASH_DISTANCE:
+            raise ValueError(f"max_distance must be in 0..{MAX_PHASH_DISTANCE}")
         self.max_distance = int(max_distance)
         self.blocks = self.max_distance + 1
         # split 64 bits into `blocks` nearly equal bit ranges

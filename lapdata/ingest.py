@@ -22,8 +22,9 @@ Steps (``run_ingest(IngestConfig)``):
    * samples of at most ``max_per_sample`` photos (chunks 000, 001, ...), images JPEG-encoded in the worker.
 
 4. after a whole (non-part) run: photos that duplicate a photo of *another* identity (exact or near) are listed in
-   OUT/duplicates.parquet (lapdata.duplicates; shards are not changed; copies across splits are leakage that
-   ``lapdata audit`` reports).
+   OUT/duplicates.parquet, and a held-out photo (val/test) that duplicates another split's is removed from its
+   shard (skipped, reason duplicate_other_split, dup_of the kept photo; lapdata.duplicates holds the rule that
+   ``lapdata audit`` checks), so what ingest writes passes the audit.
 
 Every input record gets exactly one row: records the source decided on (a refused symlink, an empty folder, a CSV
 path leaving its folder: ``PhotoRecord.note``) and later records with an already-seen photo_id (a CSV path listed
@@ -54,6 +55,7 @@ from .engine import engine_of
 from .errors import LapError
 from .ingest_config import (CONTENT_KEYS, IngestConfig, _check_resume, _config_doc, check_out,  # noqa: F401
                             source_doc, summary_line)  # (re-exported)
+from .locks import writer_lock
 from .photos import PhotoRejected, PhotoTooLarge, decode_photo, max_file_bytes
 from .sample import IdentitySample, View, encode_image, sample_key
 from .schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
@@ -379,10 +381,15 @@ def warm_models(cfg: IngestConfig) -> None:
 
 def run_ingest(cfg: IngestConfig) -> dict:
     """Run the whole ingest (resumable); returns the stats written to OUT/stats.json. ``cfg.src`` and ``cfg.out``
-    may be object-store URLs (``lapdata.storage``)."""
+    may be object-store URLs (``lapdata.storage``). The run holds OUT's writer lock (``lapdata.locks``)."""
+    check_out(cfg)
+    with writer_lock(cfg.out, "lapdata ingest"):
+        return _run_ingest(cfg)
+
+
+def _run_ingest(cfg: IngestConfig) -> dict:
     t0 = time.perf_counter()
     out = storage.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out)
-    check_out(out)
     if cfg.detector == "insightface" and not cfg.det_model:
         raise LapError("--detector insightface needs --det-model PATH (an insightface SCRFD .onnx file)")
     for p, what in ((cfg.det_model, "detector model"), (cfg.id_model, "identity model"),
@@ -408,8 +415,8 @@ def run_ingest(cfg: IngestConfig) -> dict:
                           warm=functools.partial(warm_models, cfg), model=uses_models(cfg))
     stats["input"] = counts
     stats["seconds"] = round(time.perf_counter() - t0, 2)
-    if tuple(cfg.part)[1] == 1:  # also writes stats.json (the duplicates' counts and checksum)
-        stats = record_duplicates(out, stats, cfg.phash_distance)
+    if tuple(cfg.part)[1] == 1:  # cross-split duplicates resolved, pairs recorded; writes stats.json
+        stats = record_duplicates(out, stats, cfg.phash_distance, cfg.min_images, quality=cfg.quality)
     else:
         from .writer import _atomic_write_json
 

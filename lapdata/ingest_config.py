@@ -17,6 +17,8 @@ from typing import Literal, Sequence
 from . import storage
 from .engine import EngineConfig
 from .errors import LapError
+from .faces import MAX_CROP_SIZE
+from .idfilter import MAX_PHASH_DISTANCE
 from .photos import DEFAULT_MAX_PIXELS
 
 
@@ -54,7 +56,8 @@ class IngestConfig(EngineConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         i, n = self.part
-        checks = [(self.size >= 16, f"--size {self.size}: must be >= 16 pixels"),
+        checks = [(self.src != "" and self.out != "", "SRC/--out: empty (an empty path would mean the current folder)"),
+                  (16 <= self.size <= MAX_CROP_SIZE, f"--size {self.size}: must be in 16..{MAX_CROP_SIZE} pixels"),
                   (self.min_images >= 1, f"--min-images {self.min_images}: must be >= 1"),
                   (self.max_per_sample >= 1, f"--max-per-sample {self.max_per_sample}: must be >= 1"),
                   (self.samples_per_shard >= 1, f"--samples-per-shard {self.samples_per_shard}: must be >= 1"),
@@ -62,7 +65,9 @@ class IngestConfig(EngineConfig):
                   (self.workers >= 1, f"--workers {self.workers}: must be >= 1"),
                   (0 <= i < n, f"--part {i}/{n}: need 0 <= I < N"),
                   (1 <= self.quality <= 100, f"--quality {self.quality}: must be in 1..100"),
-                  (self.phash_distance >= 0, f"--phash-distance {self.phash_distance}: must be >= 0"),
+                  (0 <= self.phash_distance <= MAX_PHASH_DISTANCE,
+                   f"--phash-distance {self.phash_distance}: must be in 0..{MAX_PHASH_DISTANCE} bits of 64 (different "
+                   f"photos differ in about 32)"),
                   (self.id_threshold is None or -1.0 <= self.id_threshold <= 1.0,
                    f"--id-threshold {self.id_threshold}: a cosine, must be in [-1, 1]"),
                   (len(self.fractions) == 3 and all(f >= 0 for f in self.fractions) and sum(self.fractions) > 0,
@@ -90,10 +95,23 @@ def _config_doc(cfg: IngestConfig) -> dict:
     return d
 
 
-def check_out(out: Path) -> None:
-    """--out must be a folder (or not exist yet)."""
+def check_out(cfg: IngestConfig) -> None:
+    """--out must be a folder (or not exist yet) and must not lie inside a source folder: the next run would read
+    the dataset as photos (another source: never resumable)."""
+    if storage.is_url(cfg.out):
+        out, src = cfg.out.rstrip("/"), cfg.src.rstrip("/")
+        if storage.is_url(src) and (out == src or out.startswith(src + "/")):
+            raise LapError(f"{cfg.out}: --out is inside the source {cfg.src}; write the dataset elsewhere")
+        return
+    out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise LapError(f"{out}: --out exists and is not a folder")
+    src = Path(cfg.src).expanduser()
+    if not storage.is_url(cfg.src) and src.is_dir():
+        o, s = out.resolve(), src.resolve()
+        if o == s or s in o.parents:
+            raise LapError(f"{out}: --out is inside the source folder {src}; the next run would read the dataset as "
+                           f"photos (never resumable): write it elsewhere")
 
 
 def _check_resume(out: Path, cfg: IngestConfig, source: dict) -> None:
@@ -146,8 +164,12 @@ def summary_line(stats: dict, out: str | Path) -> str:
                  + ", ".join(f"{k} {v}" for k, v in bys.items()) + f") in {stats.get('shards', 0)} shards -> {out}")
     line = "; ".join(parts)
     cd = stats.get("cross_identity_duplicates") or {}
-    if cd.get("pairs"):
-        line += (f"; {cd['pairs']} photos duplicate another identity's ({cd.get('cross_split', 0)} across splits,"
+    kept, removed = cd.get("pairs", 0) - cd.get("removed", 0), cd.get("removed", 0)
+    if kept:
+        line += (f"; {kept} photos duplicate another identity's ({cd.get('cross_split', 0)} across splits,"
+                 f" see duplicates.parquet)")
+    if removed:
+        line += (f"; {removed} held-out photo(s) removed as duplicates of another split's (duplicate_other_split,"
                  f" see duplicates.parquet)")
     failed = stats.get("failed") or []
     if failed:

@@ -64,8 +64,9 @@ def read_shard_json(p: Path) -> dict:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise LapError(f"{p}: unreadable shard stats ({type(e).__name__}: {str(e)[:120]}); rerun the command that "
-                       f"wrote it") from None
+        what = "0 bytes" if isinstance(e, ValueError) and p.stat().st_size == 0 else f"{type(e).__name__}: {str(e)[:120]}"
+        raise LapError(f"{p}: unreadable shard stats ({what}); rerun the command that wrote the dataset (it writes "
+                       f"that shard again)") from None
     if not isinstance(doc, dict):
         raise LapError(f"{p}: shard stats must be a JSON object")
     check_shard_name(p.stem, f"{p}: file name")
@@ -217,3 +218,23 @@ def read_table(out_dir: str | Path, name: str) -> pa.Table:
 
 def read_stats(out_dir: str | Path) -> dict:
     return json.loads((Path(out_dir) / "stats.json").read_text())
+
+
+def unfinished(dataset: str | Path) -> str | None:
+    """Why the dataset at ``dataset`` (a folder or a URL) is not a finished run (its stats.json missing, a run
+    with failed or missing shards, one part of a job), or None when it is finished."""
+    try:
+        stats = json.loads(storage.read_bytes(storage.join(str(dataset), "stats.json") if storage.is_url(dataset)
+                                              else Path(dataset) / "stats.json"))
+    except FileNotFoundError:
+        return "no stats.json: the command that writes it has not finished (or was killed)"
+    except (OSError, ValueError) as e:
+        return f"stats.json unreadable ({type(e).__name__})"
+    if not isinstance(stats, dict) or stats.get("complete") is not False:
+        return None
+    run = stats.get("run") if isinstance(stats.get("run"), dict) else {}
+    part = run.get("part") or [0, 1]
+    if isinstance(part, list) and len(part) == 2 and part[1] != 1:
+        return f"part {part[0]}/{part[1]} of a job (join the parts with lapdata merge)"
+    return (f"incomplete: {stats.get('shards')} of {run.get('planned_shards')} shards finished, "
+            f"{len(run.get('failed_shards') or [])} failed (rerun the command that wrote it)")

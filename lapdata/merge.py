@@ -4,8 +4,9 @@ Every finished shard (tar, parquet, json) of every part is copied (or hard-linke
 present in two parts must be byte-identical (same sha256), else it is a LapError (the parts come from different
 plans). The unsharded rows (identities dropped before planning; kept by part 0) are joined, de-duplicated by
 photo_id. Then the dataset manifests are rebuilt by lapdata.writer.finalize_dataset, and the cross-identity
-duplicates are found over the whole dataset (duplicates.parquet and stats.json ``cross_identity_duplicates``, as a
-whole ingest run writes them: no part can see the other parts' photos). Each part's shard jsons are checked
+duplicates are found over the whole dataset and a held-out photo duplicating another split's is removed from its
+shard (``lapdata.duplicates``: duplicates.parquet and stats.json ``cross_identity_duplicates``, as a whole ingest
+run does: no part can see the other parts' photos). Each part's shard jsons are checked
 (``lapdata.manifests.read_shard_json``) before anything is copied.
 """
 
@@ -22,6 +23,7 @@ from . import storage
 from .duplicates import record_duplicates
 from .engine import EngineConfig, map_unordered
 from .errors import LapError
+from .locks import writer_lock
 from .schema import PHOTOS, SHARD_DIR, SHARD_SHA256
 from .writer import UNSHARDED, finalize_dataset, read_shard_json
 
@@ -38,13 +40,18 @@ def _copy_shard(job: tuple) -> dict:
 def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = False,
                    engine: EngineConfig = EngineConfig(), workers: int = 1) -> dict:
     """Join the part datasets ``dirs`` into ``out`` (folders or object-store URLs; see the module doc); the shard
-    copies run on ``engine``."""
+    copies run on ``engine``. The run holds OUT's writer lock (``lapdata.locks``)."""
+    if not storage.is_url(out) and Path(out).exists() and not Path(out).is_dir():
+        raise LapError(f"{out}: --out exists and is not a folder")
+    with writer_lock(out, "lapdata merge"):
+        return _merge(dirs, out, link, engine, workers)
+
+
+def _merge(dirs: Sequence[str | Path], out: str | Path, link: bool, engine: EngineConfig, workers: int) -> dict:
     out_url = str(out).rstrip("/") if storage.is_url(out) else None
     out = storage.mount(out_url) if out_url else Path(out)
-    if out.exists() and not out.is_dir():
-        raise LapError(f"{out}: --out exists and is not a folder")
     urls = [str(d).rstrip("/") if storage.is_url(d) else None for d in dirs]
-    srcs = [storage.mount(u) if u else Path(d) for u, d in zip(urls, dirs)]
+    srcs = [storage.mount(u, reader=True) if u else Path(d) for u, d in zip(urls, dirs)]
     for d, u in zip(srcs, urls):
         if not (d / SHARD_DIR).is_dir():
             raise LapError(f"{u or d}: not a lapdata dataset (no {SHARD_DIR}/ folder)")
@@ -107,7 +114,8 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
     plan = planned.pop() if len(planned) == 1 else -1
     stats = finalize_dataset(out, config=config, extra_rows=extra,
                              run={"merged": len(srcs), "part": [0, 1], "failed_shards": [], "planned_shards": plan})
-    distance = (config or {}).get("phash_distance")
-    stats = record_duplicates(out, stats, distance if isinstance(distance, int) else 4)
+    distance, least = ((config or {}).get(k) for k in ("phash_distance", "min_images"))
+    stats = record_duplicates(out, stats, distance if isinstance(distance, int) else 4,
+                              least if isinstance(least, int) else 1, quality=(config or {}).get("quality") or 95)
     storage.push_tree(out)  # a dataset URL: the manifests, stats.json last
     return stats

@@ -5,6 +5,7 @@ Containment (every path read from a manifest, a shard json or a CSV)::
     inside(root, "shards/train-000000.tar", "shards.parquet path")   # -> the resolved Path, or PathEscape (LapError)
     escape_reason(root, rel)                                          # -> None, or why it is refused (for audit)
     check_shard_name("train-000003")                                  # a shard name is `{split}-{index:06d}`
+    plain_name("../x y")                                              # -> "_x_y-<sha1[:8]>": a name, never a path
 
 A path is refused when it is absolute, empty, holds a ``..`` component or NUL, or resolves (symlinks followed) to
 somewhere outside ``root`` (resolved too). ``root`` itself may be a symlink (a dataset on another disk).
@@ -25,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from .errors import LapError
 
 SHARD_NAME = re.compile(r"^[a-z][a-z0-9_]*-[0-9]{6}$")  # {split}-{index:06d}
+PLAIN_NAME = re.compile(r"^\w[\w.-]*$")  # a file name made from data: word characters, '.', '-', no leading dot
 
 
 class PathEscape(LapError):
@@ -67,6 +69,20 @@ def check_shard_name(name: object, what: str = "shard name") -> str:
         raise PathEscape(f"{what} {name!r} is not a shard name ({{split}}-{{index:06d}}); the dataset is damaged "
                          f"or tampered with: rewrite it")
     return name
+
+
+def plain_name(text: str, limit: int = 64) -> str:
+    """A file or folder name made from ``text`` (a photo's stem, an identity, a step): ``text`` itself when it is a
+    plain name (``PLAIN_NAME``) of at most ``limit`` characters; else its plain characters (others -> '_') cut to
+    ``limit`` + '-' + 8 hex of the sha1 of ``text``, so distinct texts never share a name. Never empty, '.' or '..',
+    never a path (no separator)."""
+    import hashlib
+
+    if PLAIN_NAME.match(text) and len(text) <= limit:
+        return text
+    slug = re.sub(r"[^\w.-]+", "_", text).lstrip(".")[:limit] or "_"
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{slug}-{digest}"
 
 
 def display_name(name: str) -> tuple[str, bool]:

@@ -9,7 +9,17 @@ run files, pictures) are mirrored into a local staging folder and the unchanged 
 never mirrored whole: every tar reader opens them through ``open_read``, which streams the remote object when the
 local file is absent. Writers commit a shard with ``push``: the tar, then its parquet, then its json (the json's key
 marks the shard finished, as its file does on disk; an object PUT is atomic, so a killed upload leaves no partial
-object). Staging: ``$LAPDATA_STAGING`` or ``~/.cache/lapdata/staging``, one folder per dataset URL.
+object). Staging: ``$LAPDATA_STAGING`` or ``~/.cache/lapdata/staging``, one folder per dataset URL for its writer
+(the holder of its lease, ``lapdata.locks``) and one for its readers (``mount(url, reader=True)``: audit, merge's
+parts), so a reader never prunes the files a running writer has staged and not committed yet.
+
+A listed key that would not land inside its staging folder (``a/../../x``, ``a//x``, an absolute path) is refused:
+never written, counted and named (a warning; ``refused_keys(root)``, an audit fault). Hidden keys (a component
+starting with a dot, e.g. the lease ``.lapdata-lease``) are not part of the dataset: never listed nor mirrored.
+
+Failures of the object store itself (wrong credentials, a missing bucket, an unreachable endpoint: the PermissionError,
+botocore/aiohttp exception families) are turned into one-line LapErrors naming the URL at this boundary
+(``_store_errors``); a missing key stays a FileNotFoundError for the caller to decide.
 
     root = mount("s3://bucket/lap/celeba")    # Path of the staging folder
     open_read(root / "shards/train-000000.tar")   # streams s3://bucket/lap/celeba/shards/train-000000.tar
@@ -22,14 +32,18 @@ import hashlib
 import os
 import re
 import shutil
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, Iterator
 
 from .atomic import atomic_path
 from .errors import LapError, require
+from .paths import escape_reason
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _MOUNTS: dict[Path, str] = {}  # staging folder -> dataset URL (this process)
+_REFUSED: dict[Path, list[tuple[str, str]]] = {}  # staging folder -> [(key, why refused)] of its last sync
 READ_BLOCK = 8 << 20  # fsspec read-ahead block: a few shard members per request
 
 
@@ -63,6 +77,48 @@ def _fs(url: str):
     return fs, path
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The exception families of the object-store clients that are loaded (botocore, aiohttp, google-auth): a
+    client that is not imported cannot have raised."""
+    found: list[type[BaseException]] = []
+    for mod, names in (("botocore.exceptions", ("BotoCoreError", "ClientError")), ("aiohttp", ("ClientError",)),
+                       ("google.auth.exceptions", ("GoogleAuthError",))):
+        m = sys.modules.get(mod)
+        found += [getattr(m, n) for n in names if m is not None and isinstance(getattr(m, n, None), type)]
+    return tuple(found)
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+
+
+def missing_bucket(e: BaseException) -> bool:
+    """True for the FileNotFoundError of a bucket that does not exist (not of a missing key)."""
+    text = str(e).lower()
+    return isinstance(e, FileNotFoundError) and ("bucket does not exist" in text or "nosuchbucket" in text)
+
+
+@contextmanager
+def _store_errors(url: str) -> Iterator[None]:
+    """Object-store failures inside the block -> one LapError naming ``url``: access denied (wrong or missing
+    credentials), a missing bucket, an unreachable endpoint or any other client/transport error. A missing key
+    (FileNotFoundError) and everything else pass through."""
+    try:
+        yield
+    except LapError:
+        raise
+    except PermissionError as e:
+        raise LapError(f"{url}: access denied by the object store ({_first_line(e)}); check the credentials "
+                       f"(AWS_PROFILE / AWS_ACCESS_KEY_ID, ~/.aws; GOOGLE_APPLICATION_CREDENTIALS)") from None
+    except FileNotFoundError as e:
+        if missing_bucket(e):
+            raise LapError(f"{url}: the bucket does not exist ({_first_line(e)}); create it or fix the URL") from None
+        raise
+    except _transport_errors() as e:
+        raise LapError(f"{url}: object store not reachable or refused the request ({_first_line(e)}); check the "
+                       f"endpoint (FSSPEC_S3_ENDPOINT_URL), the network and the credentials") from None
+
+
 def remote_of(path: str | os.PathLike) -> str | None:
     """The URL of a file under a mounted staging folder (None when not mounted)."""
     p = Path(path).absolute()
@@ -88,8 +144,9 @@ def open_read(path: str | os.PathLike) -> IO[bytes]:
         return open(where, "rb")
     fs, p = _fs(where)
     try:
-        return fs.open(p, "rb", block_size=READ_BLOCK)
-    except FileNotFoundError:
+        with _store_errors(where):
+            return fs.open(p, "rb", block_size=READ_BLOCK)
+    except (FileNotFoundError, LapError):
         raise
     except OSError as e:
         raise OSError(f"{where}: {type(e).__name__}: {e}") from None
@@ -105,7 +162,8 @@ def exists(path: str | os.PathLike) -> bool:
     if not is_url(where):
         return os.path.exists(where)
     fs, p = _fs(where)
-    return bool(fs.exists(p))
+    with _store_errors(where):
+        return bool(fs.exists(p))
 
 
 def size(path: str | os.PathLike) -> int:
@@ -113,7 +171,8 @@ def size(path: str | os.PathLike) -> int:
     if not is_url(where):
         return os.path.getsize(where)
     fs, p = _fs(where)
-    return int(fs.size(p))
+    with _store_errors(where):
+        return int(fs.size(p))
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -125,9 +184,15 @@ def sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def hidden(key: str) -> bool:
+    """A key that is not part of a dataset: a component starting with a dot (``.lapdata-lease``; ``..`` is not
+    hidden, it is refused as leaving the dataset)."""
+    return any(c.startswith(".") and c not in (".", "..") for c in key.split("/"))
+
+
 def list_files(url: str) -> dict[str, int]:
-    """Every object under ``url`` (recursive): {relative key: size}."""
-    return {k: n for k, (n, _) in _listing(url).items()}
+    """Every object under ``url`` (recursive), hidden keys excepted: {relative key: size}."""
+    return {k: n for k, (n, _) in _listing(url).items() if not hidden(k)}
 
 
 def _listing(url: str) -> dict[str, tuple[int, str]]:
@@ -136,7 +201,8 @@ def _listing(url: str) -> dict[str, tuple[int, str]]:
     fs, p = _fs(url)
     p = p.rstrip("/")
     try:
-        found = fs.find(p, detail=True)
+        with _store_errors(url):
+            found = fs.find(p, detail=True)
     except FileNotFoundError:
         return {}
     out = {}
@@ -154,12 +220,56 @@ def glob(pattern: str) -> list[str]:
     first = min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)
     base = pattern[: pattern.rfind("/", 0, first)]  # the pattern's folder before its first wildcard, as given
     _, base_path = _fs(base)
-    return sorted(base + k[len(base_path.rstrip("/")):] for k in fs.glob(p))
+    with _store_errors(pattern):
+        return sorted(base + k[len(base_path.rstrip("/")):] for k in fs.glob(p))
 
 
 def upload(local: str | os.PathLike, url: str) -> None:
     fs, p = _fs(url)
-    fs.put_file(str(local), p)
+    with _store_errors(url):
+        fs.put_file(str(local), p)
+
+
+class Conflict(Exception):
+    """A conditional write lost: the object exists (``create``) or is not the version given (``if_match``)."""
+
+
+def put_bytes(url: str, data: bytes, *, create: bool = False, if_match: str | None = None) -> None:
+    """Write one object. ``create``: only if it does not exist (S3: a conditional PUT, ``If-None-Match: *``);
+    ``if_match``: only if its current version signature (``signature``) is this one (S3: ``If-Match``; other
+    filesystems: compared, then written: best effort). Conflict when the condition fails."""
+    fs, p = _fs(url)
+    s3 = url.startswith(("s3://", "s3a://"))
+    with _store_errors(url):
+        if if_match is not None:
+            if not s3:
+                if signature(url) != if_match:
+                    raise Conflict(url)
+            else:
+                try:
+                    fs.pipe_file(p, data, IfMatch=if_match)
+                except (FileNotFoundError, OSError) as e:
+                    if isinstance(e, PermissionError) or missing_bucket(e):
+                        raise
+                    raise Conflict(f"{url}: {_first_line(e)}") from None
+                return
+        try:
+            fs.pipe_file(p, data, mode="create" if create else "overwrite")
+        except FileExistsError:
+            raise Conflict(url) from None
+
+
+def signature(url: str) -> str | None:
+    """The version signature of one object (its ETag, else its modification time); None when it does not exist."""
+    fs, p = _fs(url)
+    with _store_errors(url):
+        try:
+            v = fs.info(p)
+        except FileNotFoundError:
+            return None
+    sig = v.get("ETag") or v.get("etag") or v.get("md5Hash") or v.get("LastModified") or v.get("mtime") \
+        or v.get("created")
+    return str(sig)
 
 
 def transfer(src: str, dst: str, link: bool = False) -> None:
@@ -179,14 +289,15 @@ def transfer(src: str, dst: str, link: bool = False) -> None:
         copy(src, dst)
     else:
         fs, p = _fs(dst)
-        with open_read(src) as f, fs.open(p, "wb") as g:
+        with _store_errors(dst), open_read(src) as f, fs.open(p, "wb") as g:
             shutil.copyfileobj(f, g, 1 << 20)
 
 
 def remove(url: str, recursive: bool = False) -> None:
     fs, p = _fs(url)
     try:
-        fs.rm(p, recursive=recursive)
+        with _store_errors(url):
+            fs.rm(p, recursive=recursive)
     except FileNotFoundError:
         pass
 
@@ -195,24 +306,29 @@ def copy(src: str, dst: str) -> None:
     """Server-side copy of one object (same filesystem)."""
     fs, s = _fs(src)
     _, d = _fs(dst)
-    fs.copy(s, d)
+    with _store_errors(dst):
+        fs.copy(s, d)
 
 
 # ------------------------------------------------------------------------------------------------------ mounts
 
 
-def staging_dir(url: str) -> Path:
-    """The local staging folder of a dataset URL (``$LAPDATA_STAGING``/<hash>-<name>)."""
+def staging_dir(url: str, reader: bool = False) -> Path:
+    """The local staging folder of a dataset URL (``$LAPDATA_STAGING``/<hash>-<name>): its writer's, or with
+    ``reader`` its readers' (``...-<name>.read``), which never holds a file a writer staged."""
     base = Path(os.environ.get("LAPDATA_STAGING") or Path.home() / ".cache" / "lapdata" / "staging")
     name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:40] or "root"
-    return (base / f"{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:12]}-{name}").absolute()
+    folder = f"{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:12]}-{name}" + (".read" if reader else "")
+    return (base / folder).absolute()
 
 
-def mount(url: str, staging: str | os.PathLike | None = None, *, pull: bool = True) -> Path:
+def mount(url: str, staging: str | os.PathLike | None = None, *, pull: bool = True, reader: bool = False) -> Path:
     """Mirror the small files of the dataset at ``url`` into a staging folder (tars are read remotely) and register
-    it; returns the staging folder. Local files the remote no longer has are removed (the remote is the truth)."""
+    it; returns the staging folder. Local files the remote no longer has are removed (the remote is the truth).
+    A writer mounts under its lease (``lapdata.locks.writer_lock``); a command that only reads mounts with
+    ``reader`` (its own folder: the prune never touches what a running writer staged)."""
     url = url.rstrip("/")
-    root = Path(staging).absolute() if staging else staging_dir(url)
+    root = Path(staging).absolute() if staging else staging_dir(url, reader)
     root.mkdir(parents=True, exist_ok=True)
     _MOUNTS[root] = url
     if pull:
@@ -256,13 +372,37 @@ def _stamp(p: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def key_escape(root: Path, key: str) -> str | None:
+    """Why a listed key would not be a file inside the staging folder ``root`` (``lapdata.paths.escape_reason``:
+    absolute, ``..``, symlinked out; here also an empty component, ``a//b`` or ``a/``), or None."""
+    if any(c == "" for c in key.split("/")[1:]) or key.endswith("/"):
+        return "empty component in the key"
+    return escape_reason(root, key)
+
+
+def refused_keys(root: str | os.PathLike) -> list[tuple[str, str]]:
+    """The keys the last sync of the mount at ``root`` refused: [(key, why)] (never written anywhere)."""
+    return list(_REFUSED.get(Path(root).absolute(), []))
+
+
 def sync_down(root: str | os.PathLike, prune: bool = False) -> int:
     """Download the non-tar objects of the mount at ``root`` that are missing locally or differ from what was last
     seen; with ``prune`` (when mounting) delete local files the remote lacks (tars excepted: a local tar is a
-    staged shard being committed). Returns files fetched."""
+    staged shard being committed). Keys that would land outside ``root`` are refused (``refused_keys``, one
+    warning naming the first), hidden keys skipped. Returns files fetched."""
     root = Path(root).absolute()
     url = _MOUNTS[root]
-    remote = _listing(url)
+    listing = _listing(url)
+    refused = [(k, why) for k in sorted(listing) if (why := key_escape(root, k)) is not None]
+    _REFUSED[root] = refused
+    if refused:
+        from .logs import get_logger, warn_once
+
+        warn_once(get_logger("lapdata.storage"),
+                  f"{url}: {len(refused)} object key(s) refused, they would be written outside the staging folder "
+                  f"(e.g. {url}/{refused[0][0]}: {refused[0][1]}); the dataset is damaged or tampered with")
+    bad = {k for k, _ in refused}
+    remote = {k: v for k, v in listing.items() if k not in bad and not hidden(k)}
     state = _state(root)
     fetched = 0
     fs, base = _fs(url)
@@ -275,7 +415,8 @@ def sync_down(root: str | os.PathLike, prune: bool = False) -> int:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        fs.get_file(f"{base.rstrip('/')}/{rel}", str(tmp))
+        with _store_errors(join(url, rel)):
+            fs.get_file(f"{base.rstrip('/')}/{rel}", str(tmp))
         os.replace(tmp, dst)
         state[rel] = [_stamp(dst), sig]
         fetched += 1

@@ -148,7 +148,20 @@ def parse_part(text: str) -> tuple[int, int]:
 
 
 def _finished(shard_dir: Path, name: str) -> bool:
-    return (shard_dir / f"{name}.json").exists()
+    """A shard is finished when its json is there and reads as its own stats; an unreadable one (0 bytes, cut,
+    tampered) is removed with a warning and the shard written again."""
+    p = shard_dir / f"{name}.json"
+    if not p.exists():
+        return False
+    try:
+        read_shard_json(p)
+        return True
+    except LapError as e:
+        from .logs import get_logger, warn_once
+
+        warn_once(get_logger("lapdata.writer"), f"{e}: the shard is written again")
+        p.unlink()
+        return False
 
 
 # the member headers webdataset.TarWriter writes (encoder=False, mtime=0.0): the same bytes, without importing
@@ -356,7 +369,7 @@ def write_dataset(
 
     try:
         if engine.engine == "ray" and remote is None and todo:
-            warn_if_multinode(str(out))
+            warn_if_multinode(str(out), engine.ray_address)
         consume(map_unordered(functools.partial(_run_task, process), jobs, engine=engine, workers=workers, warm=warm,
                               model=model, on_error=_job_lost))
     finally:

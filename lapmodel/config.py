@@ -19,7 +19,9 @@ from typing import Literal
 
 from lapdata.config import load_config  # noqa: F401  (re-exported: `from lapmodel.config import load_config`)
 from lapdata.errors import LapError
+from lapdata.paths import plain_name  # a phase's name is its folder
 from lapdata.parsing.masks import RCLMaskConfig  # LAP: RCL mask groups (model.lap.rcl_masks)
+from lapdata.sample import EXTRA_FIELDS  # the fields a shard view may hold (data.fields)
 
 def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
@@ -58,6 +60,11 @@ class LAPConfig:
     encoder: Literal["multiscale", "deep"] = "multiscale"  # per-photo code: every scale pooled, or the 1x1 bottleneck only
     arch: Literal["lapmodel", "official"] = "lapmodel"  # official: the LAP demo's networks (its weights load; 128 px)
 
+    def __post_init__(self) -> None:
+        _check("model.lap", [(self.refine_size >= 8, f"refine_size {self.refine_size} must be >= 8"),
+                             (self.refine_nf >= 1, f"refine_nf {self.refine_nf} must be >= 1"),
+                             (self.target_size >= 8, f"target_size {self.target_size} must be >= 8")])
+
 
 @dataclass(frozen=True)
 class PhaseConfig:
@@ -75,6 +82,13 @@ class PhaseConfig:
                                       (self.max_set is None or self.max_set >= 1, f"max_set {self.max_set} must be >= 1"),
                                       (self.steps is None or self.steps >= 1, f"steps {self.steps} must be >= 1")])
 
+    def __post_init__(self) -> None:  # the name is the phase's folder: never a path
+        _check("phase", [(plain_name(self.name) == self.name, f"name {self.name!r} is not a plain name (letters, "
+                                                               f"digits, '_', '.', '-'): it names the phase's folder"),
+                         (self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
+                          f"{self.name}: epochs {self.epochs} must be > 0 or null"),
+                         (self.steps is None or self.steps >= 1, f"{self.name}: steps {self.steps} must be >= 1")])
+
 
 @dataclass(frozen=True)
 class StageConfig:
@@ -84,6 +98,11 @@ class StageConfig:
     batch: int | None = None             # identities per step (None = top-level batch)
     lr: float | None = None              # None = optim.lr
     max_set: int | None = None           # None = data.max_set
+
+    def __post_init__(self) -> None:
+        _check("stage", [(self.batch is None or self.batch >= 1, f"batch {self.batch} must be >= 1 or null"),
+                         (self.lr is None or (_finite(self.lr) and self.lr >= 0), f"lr {self.lr} must be >= 0 or null"),
+                         (self.max_set is None or self.max_set >= 1, f"max_set {self.max_set} must be >= 1 or null")])
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,29 @@ class ModelConfig:
     uncovered: Literal["grey", "ignore"] = "grey"  # photometric loss at pixels the re-render misses (ignore: Unsup3D)
     lap: LAPConfig = field(default_factory=LAPConfig)  # LAP fields (model.kind: lap)
 
+    def __post_init__(self) -> None:
+        widths = {"nf": self.nf, "nf_encoder": self.nf_encoder, "zdim": self.zdim, "zdim_conf": self.zdim_conf}
+        ranges = [("depth", self.min_depth, self.max_depth), ("amb_light", self.min_amb_light, self.max_amb_light),
+                  ("diff_light", self.min_diff_light, self.max_diff_light)]
+        nonneg = {"xyz_rotation_range": self.xyz_rotation_range, "xy_translation_range": self.xy_translation_range,
+                  "z_translation_range": self.z_translation_range, "lam_perc": self.lam_perc,
+                  "lam_flip": self.lam_flip, "depth_prior": self.depth_prior, "lam_depth_sm": self.lam_depth_sm}
+        _check("model", [
+            *[(v >= 1, f"{k} {v} must be >= 1") for k, v in widths.items()],
+            (_finite(self.fov_deg) and 0 < self.fov_deg < 180, f"fov_deg {self.fov_deg} must be in (0, 180)"),
+            (_finite(self.min_depth) and self.min_depth > 0, f"min_depth {self.min_depth} must be > 0"),
+            *[(_finite(lo) and _finite(hi) and lo < hi, f"min_{k} {lo} must be < max_{k} {hi}") for k, lo, hi in ranges],
+            *[(_finite(v) and v >= 0, f"{k} {v} must be a finite number >= 0") for k, v in nonneg.items()],
+            (self.border_depth is None or (_finite(self.border_depth) and self.border_depth > 0),
+             f"border_depth {self.border_depth} must be > 0 or null"),
+            (self.border_columns is None or 0 <= self.border_columns < self.image_size // 2,
+             f"border_columns {self.border_columns} must be in 0..{self.image_size // 2 - 1} or null"),
+            (all(0 <= c < self.image_size for c in self.border_corner),
+             f"border_corner {self.border_corner} must be in 0..{self.image_size - 1}"),
+            (self.lam_flip_start_step >= 0, f"lam_flip_start_step {self.lam_flip_start_step} must be >= 0"),
+            (all(_finite(a) and a > 0 for a in self.depth_prior_axes),
+             f"depth_prior_axes {self.depth_prior_axes} must be > 0")])
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -145,7 +187,10 @@ class DataConfig:
     prefetch: int = 4                    # batches prefetched per worker
 
     def __post_init__(self) -> None:
+        known = ("image", *EXTRA_FIELDS)
         _check("data", [(self.workers >= 0, f"workers {self.workers} must be >= 0"),
+                        (all(f in known for f in self.fields) and "image" in self.fields,
+                         f"fields {list(self.fields)}: each one of {list(known)}, with image"),
                         (1 <= self.min_set <= self.max_set, f"need 1 <= min_set <= max_set, got "
                                                             f"{self.min_set}..{self.max_set}"),
                         (self.shuffle_buffer >= 0 and self.shuffle_initial >= 0, "shuffle sizes must be >= 0"),

@@ -50,7 +50,8 @@ def env(tmp_path_factory):
 
     fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = os.environ["FSSPEC_S3_ENDPOINT_URL"]
     fs = fsspec.filesystem("s3")
-    fs.mkdir(BUCKET)
+    if not fs.exists(BUCKET):  # moto keeps its buckets per process: another module may have made it
+        fs.mkdir(BUCKET)
     from lapdata.engine import init_ray
 
     init_ray()  # 2 CPUs here: this machine's

@@ -173,9 +173,14 @@ def test_audit_rejects_edited_shard_parquets_and_manifests(dataset):
     assert any("duplicates.parquet: listed in stats.json manifests but missing" in x for x in faults_of(dataset))
 
 
-def test_audit_reports_cross_split_near_duplicates(tmp_path):
-    """A re-encoded near-duplicate of an identity in another split was only listed in duplicates.parquet; audit
-    now reports it as split leakage (a fault), and counts same-split duplicates as a warning."""
+def test_cross_split_near_duplicate_is_removed_and_an_unresolved_one_is_a_fault(tmp_path):
+    """A re-encoded near-duplicate of an identity in another split: ingest exited 0 and audit then failed on it
+    (issue 21, defect 0). Ingest now removes the photo of the later split (train, val, test: duplicate_other_split)
+    and the audit passes; a cross-split pair left unresolved in duplicates.parquet (a dataset written before) is
+    still split leakage, and same-split duplicates stay a warning."""
+    from lapdata.duplicates import split_rank
+    from lapdata.manifests import manifest_checksums
+
     names = [f"person{i}" for i in range(40)]
     a = names[0]
     b = next(n for n in names if split_of(n, 0, (0.75, 0.125, 0.125)) != split_of(a, 0, (0.75, 0.125, 0.125)))
@@ -187,7 +192,21 @@ def test_audit_reports_cross_split_near_duplicates(tmp_path):
     copy.save(src / b / "copy.jpg", format="JPEG", quality=70)  # re-encoded: another sha256, near phash
     out = tmp_path / "out"
     st = run_ingest(cfg(src, out))
-    assert st["cross_identity_duplicates"]["cross_split"] == 1
+    assert st["cross_identity_duplicates"]["cross_split"] == 0 and st["cross_identity_duplicates"]["removed"] == 1
+    rows = {r["path"]: r for r in pq.read_table(out / "photos.parquet").to_pylist()}
+    later = max((f"{a}/0.jpg", f"{b}/copy.jpg"), key=lambda p: split_rank(rows[p]["split"]))
+    earlier = ({f"{a}/0.jpg", f"{b}/copy.jpg"} - {later}).pop()
+    assert rows[later]["reason"] == "duplicate_other_split" and rows[later]["dup_of"] == rows[earlier]["photo_id"]
+    rep = audit_dataset(out)
+    assert rep.ok, rep.faults
+    assert rep.summary["cross_split_duplicates_removed"] == 1
+    dups = pq.read_table(out / "duplicates.parquet").to_pylist()
+    dups[0]["decision"] = "kept"  # as an older ingest wrote it: listed, not resolved
+    pq.write_table(pa.Table.from_pylist(dups, schema=pq.read_schema(out / "duplicates.parquet")),
+                   out / "duplicates.parquet")
+    stats = json.loads((out / "stats.json").read_text())
+    stats["manifests"] = manifest_checksums(out)
+    (out / "stats.json").write_text(json.dumps(stats))
     rep = audit_dataset(out)
     assert any("split leakage" in f and "near duplicate" in f for f in rep.faults), rep.faults
     assert rep.summary["cross_identity_duplicates_cross_split"] == 1

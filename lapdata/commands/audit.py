@@ -6,18 +6,14 @@ import json
 
 import typer
 
+from ..cliconfig import argument, option, with_parameters
 from ..errors import cli_guard
+
+EXAMPLES = "Examples:\n\n  lapdata audit /data/lap/celeba\n\n  lapdata audit /data/lap/celeba --json --no-contents"
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("audit", epilog="Examples:\n\n  lapdata audit /data/lap/celeba\n\n  lapdata audit /data/lap/celeba --json --no-contents")
-    @cli_guard
-    def audit_cmd(
-        root: str = typer.Argument(..., help="dataset folder written by a lapdata step"),
-        as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
-        contents: bool = typer.Option(True, "--contents/--no-contents",
-                                      help="read every sample (default) or only check files, checksums and counts"),
-    ) -> None:
+    def audit_cmd(root: str, as_json: bool, contents: bool) -> None:
         """Check a dataset: schemas, shard checksums and contents, counts, split leakage, min-images."""
         from ..audit import audit_dataset, print_report
 
@@ -28,3 +24,9 @@ def register(app: typer.Typer) -> None:
             print_report(rep)
         if not rep.ok:
             raise SystemExit(1)
+
+    params = [argument("root", str, "dataset folder written by a lapdata step"),
+              option("as_json", bool, False, "--json", help="print the report as JSON"),
+              option("contents", bool, True, "--contents/--no-contents",
+                     help="read every sample (default) or only check files, checksums and counts")]
+    app.command("audit", epilog=EXAMPLES)(cli_guard(with_parameters(audit_cmd, params)))

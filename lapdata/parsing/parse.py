@@ -7,6 +7,9 @@ How a run goes:
    the sample re-written with its ``seg`` (lossless PNG; image bytes are kept as they were), its PHOTOS rows updated
    (parser, face_fraction, class_counts, hard, hard_reason); then the manifests are rebuilt (finalize). Other files
    of DIR (e.g. unsharded.parquet, pictures) are copied over first.
+   Before any of it, the run takes the dataset's writer lock (``lapdata.locks``) and checks the faults no parse
+   repairs (``lapdata.audit.carried_faults``: split leakage, min-images): a dataset whose final audit must fail is
+   refused in one line, before a view is parsed.
 2. The new version is audited (``lapdata.audit``); only when it is complete and clean is it swapped in:
    ``DIR -> DIR.parse-old``, ``DIR.parse-tmp -> DIR``, then ``DIR.parse-old`` is removed (kept as ``DIR.pre-parse-<time>`` with keep_old).
    A run killed at any point resumes with the same command: finished shards of DIR.parse-tmp are skipped, and an
@@ -62,6 +65,7 @@ from .. import storage
 from ..device import resolve_device
 from ..engine import ENGINE_FIELDS, EngineConfig, engine_of
 from ..errors import LapError
+from ..locks import writer_lock
 from ..sample import decode_sample, sample_json
 from ..schema import STATUS_ERROR, STATUS_OK
 from ..shards import KEY, SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, iter_tar_samples
@@ -274,7 +278,7 @@ def _copy_extras(root: Path, tmp: Path) -> None:
     """Copy DIR's files other than shards and manifests into the new version (once)."""
     skip = set(MANIFESTS) | {SHARD_DIR, CONFIG_FILE, COMPLETE_FILE, CONTACT_SHEET, HISTOGRAM}
     for p in root.iterdir():
-        if p.name in skip or p.name.endswith(".tmp"):
+        if p.name in skip or p.name.endswith(".tmp") or p.name.startswith("."):  # hidden: locks, sync state
             continue
         dst = tmp / p.name
         if dst.exists():
@@ -306,7 +310,25 @@ def _summary(table, cfg: ParseConfig) -> dict:
 
 
 def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bool = True) -> ParseReport:
-    """Parse every view of dataset ``root`` and swap in the new version with label maps (see module doc)."""
+    """Parse every view of dataset ``root`` and swap in the new version with label maps (see module doc). The run
+    holds the dataset's writer lock (``lapdata.locks``); a dataset whose audit must fail at the end (faults no parse
+    repairs: ``lapdata.audit.carried_faults``) is refused before any view is parsed."""
+    with writer_lock(root, "lapdata parse-masks"):
+        return _parse_masks(root, cfg, progress)
+
+
+def _refuse_carried(root: Path, where: str) -> None:
+    """One line before the work when the final audit would fail on what the dataset already holds."""
+    from ..audit import carried_faults
+
+    found = carried_faults(root)
+    if found:
+        raise LapError(f"{where}: its audit fails before parsing ({len(found)} fault(s) no parse repairs; first: "
+                       f"{found[0]}); the parse would be discarded at its final audit: fix the dataset first (lapdata "
+                       f"audit {where}; a dataset lapdata ingest wrote is repaired by rerunning that ingest)")
+
+
+def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseReport:
     url = str(root).rstrip("/") if storage.is_url(root) else None
     if url:  # an object store: staging mounts of URL and URL.parse-tmp, committed by a journal (parsing.commit)
         commit.finish_commit(url)
@@ -322,6 +344,7 @@ def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bo
         raise LapError(f"{root}: no finished shards (expected {SHARD_DIR}/*.tar with .json; run lapdata ingest first)")
     if old is not None and old.exists():
         raise LapError(f"{old}: left over from an earlier parse-masks run; remove it (or move it away) and rerun")
+    _refuse_carried(root, url or str(root))
     if cfg.weights and cfg.model_parser == "bisenet":  # a wrong weight file is one clear line, before any work
         get_parser("bisenet", cfg)
     ident = cfg.identity_doc()

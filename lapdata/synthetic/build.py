@@ -35,6 +35,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from lapdata.errors import LapError
+from lapdata.faces import MAX_CROP_SIZE
+from lapdata.locks import writer_lock
 from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
 from lapdata.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from lapdata.shards import RawSample, iter_tar_samples
@@ -217,8 +219,8 @@ def check_config(cfg: SynthConfig) -> None:
         raise LapError(f"--identities must be >= 1, got {cfg.identities}")
     if cfg.poses < 1:
         raise LapError(f"--poses must be >= 1, got {cfg.poses}")
-    if not 16 <= cfg.size <= 4096:
-        raise LapError(f"--size must be in 16..4096, got {cfg.size}")
+    if not 16 <= cfg.size <= MAX_CROP_SIZE:
+        raise LapError(f"--size must be in 16..{MAX_CROP_SIZE}, got {cfg.size}")
     lo, hi = cfg.yaw_range
     if not (-90 <= lo <= hi <= 90):
         raise LapError(f"--yaw-range must be LO,HI with -90 <= LO <= HI <= 90, got {lo},{hi}")
@@ -374,16 +376,24 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
 
     ``backend`` / ``filt`` / ``detector`` (the face detector of the views' framing) override the configured ones
     (tests use stand-ins)."""
+    from lapdata import storage
+
+    check_config(cfg)
+    local = None if storage.is_url(cfg.out) else Path(cfg.out).expanduser()
+    if local is not None and local.exists() and not local.is_dir():
+        raise LapError(f"{local}: exists and is not a folder")
+    with writer_lock(cfg.out, "lapdata build-synthetic"):  # one writer per output (lapdata.locks)
+        return _run_synthetic(cfg, backend, filt, detector)
+
+
+def _run_synthetic(cfg: SynthConfig, backend: Backend | None, filt: IdentityFilter | None | str, detector: Any) -> dict:
     from lapdata.config import to_dict
     from lapdata.split import split_of
     from lapdata.writer import plan_shards, write_dataset
 
     from lapdata import storage
 
-    check_config(cfg)
     out = storage.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise LapError(f"{out}: exists and is not a folder")
     if backend is None:
         backend = make_backend(cfg, cache_dir=out / "cache")
     if isinstance(filt, str):

@@ -40,9 +40,17 @@ def register(app: typer.Typer) -> None:
         from lapmodel.training.train import train
 
         overrides: dict = parse_overrides(sets or [])
+        given = {k: v for k, v in fields.items() if v is not None}
         if shards:
-            overrides["data.shards"] = list(shards)
-        overrides.update({k: v for k, v in fields.items() if v is not None})
+            given["data.shards"] = list(shards)
+        twice = sorted(set(overrides) & set(given))
+        if twice:  # one value would be dropped without a word
+            from lapdata.errors import LapError
+
+            k = twice[0]
+            raise LapError(f"--set {k}={overrides[k]} and --{'shards' if k == 'data.shards' else k.replace('_', '-')} "
+                           f"both set {k}: give it once")
+        overrides.update(given)
         cfg = load_config(TrainConfig, find_config(config), overrides)
         if cfg.model.kind == "lap":  # a LAP stage runs its curriculum phases
             res = train_stage(cfg, stage or cfg.model.lap.stage, resume=resume, progress=progress)

@@ -30,6 +30,8 @@ from torch import Tensor
 from lapdata import pictures
 from lapdata.atomic import write_json
 from lapdata.errors import LapError
+from lapdata.faces import MAX_CROP_SIZE
+from lapdata.paths import plain_name
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.viz.pictures import turntable_frames
@@ -69,13 +71,23 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
+RESERVED = ("set",)  # out/set/ holds an --as-set reconstruction
+
+
 def _unique_names(paths: Sequence[Path]) -> list[str]:
-    names, seen = [], {}
+    """One output folder name per photo, all distinct (also on a case-insensitive disk) and never a path: the
+    stem as a plain name (``lapdata.paths.plain_name``: '...jpg' or 'a b.jpg' never lead out of --out), then
+    '_1', '_2', ... until it is free (``x.png`` -> x, ``x.jpg`` -> x_1, ``x_1.jpg`` -> x_1_1)."""
+    names: list[str] = []
+    taken = {r.casefold() for r in RESERVED}
     for p in paths:
-        base = p.stem.replace(" ", "_") or "image"
-        k = seen.get(base, 0)
-        seen[base] = k + 1
-        names.append(base if k == 0 else f"{base}_{k}")
+        base = plain_name(p.stem or "image")
+        name, k = base, 0
+        while name.casefold() in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name.casefold())
+        names.append(name)
     return names
 
 
@@ -347,6 +359,9 @@ def reconstruct_images(
     """
     if len(images) != len(names):
         raise ValueError(f"{len(images)} images but {len(names)} names")
+    folded = [n.casefold() for n in names] + (list(RESERVED) if as_set else [])
+    if any(plain_name(n) != n for n in names) or len(set(folded)) != len(folded):
+        raise ValueError(f"output names must be distinct plain names (lapdata.paths.plain_name): {list(names)[:8]}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(images) == 0:
@@ -392,9 +407,9 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         if isinstance(self.paths, (str, os.PathLike)):
             object.__setattr__(self, "paths", (str(self.paths),))
-        if self.batch_size < 1 or self.turntable < 0 or (self.size is not None and self.size < 8):
+        if self.batch_size < 1 or self.turntable < 0 or (self.size is not None and not 8 <= self.size <= MAX_CROP_SIZE):
             raise LapError(f"reconstruct: batch_size must be >= 1 (got {self.batch_size}), turntable >= 0 "
-                           f"({self.turntable}), size >= 8 ({self.size})")
+                           f"({self.turntable}), size in 8..{MAX_CROP_SIZE} ({self.size})")
 
 
 def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progress: bool = True,

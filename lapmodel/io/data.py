@@ -37,6 +37,7 @@ from torch import Tensor
 
 from lapdata.errors import LapError
 from lapdata.logs import get_logger, warn_once
+from lapdata.manifests import unfinished
 from lapdata.sample import decode_sample, sample_json
 from lapdata.schema import NUM_SAMPLES
 from lapdata import storage
@@ -103,6 +104,7 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
             p = Path(url)
             if p.is_dir():
                 d = p / "shards" if (p / "shards").is_dir() else p
+                _warn_unfinished(p if d != p else p.parent)
                 found = [str(t) for t in sorted(d.glob("train-*.tar")) if t.with_suffix(".json").exists()
                          or not (d / (t.stem + ".parquet")).exists()]
                 if not found:
@@ -135,10 +137,21 @@ def _object_shards(url: str) -> list[str]:
         if not storage.exists(url):
             raise LapError(f"{url}: shard does not exist")
         return [url]
+    _warn_unfinished(url.rstrip("/"))
     found = shard_urls(url, "train")
     if not found:
         raise LapError(f"{url}: no finished train shards under it (expected shards/train-*.tar with .json)")
     return found
+
+
+def _warn_unfinished(dataset: str | Path) -> None:
+    """Training on a dataset whose writer has not finished takes the shards finished so far: said once."""
+    if not storage.exists(storage.join(str(dataset), "stats.json") if storage.is_url(dataset)
+                          else Path(dataset) / "shards"):
+        return  # not a lapdata dataset folder (a folder of tars)
+    why = unfinished(dataset)
+    if why is not None:
+        warn_once(LOG, f"{dataset}: the dataset is not finished ({why}); training on the shards finished so far")
 
 
 def count_samples(urls: Sequence[str]) -> int:
@@ -269,6 +282,10 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.counts = shard_sample_counts(self.urls)
         if sum(self.counts) == 0:
             raise LapError(f"the shards hold no samples ({len(self.urls)} shard(s), e.g. {self.urls[0]})")
+        empty = [u for u, c in zip(self.urls, self.counts) if c == 0]
+        if empty:
+            warn_once(LOG, f"{len(empty)} of {len(self.urls)} shard(s) hold no samples and are skipped (e.g. "
+                           f"{empty[0]}: an empty or all-zero tar)")
 
     def _plan(self, g: int, total: int, epoch: int) -> tuple[list[str], range | None, int]:
         """(shards stream g reads in ``epoch``, the sample indices it keeps or None = all, how many it gets)."""
@@ -286,13 +303,18 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _epoch(self, g: int, total: int, epoch: int, bad: _BadCounter) -> Iterator[dict]:
         """The raw (undecoded) samples of stream g in ``epoch``."""
         urls, keep, _ = self._plan(g, total, epoch)
-        src = tar_samples(urls, handler=bad)  # lapdata's one shard reader: checksums verified, bad ones counted
-        if keep is None:
-            yield from src
-            return
-        for i, s in enumerate(src):
-            if i in keep:  # a range: O(1) membership
-                yield s
+        expected = dict(zip(self.urls, self.counts))
+        i = 0
+        for url in urls:
+            n, errors = 0, bad.count
+            for s in tar_samples([url], handler=bad):  # lapdata's one shard reader: checksums verified, bad counted
+                n += 1
+                if keep is None or i in keep:  # a range: O(1) membership
+                    yield s
+                i += 1
+            if n == 0 and bad.count == errors and expected[url] > 0:
+                warn_once(LOG, f"{url}: its stats say {expected[url]} samples but the tar holds none (emptied or "
+                               f"all zeros?): skipped")
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()

@@ -41,6 +41,7 @@ import yaml
 
 from lapdata.config import flatten, from_dict, load_config, read_yaml
 from lapdata.errors import LapError
+from lapdata.paths import plain_name
 from lapmodel.recipes.catalog import find_config
 
 STEP_KINDS = ("build-synthetic", "ingest", "parse-masks", "train", "evaluate", "reconstruct", "report", "pack")
@@ -121,6 +122,10 @@ def load_pipeline(path: str | Path, out: str | Path | None = None,
                        f"or give them under vars:")
     cfg = from_dict(PipelineConfig, {**body, "out": out_dir, "vars": vars_}, str(path))
     names = [s.name for s in cfg.steps]
+    odd = [n for n in names if plain_name(n) != n]
+    if odd:
+        raise LapError(f"{path}: step name {odd[0]!r} is not a plain name (letters, digits, '_', '.', '-'; it names "
+                       f"OUT/steps/<name>.json and the step's folders)")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise LapError(f"{path}: step names must be unique, repeated: {dup}")

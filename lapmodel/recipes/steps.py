@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -11,6 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 from lapdata.config import load_config
 from lapdata.errors import LapError
 from lapdata.logs import get_logger
+from lapdata.paths import plain_name
 from lapmodel.recipes.recipe import PipelineConfig, StepConfig, pipeline_train_config
 from lapmodel.training.curriculum import stage_dir, train_stage
 
@@ -119,7 +119,7 @@ def run_reconstruct(step: StepConfig, ctx: StepContext) -> dict:
     doc: dict[str, Any] = {"identities": [], "out": str(out)}
     rows, labels = [], []
     for ident, images, gt in sets:
-        slug = re.sub(r"[^A-Za-z0-9_-]+", "_", ident)[:40]
+        slug = plain_name(ident, 40)  # distinct identities never share a folder, none leads out of OUT
         names = [f"{slug}_{i}" for i in range(len(images))]
         reconstruct_images(model, images, out / "set" / slug, names, as_set=True, progress=False,
                            turntable=int(a.get("turntable", 12)))

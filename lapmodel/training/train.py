@@ -41,6 +41,7 @@ from torch import nn
 from lapdata.config import to_dict
 from lapdata.device import resolve_device
 from lapdata.errors import LapError
+from lapdata.locks import writer_lock
 from lapdata.pictures import save_png
 from lapdata.logs import get_logger, log_to_file, warn_once
 
@@ -116,7 +117,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     ``log``: where the run's messages go (default: the ``lap.train`` logger, also written to ``OUT/train.log``)."""
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise LapError(f"{cfg.out}: --out is a file, not a folder")
-    with log_to_file(Path(cfg.out) / "train.log"):
+    # one run per folder (lapdata.locks): a second `lapmodel train --out D` is refused; under torchrun rank 0 holds it
+    lock = writer_lock(cfg.out, "lapmodel train") if os.environ.get("RANK", "0") == "0" else nullcontext()
+    with lock, log_to_file(Path(cfg.out) / "train.log"):
         return _train(cfg, resume=resume, stage=stage, progress=progress, log=log or LOG.info)
 
 
