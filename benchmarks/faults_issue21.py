@@ -98,7 +98,8 @@ if _SETS.is_dir():
 @case("21.0 parse-masks on a dataset its final audit must reject", "exit 2 one line before parsing (< 30 s)")
 def _(ws):
     from lapdata import duplicates
-    from lapdata.ingest import IngestConfig, run_ingest
+    from lapdata.ingest_config import IngestConfig
+    from lapdata.ingest import run_ingest
 
     src, _ = leaky(ws / "src")
     out = ws / "out"

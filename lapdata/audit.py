@@ -45,23 +45,10 @@ from . import audit_rows as rows
 from . import storage
 from .errors import LapError
 from .schema import IDENTITIES, PHOTOS, SHARDS, check_schema
-from .shards import (
-    EXTRA_FIELDS,
-    JSON,
-    KEY,
-    NUM_IMAGES,
-    NUM_SAMPLES,
-    SHARD,
-    SHARD_BYTES,
-    SHARD_DIR,
-    SHARD_PATH,
-    SHARD_SHA256,
-    SHARD_SPLIT,
-    field_member,
-    image_member,
-    iter_tar_samples,
-)
-from .writer import sha256_file
+from .sample import EXTRA_FIELDS, JSON, KEY, field_member, image_member
+from .schema import NUM_IMAGES, NUM_SAMPLES, SHARD, SHARD_BYTES, SHARD_DIR, SHARD_PATH, SHARD_SHA256, SHARD_SPLIT
+from .shards import iter_tar_samples
+from .manifests import sha256_file
 
 
 

@@ -53,8 +53,7 @@ from . import storage
 from .duplicates import record_duplicates
 from .engine import engine_of
 from .errors import LapError
-from .ingest_config import (CONTENT_KEYS, IngestConfig, _check_resume, _config_doc, check_out,  # noqa: F401
-                            source_doc, summary_line)  # (re-exported)
+from .ingest_config import IngestConfig, _check_resume, _config_doc, check_out, source_doc
 from .locks import writer_lock
 from .photos import PhotoRejected, PhotoTooLarge, decode_photo, max_file_bytes
 from .sample import IdentitySample, View, encode_image, sample_key
@@ -418,7 +417,7 @@ def _run_ingest(cfg: IngestConfig) -> dict:
     if tuple(cfg.part)[1] == 1:  # cross-split duplicates resolved, pairs recorded; writes stats.json
         stats = record_duplicates(out, stats, cfg.phash_distance, cfg.min_images, quality=cfg.quality)
     else:
-        from .writer import _atomic_write_json
+        from .manifests import _atomic_write_json
 
         _atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "failed"})
     storage.push_tree(out)  # a dataset URL: the manifests, stats.json last (the shards are there already)

@@ -2,7 +2,7 @@
 help from the comments) with their range checks; ``CONTENT_KEYS``, the options that change what is written; the
 resume rule (``_check_resume``: a rerun into an existing OUT must have the same options and the same source, by
 ingest.json's resolved source path and record fingerprint, ``source_doc``); ``summary_line``. Used by
-``lapdata.ingest`` (which re-exports these names) and ``lapdata.commands.ingest``.
+``lapdata.ingest`` and ``lapdata.commands.ingest``.
 """
 
 from __future__ import annotations

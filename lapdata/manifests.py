@@ -4,8 +4,8 @@ their checksums, the checked shard-json reader, and the manifest readers (layout
 ``finalize_dataset`` streams the shard parquets (and unsharded.parquet) into photos.parquet, derives
 identities.parquet, lists the shard jsons in shards.parquet and writes stats.json with ``manifests`` {file: sha256}
 of the parquet manifests present (``lapdata audit`` verifies them). ``read_shard_json`` refuses a shard json whose
-``shard``/``path`` fields are not its own name (no field may lead outside the dataset). Written through
-``lapdata.writer`` (which re-exports these names).
+``shard``/``path`` fields are not its own name (no field may lead outside the dataset). Called by
+``lapdata.writer`` (after each run), ``lapdata.merge`` and the readers.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from . import storage
 from .errors import LapError
 from .paths import check_shard_name, inside
-from .schema import (IDENTITIES, NUM_IMAGES, NUM_SAMPLES, PARQUET_SHA256, PHOTOS, SECONDS,  # noqa: F401
-                     SHARD, SHARD_BYTES, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, SHARDS, STATUS_OK, table_from_rows)
+from .schema import (IDENTITIES, NUM_IMAGES, NUM_SAMPLES, PHOTOS, SECONDS, SHARD, SHARD_BYTES, SHARD_DIR, SHARD_PATH,
+                     SHARD_SPLIT, SHARDS, STATUS_OK, table_from_rows)
 
 UNSHARDED = "unsharded.parquet"
 DUPLICATES = "duplicates.parquet"

@@ -25,7 +25,7 @@ from .engine import EngineConfig, map_unordered
 from .errors import LapError
 from .locks import writer_lock
 from .schema import PHOTOS, SHARD_DIR, SHARD_SHA256
-from .writer import UNSHARDED, finalize_dataset, read_shard_json
+from .manifests import UNSHARDED, finalize_dataset, read_shard_json
 
 
 def _copy_shard(job: tuple) -> dict:

@@ -5,7 +5,7 @@
 goes through this module: audit, parse-masks and the synthetic contact sheet in lapdata; the training loader,
 evaluation and the recipes in lapmodel. So a view decodes to the same pixels for training and for evaluation.
 
-Names (defined once, re-exported here): the sample members ``KEY``, ``URL``, ``JSON``, ``image_member(i, ext)``
+Names (defined once, elsewhere): the sample members ``KEY``, ``URL``, ``JSON``, ``image_member(i, ext)``
 (``"003.jpg"``), ``field_member(i, name)`` (``"003.depth.png"``), ``IMAGE_EXTS``, ``EXTRA_FIELDS`` live in
 ``lapdata.sample``; the layout ``SHARD_DIR`` and the shard-stats keys (``NUM_SAMPLES``, ``NUM_IMAGES``, ...) in
 ``lapdata.schema``.
@@ -56,23 +56,8 @@ from PIL import Image
 
 from . import storage
 from .errors import LapError
-from .sample import (EXTRA_FIELDS, FIELD_EXT, IMAGE_EXTS, JSON, KEY, URL, CorruptView, decode_image, field_member,
-                     image_member, view_faults)
-from .schema import (
-    NUM_IMAGES,
-    NUM_ROWS,
-    NUM_SAMPLES,
-    PARQUET_SHA256,
-    REASON_COUNTS,
-    SECONDS,
-    SHARD,
-    SHARD_BYTES,
-    SHARD_DIR,
-    SHARD_PATH,
-    SHARD_SHA256,
-    SHARD_SPLIT,
-    STATUS_COUNTS,
-)
+from .sample import KEY, URL, decode_image, view_faults
+from .schema import SHARD_DIR
 
 RawSample = dict[str, Any]  # {KEY: str, URL: str, field: bytes, ...}
 
@@ -303,13 +288,3 @@ def preprocess_field(field: np.ndarray, size: int) -> np.ndarray:
         return a.copy()
     return np.array(Image.fromarray(a).resize((size, size), FIELD_RESAMPLE))  # a writable copy (torch.from_numpy)
 
-
-__all__ = [
-    # names (defined in lapdata.sample / lapdata.schema)
-    "KEY", "URL", "JSON", "IMAGE_EXTS", "EXTRA_FIELDS", "FIELD_EXT", "image_member", "field_member", "SHARD_DIR",
-    "SHARD", "SHARD_PATH", "SHARD_SPLIT", "NUM_SAMPLES", "NUM_IMAGES", "SHARD_BYTES", "SHARD_SHA256", "NUM_ROWS",
-    "STATUS_COUNTS", "REASON_COUNTS", "SECONDS", "PARQUET_SHA256",
-    # reading and preprocessing
-    "RawSample", "iter_tar_samples", "tar_samples", "shard_urls", "iter_samples", "IMAGE_RESAMPLE", "FIELD_RESAMPLE",
-    "preprocess_image", "preprocess_field", "MAX_MEMBER_BYTES", "SampleError", "SkipCounter", "CorruptView",
-]

@@ -87,7 +87,6 @@ def load_bytes(rec: PhotoRecord) -> bytes:
     if rec.file is not None:
         return storage.read_bytes(rec.file)
     if rec.rec is not None:
-        from .recordio import RecordReader
 
         reader = _rec_reader(rec.rec[0])
         _, data = reader.read(rec.rec[1])

@@ -32,9 +32,8 @@ Names read back are checked: a shard json whose ``shard``/``path`` is not its ow
 Worker processes die with the parent: each sets ``PR_SET_PDEATHSIG`` (Linux) and checks the parent's pid between
 tasks (other systems), so a ``kill -9`` of the command leaves no process writing shards.
 
-Reading shards back is ``lapdata.shards`` (``iter_tar_samples``, ``iter_samples`` and ``shard_urls`` are re-exported
-here for old callers); finalize and the manifest readers ``read_dataset`` / ``read_table`` / ``read_stats`` live in
-``lapdata.manifests`` (re-exported here).
+Reading shards back is ``lapdata.shards``; finalize and the manifest readers ``read_dataset`` / ``read_table`` /
+``read_stats`` are ``lapdata.manifests``.
 """
 
 from __future__ import annotations
@@ -55,15 +54,11 @@ from .atomic import atomic_path
 from .engine import (ENGINE_FIELDS, EngineConfig, exit_if_orphaned, fault_exit_once, map_unordered,
                      warn_if_multinode)
 from .errors import LapError
-from .manifests import (CHECKSUMMED, DUPLICATES, MANIFESTS, PARQUET_SHA256, UNSHARDED,  # noqa: F401  (re-exported)
-                        _atomic_write_bytes, _atomic_write_json, _atomic_write_table, finalize_dataset,
-                        manifest_checksums, read_dataset, read_shard_json, read_stats, read_table, sha256_file,
-                        shard_stats)
+from .manifests import _atomic_write_json, _atomic_write_table, finalize_dataset, read_shard_json, sha256_file
 from .paths import check_shard_name
 from .sample import JSON, KEY, IdentitySample, encode_sample, image_member
-from .schema import (NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PHOTOS, REASON_COUNTS, SECONDS, SHARD, SHARD_BYTES, SHARD_DIR,
-                     SHARD_PATH, SHARD_SHA256, SHARD_SPLIT, STATUS_COUNTS, table_from_rows)
-from .shards import iter_samples, iter_tar_samples, shard_urls  # noqa: F401  (the readers live in lapdata.shards)
+from .schema import (NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PARQUET_SHA256, PHOTOS, REASON_COUNTS, SECONDS, SHARD,
+                     SHARD_BYTES, SHARD_DIR, SHARD_PATH, SHARD_SHA256, SHARD_SPLIT, STATUS_COUNTS, table_from_rows)
 
 
 @dataclass(frozen=True)

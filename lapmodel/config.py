@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lapdata.config import load_config  # noqa: F401  (re-exported: `from lapmodel.config import load_config`)
 from lapdata.errors import LapError
 from lapdata.paths import plain_name  # a phase's name is its folder
 from lapdata.parsing.masks import RCLMaskConfig  # LAP: RCL mask groups (model.lap.rcl_masks)
@@ -77,17 +76,15 @@ class PhaseConfig:
     batch: int | None = None             # identities per step in this phase (None = the stage's, then top-level)
     max_set: int | None = None           # largest set in this phase (1: single photos; None = the stage's / data's)
 
-    def __post_init__(self) -> None:
-        _check(f"phase {self.name}", [(self.batch is None or self.batch >= 1, f"batch {self.batch} must be >= 1"),
-                                      (self.max_set is None or self.max_set >= 1, f"max_set {self.max_set} must be >= 1"),
-                                      (self.steps is None or self.steps >= 1, f"steps {self.steps} must be >= 1")])
-
     def __post_init__(self) -> None:  # the name is the phase's folder: never a path
         _check("phase", [(plain_name(self.name) == self.name, f"name {self.name!r} is not a plain name (letters, "
                                                                f"digits, '_', '.', '-'): it names the phase's folder"),
                          (self.epochs is None or (_finite(self.epochs) and self.epochs > 0),
                           f"{self.name}: epochs {self.epochs} must be > 0 or null"),
-                         (self.steps is None or self.steps >= 1, f"{self.name}: steps {self.steps} must be >= 1")])
+                         (self.steps is None or self.steps >= 1, f"{self.name}: steps {self.steps} must be >= 1"),
+                         (self.batch is None or self.batch >= 1, f"{self.name}: batch {self.batch} must be >= 1"),
+                         (self.max_set is None or self.max_set >= 1,
+                          f"{self.name}: max_set {self.max_set} must be >= 1")])
 
 
 @dataclass(frozen=True)

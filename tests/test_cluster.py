@@ -16,7 +16,8 @@ import torch
 
 from lapdata import storage
 from lapdata.audit import audit_dataset
-from lapdata.ingest import IngestConfig, run_ingest
+from lapdata.ingest_config import IngestConfig
+from lapdata.ingest import run_ingest
 from lapdata.parsing import commit
 from lapdata.parsing import parse as P
 from lapdata.parsing.base import ParseResult

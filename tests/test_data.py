@@ -202,7 +202,8 @@ def test_count_samples_reads_the_writers_shard_json(tmp_path):
     """The writer's per-shard json is the count (no tar is opened): the key names of writer and reader agree."""
     from test_writer import make_groups, synth_process  # noqa: E402  (tests/ is on sys.path)
 
-    from lapdata.writer import plan_shards, shard_urls, write_dataset
+    from lapdata.writer import plan_shards, write_dataset
+    from lapdata.shards import shard_urls
 
     write_dataset(tmp_path, plan_shards(make_groups(n_ids=7), 3), synth_process, progress=False)
     urls = [u for split in ("train", "val", "test") for u in shard_urls(tmp_path, split)]

@@ -7,7 +7,8 @@ import hashlib
 
 import pytest
 
-from lapdata.ingest import IngestConfig, run_ingest
+from lapdata.ingest_config import IngestConfig
+from lapdata.ingest import run_ingest
 from test_ingest import make_aligned_folders
 
 pytestmark = pytest.mark.slow

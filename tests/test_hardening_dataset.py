@@ -25,7 +25,7 @@ from lapdata import shards as S
 from lapdata.audit import audit_dataset
 from lapdata.errors import LapError
 from lapdata.ingest import run_ingest
-from lapdata.sample import CorruptView, decode_sample
+from lapdata.sample import KEY, CorruptView, decode_sample
 from lapdata.split import split_of
 
 from test_ingest import cfg, make_aligned_folders, pattern, save_jpeg
@@ -84,7 +84,7 @@ def test_audit_refuses_manifest_paths_leaving_the_dataset(dataset, tmp_path):
     outside.write_bytes(tars[1].read_bytes())
     tars[1].unlink()
     tars[1].symlink_to(outside)
-    from lapdata.writer import shard_stats
+    from lapdata.manifests import shard_stats
 
     with pytest.raises(LapError, match="resolves outside"):  # what parse-masks, merge and finalize read through
         shard_stats(dataset)
@@ -116,11 +116,11 @@ def test_corrupt_view_bytes_are_skipped_and_counted(dataset):
 
     tar = sorted((dataset / "shards").glob("*.tar"))[0]
     key = _flip_image_bytes(tar)
-    raw = next(d for d in S.iter_tar_samples(tar) if d[S.KEY] == key)
+    raw = next(d for d in S.iter_tar_samples(tar) if d[KEY] == key)
     with pytest.raises(CorruptView, match="do not match its image_sha256"):
         decode_sample(raw)
     counter = S.SkipCounter()
-    keys = [d[S.KEY] for d in S.tar_samples(S.shard_urls(dataset, "train") + S.shard_urls(dataset, "test")
+    keys = [d[KEY] for d in S.tar_samples(S.shard_urls(dataset, "train") + S.shard_urls(dataset, "test")
                                             + S.shard_urls(dataset, "val"), handler=counter)]
     assert key not in keys and len(keys) == 2 and counter.count == 1 and "image_sha256" in counter.errors[0]
     with pytest.raises(LapError, match=key):
@@ -253,7 +253,7 @@ def test_oversized_member_is_not_read(tmp_path):
     tar = tmp_path / "t.tar"
     _tar_with_big_member(tar, 3 * 2**20)
     seen = []
-    keys = [d[S.KEY] for d in S.iter_tar_samples(tar, max_member_bytes=2**20, handler=lambda e: seen.append(e) or True)]
+    keys = [d[KEY] for d in S.iter_tar_samples(tar, max_member_bytes=2**20, handler=lambda e: seen.append(e) or True)]
     assert keys == ["a", "c"] and len(seen) == 1 and isinstance(seen[0], S.SampleError)
     assert seen[0].key == "b" and "over the 1 MiB member limit" in str(seen[0])
     with pytest.raises(S.SampleError, match="member b.bin is 3.0 MiB"):

@@ -14,9 +14,11 @@ import pytest
 from PIL import Image
 
 from lapdata.errors import LapError
-from lapdata.ingest import IngestConfig, hamming, phash, run_ingest, summary_line
+from lapdata.ingest_config import IngestConfig, summary_line
+from lapdata.ingest import hamming, phash, run_ingest
 from lapdata.sample import decode_image, decode_sample
-from lapdata.writer import iter_samples, read_dataset, shard_urls
+from lapdata.shards import iter_samples, shard_urls
+from lapdata.manifests import read_dataset
 
 
 def pattern(seed: int, size: int = 112) -> np.ndarray:

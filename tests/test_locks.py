@@ -84,7 +84,8 @@ def test_without_flock_a_dead_owner_is_taken_over_a_live_one_is_not(tmp_path, mo
 def test_ingest_and_train_take_the_lock(tmp_path):
     """Two writers of one folder both ran (the loser printed the winner's counts; two trainings interleaved
     log.jsonl); the second is now refused before it writes anything."""
-    from lapdata.ingest import IngestConfig, run_ingest
+    from lapdata.ingest_config import IngestConfig
+    from lapdata.ingest import run_ingest
     from test_ingest import make_aligned_folders
     from test_train import tiny_cfg
 

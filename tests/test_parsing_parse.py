@@ -17,7 +17,8 @@ from lapdata.parsing import parse as P
 from lapdata.parsing.base import ParseResult
 from lapdata.parsing.labels import CLASS_ID
 from lapdata.sample import IdentitySample, View, decode_sample, sample_key
-from lapdata.writer import ShardResult, iter_samples, plan_shards, write_dataset
+from lapdata.writer import ShardResult, plan_shards, write_dataset
+from lapdata.shards import iter_samples
 
 S = 48
 

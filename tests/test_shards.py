@@ -14,6 +14,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from lapdata import sample as SM
+from lapdata import schema as SC
 from lapdata import shards as S
 from lapdata.errors import LapError
 from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
@@ -58,20 +60,20 @@ def dataset(tmp_path_factory) -> Path:
 
 def test_round_trip_through_the_writer(dataset):
     urls = S.shard_urls(dataset, "train")
-    assert len(urls) == 3 and all(Path(u).parent.name == S.SHARD_DIR for u in urls)
+    assert len(urls) == 3 and all(Path(u).parent.name == SC.SHARD_DIR for u in urls)
     ours = list(S.iter_samples(dataset, "train"))
     theirs = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
-    assert [d[S.KEY] for d in ours] == [d["__key__"] for d in theirs]
+    assert [d[SM.KEY] for d in ours] == [d["__key__"] for d in theirs]
     for a, b in zip(ours, theirs):  # byte for byte what webdataset reads
-        assert a[S.URL] == b["__url__"]
+        assert a[SM.URL] == b["__url__"]
         assert {k: v for k, v in a.items() if not k.startswith("__")} == \
                {k: v for k, v in b.items() if not k.startswith("__")}
     # the same as a webdataset pipeline stage
     staged = list(wds.DataPipeline(wds.SimpleShardList(urls), S.tar_samples))
-    assert [d[S.KEY] for d in staged] == [d[S.KEY] for d in ours]
+    assert [d[SM.KEY] for d in staged] == [d[SM.KEY] for d in ours]
     piped = list(S.tar_samples([f"pipe:cat {urls[0]}"]))  # a stream url goes through webdataset itself
-    assert [d[S.KEY] for d in piped] == [d[S.KEY] for d in ours if d[S.URL] == urls[0]]
-    assert piped[0][S.JSON] == ours[0][S.JSON]
+    assert [d[SM.KEY] for d in piped] == [d[SM.KEY] for d in ours if d[SM.URL] == urls[0]]
+    assert piped[0][SM.JSON] == ours[0][SM.JSON]
     # decoded views are what was written (png: lossless), ground truth included
     for d in ours:
         s = decode_sample(d)
@@ -93,26 +95,26 @@ def test_names_match_what_the_writer_writes(dataset):
             members = [m.name for m in tf]
         expected = []
         for d in raw:
-            views = json.loads(d[S.JSON])["views"]
-            fields = [S.JSON]
+            views = json.loads(d[SM.JSON])["views"]
+            fields = [SM.JSON]
             for i, vm in enumerate(views):
-                assert vm["image_ext"] in S.IMAGE_EXTS and set(vm["fields"]) <= set(S.EXTRA_FIELDS)
-                fields.append(S.image_member(i, vm["image_ext"]))
-                fields += [S.field_member(i, f) for f in vm["fields"]]
+                assert vm["image_ext"] in SM.IMAGE_EXTS and set(vm["fields"]) <= set(SM.EXTRA_FIELDS)
+                fields.append(SM.image_member(i, vm["image_ext"]))
+                fields += [SM.field_member(i, f) for f in vm["fields"]]
             assert sorted(k for k in d if not k.startswith("__")) == sorted(fields)
-            expected += [f"{d[S.KEY]}.{f}" for f in fields]
+            expected += [f"{d[SM.KEY]}.{f}" for f in fields]
         assert sorted(members) == sorted(expected)
         stats = json.loads(Path(url).with_suffix(".json").read_text())
-        assert set(stats) == {S.SHARD, S.SHARD_PATH, S.SHARD_SPLIT, S.NUM_SAMPLES, S.NUM_IMAGES, S.NUM_ROWS,
-                              S.SHARD_BYTES, S.SHARD_SHA256, S.STATUS_COUNTS, S.REASON_COUNTS, S.SECONDS,
-                              S.PARQUET_SHA256}
+        assert set(stats) == {SC.SHARD, SC.SHARD_PATH, SC.SHARD_SPLIT, SC.NUM_SAMPLES, SC.NUM_IMAGES, SC.NUM_ROWS,
+                              SC.SHARD_BYTES, SC.SHARD_SHA256, SC.STATUS_COUNTS, SC.REASON_COUNTS, SC.SECONDS,
+                              SC.PARQUET_SHA256}
         assert set(SHARDS.names) <= set(stats)
-        assert stats[S.NUM_SAMPLES] == len(raw)
-        assert stats[S.NUM_IMAGES] == sum(len(json.loads(d[S.JSON])["views"]) for d in raw)
-        assert stats[S.SHARD_PATH] == f"{S.SHARD_DIR}/{Path(url).name}"
-        assert stats[S.SHARD_BYTES] == Path(url).stat().st_size
-    assert "field_member" in S.__all__ and S.field_member(3, "depth") == "003.depth.png"
-    assert S.image_member(12, "png") == "012.png"
+        assert stats[SC.NUM_SAMPLES] == len(raw)
+        assert stats[SC.NUM_IMAGES] == sum(len(json.loads(d[SM.JSON])["views"]) for d in raw)
+        assert stats[SC.SHARD_PATH] == f"{SC.SHARD_DIR}/{Path(url).name}"
+        assert stats[SC.SHARD_BYTES] == Path(url).stat().st_size
+    assert SM.field_member(3, "depth") == "003.depth.png"
+    assert SM.image_member(12, "png") == "012.png"
 
 
 @pytest.mark.parametrize("side", [32, 48, 64])
@@ -186,7 +188,7 @@ def test_damaged_tar_is_a_lap_error_naming_the_file(dataset, tmp_path, how):
     seen: list[Exception] = []
     rest = list(S.tar_samples([{"url": str(bad)}, {"url": good}], handler=lambda e: seen.append(e) or True))
     assert len(seen) == 1 and str(bad) in str(seen[0])
-    assert rest and rest[-1][S.URL] == good
+    assert rest and rest[-1][SM.URL] == good
 
 
 def test_missing_and_duplicate_members(tmp_path):
@@ -227,8 +229,8 @@ def test_training_evaluation_and_recipes_see_the_same_pixels(dataset, side):
     from lapmodel.recipes.steps import load_identity_sets
 
     def first_with(n_views: int) -> tuple[dict, str]:
-        raw = next(d for d in S.iter_samples(dataset) if len(json.loads(d[S.JSON])["views"]) == n_views)
-        return raw, raw[S.URL]
+        raw = next(d for d in S.iter_samples(dataset) if len(json.loads(d[SM.JSON])["views"]) == n_views)
+        return raw, raw[SM.URL]
 
     n = 3
     raw, url = first_with(n)
@@ -237,7 +239,7 @@ def test_training_evaluation_and_recipes_see_the_same_pixels(dataset, side):
     ident, imgs, gt = next((i, x, g) for i, x, g in load_identity_sets(url, 10, n, side) if i == ev.identity)
     assert train.images.shape == (1, n, 3, side, side) and imgs.shape == (n, 3, side, side)
     assert torch.equal(train.images[0], ev.images) and torch.equal(ev.images, imgs)
-    reference = torch.stack([torch.from_numpy(S.preprocess_image(raw[S.image_member(i, "png")], side))
+    reference = torch.stack([torch.from_numpy(S.preprocess_image(raw[SM.image_member(i, "png")], side))
                              for i in range(n)])
     assert torch.equal(ev.images, reference)
     # ground truth: view 0 has none (NaN / False everywhere), views 1, 2 have depth and mask

@@ -17,17 +17,9 @@ import pytest
 
 from lapdata.sample import IdentitySample, View, decode_sample, sample_key
 from lapdata.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
-from lapdata.writer import (
-    ShardResult,
-    ShardTask,
-    iter_samples,
-    parse_part,
-    plan_shards,
-    read_dataset,
-    select_part,
-    shard_urls,
-    write_dataset,
-)
+from lapdata.writer import ShardResult, ShardTask, parse_part, plan_shards, select_part, write_dataset
+from lapdata.shards import iter_samples, shard_urls
+from lapdata.manifests import read_dataset
 
 
 def make_groups(n_ids: int = 10, per_id: int = 3) -> list[tuple[str, str, tuple]]:

@@ -25,11 +25,12 @@ MERGE_EXAMPLES = """Example:
 
 
 def register(app: typer.Typer) -> None:
-    from ..ingest import IngestConfig
+    from ..ingest_config import IngestConfig
 
     def ingest_cmd(kind: str, src: str, **fields) -> None:
         """Photos -> identity-grouped WebDataset shards + Parquet manifests (resumable: rerun the same command)."""
-        from ..ingest import run_ingest, summary_line
+        from ..ingest import run_ingest
+        from ..ingest_config import summary_line
 
         cfg = IngestConfig(kind=kind, src=src, **config_values(IngestConfig, fields))
         stats = run_ingest(cfg)
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
     def merge_cmd(dirs: List[str], out: str, link: bool = False, workers: int = 1, **fields) -> None:
         """Join part outputs into one dataset (shards copied, manifests rebuilt)."""
-        from ..ingest import summary_line
+        from ..ingest_config import summary_line
         from ..merge import merge_datasets
 
         engine = EngineConfig(**config_values(EngineConfig, fields))

@@ -9,23 +9,5 @@
 - ``landmarks``: ``LandmarkParser`` (dlib 68 landmarks -> polygons), the offline default.
 - ``parse``: ``ParseConfig``, ``parse_masks`` (the ``lapdata parse-masks`` step over a shard dataset).
 
-Only the light modules are imported here; import bisenet / landmarks / parse explicitly.
+Import each from its module (``lapdata.parsing.masks``, ...); this package imports nothing.
 """
-
-from .base import FaceParser, ParseResult
-from .labels import CLASS_ID, CLASSES, NUM_CLASSES, class_counts, colorize
-from .masks import RCLMaskConfig, face_fraction, label_to_masks, label_to_masks_np
-
-__all__ = [
-    "CLASSES",
-    "CLASS_ID",
-    "NUM_CLASSES",
-    "FaceParser",
-    "ParseResult",
-    "RCLMaskConfig",
-    "class_counts",
-    "colorize",
-    "face_fraction",
-    "label_to_masks",
-    "label_to_masks_np",
-]

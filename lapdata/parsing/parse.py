@@ -66,17 +66,17 @@ from ..device import resolve_device
 from ..engine import ENGINE_FIELDS, EngineConfig, engine_of
 from ..errors import LapError
 from ..locks import writer_lock
-from ..sample import decode_sample, sample_json
-from ..schema import STATUS_ERROR, STATUS_OK
-from ..shards import KEY, SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, iter_tar_samples
-from ..writer import MANIFESTS, ShardTask, shard_stats, write_dataset
+from ..manifests import MANIFESTS, shard_stats
+from ..sample import KEY, decode_sample, sample_json
+from ..schema import SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, STATUS_ERROR, STATUS_OK
+from ..shards import iter_tar_samples
+from ..writer import ShardTask, write_dataset
 from . import commit
-from .commit import COMPLETE_FILE, OLD_SUFFIX, TMP_SUFFIX, drop_old, finish_swap, swap_paths  # noqa: F401
+from .commit import COMPLETE_FILE, TMP_SUFFIX, drop_old, finish_swap, swap_paths
 from .labels import colorize, read_label_order
 from .landmarks import LandmarkParserConfig
 from .masks import RCLMaskConfig, label_to_masks_np
-from .shard import (GROUND_TRUTH, MODEL_PARSERS, _one_line, ground_truth, has_ground_truth,  # noqa: F401
-                    parse_views, process_shard)  # (re-exported: one shard's work lives in parsing/shard.py)
+from .shard import _one_line, process_shard
 
 ParserName = Literal["auto", "bisenet", "landmarks", "ground-truth"]
 CONFIG_FILE = "parse_config.json"
@@ -377,7 +377,7 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
                           progress=progress, engine=engine_of(cfg), warm=functools.partial(warm_parser, cfg),
                           model=cfg.model_parser is not None)
     report = ParseReport(url or str(root), cfg.parser, failed_shards=stats.get("failed", []))
-    from ..writer import read_dataset
+    from ..manifests import read_dataset
 
     table = read_dataset(tmp)
     summary = _summary(table, cfg)

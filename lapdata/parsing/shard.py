@@ -12,7 +12,6 @@ version); a view without image bytes likewise (``no_image``). Parser failures fo
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -22,7 +21,9 @@ import pyarrow.parquet as pq
 from .. import storage
 from ..sample import IdentitySample, View, decode_image, decode_sample, sample_json
 from ..schema import PHOTOS, STATUS_ERROR
-from ..shards import KEY, SHARD_DIR, image_member, iter_tar_samples
+from ..sample import KEY, image_member
+from ..schema import SHARD_DIR
+from ..shards import iter_tar_samples
 from ..writer import ShardResult, ShardTask
 from .base import ParseResult
 from .labels import CLASS_ID, class_counts

@@ -4,9 +4,5 @@
 ``lapdata.raster``), ``albedo`` (procedural skin textures and backgrounds), backends ``procedural`` (built in, no
 files), ``ict`` (ICT-FaceKit), ``stylegan`` (InterfaceGAN pose edits), ``diffusers_backend`` (pose-conditioned
 diffusion), and ``build`` (``lapdata build-synthetic``: shards + manifests via ``lapdata.writer``).
-Heavy modules are imported on use.
+Import each from its module; this package imports nothing.
 """
-
-from .base import Backend, IdentityParams, Pose, SynthView, default_poses, frontal_index, identity_seed
-
-__all__ = ["Backend", "IdentityParams", "Pose", "SynthView", "default_poses", "frontal_index", "identity_seed"]

@@ -15,7 +15,6 @@ runs). Every state dict is loaded strictly. Anything else is one ``LapError`` na
 from __future__ import annotations
 
 import argparse
-import pickle
 import warnings
 import zipfile
 from pathlib import Path

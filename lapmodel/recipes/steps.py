@@ -64,7 +64,8 @@ def run_build_synthetic(step: StepConfig, ctx: StepContext) -> dict:
 
 def run_ingest(step: StepConfig, ctx: StepContext) -> dict:
     """args: lapdata.ingest.IngestConfig fields (kind, src, out, size, ...)."""
-    from lapdata.ingest import IngestConfig, run_ingest as _run
+    from lapdata.ingest_config import IngestConfig
+    from lapdata.ingest import run_ingest as _run
 
     args = {"out": str(ctx.out / "data" / step.name), "progress": ctx.progress, **step.args}
     return jsonable(_run(load_config(IngestConfig, args)))
