@@ -2,7 +2,7 @@
 
     python benchmarks/audit_memory.py --rows 1000000 --keep /tmp/audit-1m   # builds once, then audits it
 
-The dataset is written by the real writer (``lapdata.writer.write_shard`` per shard, then ``finalize_dataset``):
+The dataset is written by the real writer (``lapdata.dataset.writer.write_shard`` per shard, then ``finalize_dataset``):
 identities of ``--per-id`` photos (one in twenty a skipped duplicate row), 64 samples per shard, every view the
 same tiny JPEG (the tars are small; what grows is the manifests). Then ``lapdata audit DIR --json`` runs as a
 subprocess with and without ``--no-contents``; the child's own peak RSS comes from ``os.wait4``. Prints one line per
@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 
 
 def build(out: Path, rows: int, per_id: int, per_shard: int = 64) -> None:
-    from lapdata.manifests import finalize_dataset
-    from lapdata.sample import IdentitySample, View, sample_key
-    from lapdata.split import split_of
-    from lapdata.writer import ShardResult, ShardTask, write_shard
+    from lapdata.dataset.manifests import finalize_dataset
+    from lapdata.dataset.sample import IdentitySample, View, sample_key
+    from lapdata.dataset.split import split_of
+    from lapdata.dataset.writer import ShardResult, ShardTask, write_shard
 
     buf = io.BytesIO()
     Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(buf, format="JPEG", quality=90)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lapdata.embed import DlibEmbedder
-from lapdata.faces import align_face, crop_prealigned
-from lapdata.detectors import DlibDetector
-from lapdata.idfilter import phash
+from lapdata.faces.embed import DlibEmbedder
+from lapdata.faces.align import align_face, crop_prealigned
+from lapdata.faces.detectors import DlibDetector
+from lapdata.faces.idfilter import phash
 
 REPO = Path(__file__).resolve().parents[1]
 

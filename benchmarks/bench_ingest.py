@@ -51,8 +51,8 @@ def subset_folders(src: Path, dst: Path, per_id: int, ids: int, copies: int = 1)
 
 def time_ingest(kind: str, src: Path, out: Path, **kw) -> tuple[float, float, dict]:
     """(wall seconds, CPU seconds of this process, stats) of one in-process ingest (1 worker)."""
-    from lapdata.ingest_config import IngestConfig
-    from lapdata.ingest import run_ingest
+    from lapdata.ingest.config import IngestConfig
+    from lapdata.ingest.run import run_ingest
 
     if out.exists():
         shutil.rmtree(out)
@@ -70,8 +70,8 @@ def rate(n: int, wall: float, cpu: float, unit: str = "photos") -> str:
 def read_shards(out: Path, workers: int) -> tuple[int, float, float]:
     import webdataset as wds
 
-    from lapdata.sample import decode_image
-    from lapdata.shards import shard_urls
+    from lapdata.dataset.sample import decode_image
+    from lapdata.dataset.reader import shard_urls
 
     urls = [u for s in ("train", "val", "test") for u in shard_urls(out, s)]
 
@@ -97,7 +97,7 @@ def read_shards(out: Path, workers: int) -> tuple[int, float, float]:
 
 
 def read_loose(files: list[Path]) -> tuple[int, float]:
-    from lapdata.sample import decode_image
+    from lapdata.dataset.sample import decode_image
 
     t0, c0 = time.perf_counter(), time.process_time()
     for f in files:

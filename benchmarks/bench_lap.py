@@ -32,7 +32,7 @@ REFERENCE = {"tf32": 1337.0, "bf16": 1732.0}
 def write_shards(out: Path, identities: int, views: int, size: int, seed: int = 0) -> Path:
     import webdataset as wds
 
-    from lapdata.sample import IdentitySample, View, encode_sample, sample_key
+    from lapdata.dataset.sample import IdentitySample, View, encode_sample, sample_key
 
     rng = np.random.default_rng(seed)
     d = out / "shards"
@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--shards", default=None, help="use these shards instead of writing temporary ones")
     a = ap.parse_args()
 
-    from lapdata.config import load_config
+    from lapdata.core.config import load_config
     from lapmodel.config import TrainConfig
     from lapmodel.io.data import expand_shards
 

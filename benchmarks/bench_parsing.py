@@ -96,7 +96,7 @@ def face_fractions(out_png: str, celeb_dataset: str | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lapdata.faces import crop_prealigned
+    from lapdata.faces.align import crop_prealigned
     from lapdata.parsing.landmarks import LandmarkParser
     from lapdata.parsing.masks import face_fraction
     from lapdata.parsing.parse import DEFAULT_MIN_FACE_FRACTION as TH

@@ -21,7 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lapdata.config import load_config  # noqa: E402
+from lapdata.core.config import load_config  # noqa: E402
 from lapmodel.config import TrainConfig  # noqa: E402
 from lapmodel.io.data import Batch  # noqa: E402
 from lapmodel.models.build import build_model  # noqa: E402

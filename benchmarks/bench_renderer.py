@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from lapdata import geometry as G
-from lapdata.raster import interpolate, rasterize
+from lapdata.geometry import camera as G
+from lapdata.geometry.raster import interpolate, rasterize
 from lapmodel.render.renderer import render
 
 

@@ -8,7 +8,7 @@ How the numbers are made:
   ``backend.render_views`` (includes everything a build does per view: mesh deformation, two rasterizations --
   the view and its canonical frontal depth --, shading, background, ground-truth maps; the per-identity texture is
   painted once and amortised over the views, as in a 15-pose build). A warm-up render is not timed. Wall time.
-* identity filter: ``lapdata.embed.DlibEmbedder.embed_image`` on 256 px views with known landmarks (what
+* identity filter: ``lapdata.faces.embed.DlibEmbedder.embed_image`` on 256 px views with known landmarks (what
   build-synthetic does), views/s. ArcFace needs a user .onnx (``--id-model``) and is timed the same way.
 * projection: 30,000 x 15 = 450,000 views; time = 450,000 x (1/render_rate(1024) + 1/filter_rate) / workers,
   with workers = the number of parallel processes you run (one per core on CPU; one process per GPU). Shard encoding
@@ -79,14 +79,14 @@ def main() -> None:
             rates[(name, s)] = r
             print(f"{name:<12}{s:>6}{r:>10.2f}{1 / r:>9.3f}")
 
-    from lapdata.embed import DlibEmbedder
+    from lapdata.faces.embed import DlibEmbedder
 
     b = backends.get("ict", backends["procedural"])
     rng = np.random.default_rng(1)
     views = b.render_views(b.sample_identity(rng), default_poses(args.views), 256, rng)
     frates = {"dlib": bench_filter(DlibEmbedder(), views)}
     if args.id_model:
-        from lapdata.embed import ArcFaceEmbedder
+        from lapdata.faces.embed import ArcFaceEmbedder
 
         frates["arcface"] = bench_filter(ArcFaceEmbedder(args.id_model), views)
     for k, r in frates.items():

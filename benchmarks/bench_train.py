@@ -24,7 +24,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from lapdata.sample import IdentitySample, View, encode_sample, sample_key
+from lapdata.dataset.sample import IdentitySample, View, encode_sample, sample_key
 from lapmodel.render import renderer
 from lapmodel.config import DataConfig, ModelConfig
 from lapmodel.io.data import expand_shards, make_loader

@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lapdata.faces import align_face, crop_prealigned, largest_face
+from lapdata.faces.align import align_face, crop_prealigned, largest_face
 
-from lapdata.detectors import DlibDetector
-from lapdata.idfilter import robust_centre
+from lapdata.faces.detectors import DlibDetector
+from lapdata.faces.idfilter import robust_centre
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
     data = Path(args.data)
-    from lapdata.embed import ArcFaceEmbedder, DlibEmbedder
+    from lapdata.faces.embed import ArcFaceEmbedder, DlibEmbedder
 
     embedders = [DlibEmbedder()]
     if args.arcface:

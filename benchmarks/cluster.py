@@ -9,7 +9,7 @@ a local S3 server against local disk (issue 12).
    ``--engine ray --ray-address auto`` into a running ``ray start --head`` (steady state). CPU-seconds are the
    machine's (``/proc/stat`` busy time over the run: every process, Ray's daemons included; run it on an
    otherwise idle machine). The three outputs are checked to be the same shards (sha256 of every tar).
-2. Reading every shard of that dataset with the one shard reader (``lapdata.shards.tar_samples``, verified) from
+2. Reading every shard of that dataset with the one shard reader (``lapdata.dataset.reader.tar_samples``, verified) from
    local disk and from a local S3 server (moto's server mode on 127.0.0.1, in this process: its CPU is counted).
 
 Prints two tables (markdown) for BENCHMARKS.md.
@@ -108,8 +108,8 @@ def read_table(ds: Path, env: dict) -> None:
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
 
-    from lapdata import storage
-    from lapdata.shards import tar_samples
+    from lapdata.core import storage
+    from lapdata.dataset.reader import tar_samples
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

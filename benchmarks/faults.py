@@ -295,8 +295,8 @@ def _(ws):
     r = ingest(src, out, "--no-dedup", "--size", "112")
     by = {x["path"]: x for x in rows(out)}
     sys.path.insert(0, str(REPO))
-    from lapdata.sample import decode_sample
-    from lapdata.shards import iter_samples
+    from lapdata.dataset.sample import decode_sample
+    from lapdata.dataset.reader import iter_samples
 
     mean = {v.meta["path"]: float(v.image.mean()) for s in iter_samples(out) for v in decode_sample(s).views}
     ok = (r.rc == 0 and abs(mean.get("modes/i16.png", 255) - 40000 / 257) < 3 and by["modes/f.tif"]["status"] == "error"
@@ -381,7 +381,7 @@ def _(ws):
 @case("4 re-encoded near duplicate across splits", "ingest removes the held-out copy (issue 21): audit exit 0")
 def _(ws):
     sys.path.insert(0, str(REPO))
-    from lapdata.split import split_of
+    from lapdata.dataset.split import split_of
 
     names = [f"person{i}" for i in range(40)]
     b = next(n for n in names if split_of(n, 0, (0.75, 0.125, 0.125)) != split_of(names[0], 0, (0.75, 0.125, 0.125)))
@@ -691,7 +691,7 @@ def train(ws: Path, ds: Path, out: str, *extra: str) -> Run:
 def _ckpt(ws: Path) -> Path:
     """A real (untrained) checkpoint of the tiny model, written by the library."""
     if not (ws / "ck.pt").exists():
-        from lapdata.config import load_config, parse_overrides
+        from lapdata.core.config import load_config, parse_overrides
         from lapmodel.config import TrainConfig
         from lapmodel.io.checkpoint import save_checkpoint
         from lapmodel.models.build import build_model

@@ -58,7 +58,7 @@ def one_line(r, want: str) -> bool:
 def leaky(root: Path) -> tuple[Path, str]:
     """Two identities in different splits, the later one holding a re-encoded copy of the other's photo 0;
     returns (source, the identity of the later split)."""
-    from lapdata.split import split_of
+    from lapdata.dataset.split import split_of
 
     names = [f"person{i}" for i in range(40)]
     b = next(n for n in names if split_of(n, 0, (0.75, 0.125, 0.125)) != split_of(names[0], 0, (0.75, 0.125, 0.125)))
@@ -97,9 +97,9 @@ if _SETS.is_dir():
 
 @case("21.0 parse-masks on a dataset its final audit must reject", "exit 2 one line before parsing (< 30 s)")
 def _(ws):
-    from lapdata import duplicates
-    from lapdata.ingest_config import IngestConfig
-    from lapdata.ingest import run_ingest
+    from lapdata.dataset import duplicates
+    from lapdata.ingest.config import IngestConfig
+    from lapdata.ingest.run import run_ingest
 
     src, _ = leaky(ws / "src")
     out = ws / "out"
@@ -136,7 +136,7 @@ def _(ws):
     env = s3()
     url = f"s3://faults/{ws.name}/ds1"
     r = ingest(folders(ws / "src"), url, env=env)
-    from lapdata import storage
+    from lapdata.core import storage
 
     fs, _ = storage._fs(url)
     victims = [ws / "PWNED.json", ws / "PWNED2.json"]
@@ -243,7 +243,7 @@ def _(ws):
     runs, a, srcs = _race(ws, url, env)
     import pyarrow.parquet as pq
 
-    from lapdata import storage
+    from lapdata.core import storage
 
     out_rows = pq.read_table(storage.open_read(storage.join(url, "photos.parquet"))).to_pylist() \
         if storage.exists(storage.join(url, "photos.parquet")) else []

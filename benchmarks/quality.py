@@ -40,7 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lapdata.config import load_config  # noqa: E402
+from lapdata.core.config import load_config  # noqa: E402
 from lapdata.synthetic.build import SynthConfig, run_synthetic  # noqa: E402
 from lapmodel.config import TrainConfig  # noqa: E402
 from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint  # noqa: E402

@@ -142,7 +142,7 @@ def run_stylegan3(work: Path, full: bool) -> None:
     import dnnlib
     from training import networks_stylegan2, networks_stylegan3
 
-    from lapdata.errors import LapError
+    from lapdata.core.errors import LapError
     from lapdata.synthetic.stylegan_files import read_generator
 
     torch.manual_seed(0)  # its StyleGAN2 config: synthesis kwargs at the Generator's top level

@@ -88,7 +88,7 @@ def find_browser() -> str | None:
 def write_demo(folder: Path, n: int = 97) -> Path:
     """A checkered unit hemisphere on a square base, as a depth grid seen from z = 3 -> ``mesh.glb``
     (`lapmodel.io.mesh.write_glb`), ``model-viewer.min.js`` (the vendored copy) and ``index.html``."""
-    from lapdata import atomic
+    from lapdata.core import atomic
     from lapmodel.io import mesh as M
 
     folder.mkdir(parents=True, exist_ok=True)

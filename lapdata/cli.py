@@ -18,7 +18,7 @@ def make_app(name: str, help: str, package: str, modules: Sequence[str]) -> type
 
     @app.callback()
     def _setup() -> None:  # every command: plain log lines on stderr, progress bars only on a terminal
-        from lapdata.logs import setup_logging
+        from lapdata.core.logs import setup_logging
 
         setup_logging()
 

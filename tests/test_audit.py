@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lapdata.audit import audit_dataset
-from lapdata.errors import LapError
-from lapdata.ingest import run_ingest
-from lapdata.sample import IdentitySample, View, sample_key
-from lapdata.writer import ShardResult, plan_shards, write_dataset
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.core.errors import LapError
+from lapdata.ingest.run import run_ingest
+from lapdata.dataset.sample import IdentitySample, View, sample_key
+from lapdata.dataset.writer import ShardResult, plan_shards, write_dataset
 from test_ingest import cfg, make_aligned_folders
 
 
@@ -72,7 +72,7 @@ def test_rewritten_shard_with_matching_manifest(dataset):
         if r["shard"] == tar.stem:
             r["sha256"] = hashlib.sha256(tar.read_bytes()).hexdigest()
             r["bytes"] = tar.stat().st_size
-    from lapdata.schema import SHARDS, table_from_rows
+    from lapdata.dataset.schema import SHARDS, table_from_rows
 
     pq.write_table(table_from_rows(t, SHARDS), dataset / "shards.parquet")
     f = faults_of(dataset)

@@ -1,4 +1,4 @@
-"""lapdata.cliconfig: command-line options derived from config dataclasses."""
+"""lapdata.core.cliconfig: command-line options derived from config dataclasses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from lapdata.cliconfig import config_parameters, config_values, field_comments, option, with_parameters
-from lapdata.errors import LapError
+from lapdata.core.cliconfig import config_parameters, config_values, field_comments, option, with_parameters
+from lapdata.core.errors import LapError
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lapdata import storage
-from lapdata.audit import audit_dataset
-from lapdata.ingest_config import IngestConfig
-from lapdata.ingest import run_ingest
+from lapdata.core import storage
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.ingest.config import IngestConfig
+from lapdata.ingest.run import run_ingest
 from lapdata.parsing import commit
 from lapdata.parsing import parse as P
 from lapdata.parsing.base import ParseResult
@@ -53,7 +53,7 @@ def env(tmp_path_factory):
     fs = fsspec.filesystem("s3")
     if not fs.exists(BUCKET):  # moto keeps its buckets per process: another module may have made it
         fs.mkdir(BUCKET)
-    from lapdata.engine import init_ray
+    from lapdata.core.engine import init_ray
 
     init_ray()  # 2 CPUs here: this machine's
     yield base
@@ -151,7 +151,7 @@ def test_ray_worker_killed_mid_job_is_retried(env, photos, local_ingest, tmp_pat
 @pytest.mark.parametrize("model", [False, True])
 def test_ray_job_lost_after_its_retries_is_a_failed_job(env, model):
     """A job whose worker dies on every try (tasks: 1 + 3 retries; actors: 3 restarts) is reported, not raised."""
-    from lapdata.engine import EngineConfig, map_unordered
+    from lapdata.core.engine import EngineConfig, map_unordered
 
     out = list(map_unordered(os._exit, [7], engine=EngineConfig(engine="ray", ray_actors=1), model=model,
                              on_error=lambda item, e: ("lost", item, type(e).__name__)))
@@ -176,8 +176,8 @@ def test_ray_synthetic_and_parse_equal_local(env, tmp_path):
 
 
 def test_ray_merge_equals_local(env, photos, tmp_path):
-    from lapdata.engine import EngineConfig
-    from lapdata.merge import merge_datasets
+    from lapdata.core.engine import EngineConfig
+    from lapdata.dataset.merge import merge_datasets
 
     parts = []
     for i in range(2):
@@ -261,8 +261,8 @@ def test_s3_ingest_on_ray_equals_local(env, photos, local_ingest):
 def test_s3_synthetic_and_merge_on_ray(env, tmp_path):
     """build-synthetic into a bucket (actor pool) in two parts, merged on the bucket (server-side copies, Ray tasks):
     the bytes of the one-part local build."""
-    from lapdata.engine import EngineConfig
-    from lapdata.merge import merge_datasets
+    from lapdata.core.engine import EngineConfig
+    from lapdata.dataset.merge import merge_datasets
     from lapdata.synthetic.build import SynthConfig, run_synthetic
 
     kw = dict(backend="procedural", identities=4, poses=3, size=32, id_filter="none", samples_per_shard=1,

@@ -2,8 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lapdata.config import load_config, to_dict
-from lapdata.errors import LapError
+from lapdata.core.config import load_config, to_dict
+from lapdata.core.errors import LapError
 
 
 @dataclass(frozen=True)

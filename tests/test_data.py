@@ -11,15 +11,15 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from lapdata.errors import LapError
-from lapdata.sample import IdentitySample, View, encode_sample, sample_key
+from lapdata.core.errors import LapError
+from lapdata.dataset.sample import IdentitySample, View, encode_sample, sample_key
 from lapmodel.io import data as D
 from lapmodel.config import DataConfig
 
 
 def write_shards(root: Path, n_shards: int = 3, ids_per_shard: int = 4, views: int = 3, size: int = 40,
                  extras: bool = False, seed: int = 0, smooth: bool = False) -> list[str]:
-    """Tiny shards written directly with encode_sample + TarWriter (independent of lapdata.writer).
+    """Tiny shards written directly with encode_sample + TarWriter (independent of lapdata.dataset.writer).
 
     smooth: low-frequency images (bilinear 4x4 noise) that a tiny autoencoder can learn, instead of pixel noise."""
     rng = np.random.default_rng(seed)
@@ -202,8 +202,8 @@ def test_count_samples_reads_the_writers_shard_json(tmp_path):
     """The writer's per-shard json is the count (no tar is opened): the key names of writer and reader agree."""
     from test_writer import make_groups, synth_process  # noqa: E402  (tests/ is on sys.path)
 
-    from lapdata.writer import plan_shards, write_dataset
-    from lapdata.shards import shard_urls
+    from lapdata.dataset.writer import plan_shards, write_dataset
+    from lapdata.dataset.reader import shard_urls
 
     write_dataset(tmp_path, plan_shards(make_groups(n_ids=7), 3), synth_process, progress=False)
     urls = [u for split in ("train", "val", "test") for u in shard_urls(tmp_path, split)]

@@ -1,5 +1,5 @@
 """Issue 21, defect 0: what ingest writes passes the audit. A held-out photo that duplicates another split's is removed
-from its shard by ingest and by merge (the same rule, ``lapdata.duplicates``), and parse-masks refuses a dataset whose
+from its shard by ingest and by merge (the same rule, ``lapdata.dataset.duplicates``), and parse-masks refuses a dataset whose
 final audit must fail before it parses anything."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lapdata import duplicates
-from lapdata.audit import audit_dataset
-from lapdata.errors import LapError
-from lapdata.ingest import run_ingest
-from lapdata.split import split_of
+from lapdata.dataset import duplicates
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.core.errors import LapError
+from lapdata.ingest.run import run_ingest
+from lapdata.dataset.split import split_of
 from test_ingest import cfg, pattern, save_jpeg
 
 
@@ -32,7 +32,7 @@ def leaky_source(root):
 
 def test_merge_applies_the_rule_across_parts(tmp_path):
     """Parts cannot see each other's photos: merge removes the held-out copy as a whole run does."""
-    from lapdata.merge import merge_datasets
+    from lapdata.dataset.merge import merge_datasets
 
     src = leaky_source(tmp_path / "src")
     whole = run_ingest(cfg(src, tmp_path / "whole", samples_per_shard=1))

@@ -1,13 +1,13 @@
-"""lapdata.embed: ArcFace ONNX embedder on a tiny graph built here; dlib embedder on real faces; error paths."""
+"""lapdata.faces.embed: ArcFace ONNX embedder on a tiny graph built here; dlib embedder on real faces; error paths."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lapdata.embed import ArcFaceEmbedder, DlibEmbedder, cosine_matrix, l2_normalise
-from lapdata.errors import LapError
-from lapdata.faces import crop_prealigned
+from lapdata.faces.embed import ArcFaceEmbedder, DlibEmbedder, cosine_matrix, l2_normalise
+from lapdata.core.errors import LapError
+from lapdata.faces.align import crop_prealigned
 
 
 def _tiny_arcface(path, batch="N", dim=128, seed=0, normalise_in_graph=False):
@@ -105,7 +105,7 @@ def test_arcface_fixed_batch_model(tmp_path):
 
 
 def test_arcface_embed_image(tmp_path):
-    from lapdata.faces import arcface_template
+    from lapdata.faces.align import arcface_template
 
     p = tmp_path / "m.onnx"
     _tiny_arcface(p)
@@ -173,8 +173,8 @@ def test_dlib_embed_image_agrees_with_crop(dlib_embedder):
     from PIL import Image
 
     from conftest import shared_path
-    from lapdata.faces import align_face, largest_face
-    from lapdata.detectors import DlibDetector
+    from lapdata.faces.align import align_face, largest_face
+    from lapdata.faces.detectors import DlibDetector
 
     img = np.asarray(Image.open(shared_path("faces", "wild-photos", "img1.jpg")).convert("RGB"))
     face = largest_face(DlibDetector()(img))

@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from lapdata.ingest_config import IngestConfig
-from lapdata.ingest import run_ingest
+from lapdata.ingest.config import IngestConfig
+from lapdata.ingest.run import run_ingest
 from test_ingest import make_aligned_folders
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""lapdata.faces: similarity alignment (closed form), crop rules, detectors (dlib on real photos, SCRFD decode on a
+"""lapdata.faces.align: similarity alignment (closed form), crop rules, detectors (dlib on real photos, SCRFD decode on a
 tiny ONNX graph built here), error paths."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lapdata.errors import LapError
-from lapdata.faces import ARCFACE_112, Face, align_face, align_points, arcface_template, crop_prealigned, estimate_similarity, five_points, lap_template, largest_face, prealigned_box, transform_points
-from lapdata.detectors import DlibDetector, InsightFaceDetector
+from lapdata.core.errors import LapError
+from lapdata.faces.align import ARCFACE_112, Face, align_face, align_points, arcface_template, crop_prealigned, estimate_similarity, five_points, lap_template, largest_face, prealigned_box, transform_points
+from lapdata.faces.detectors import DlibDetector, InsightFaceDetector
 
 
 def _sim(angle, scale, tx, ty):
@@ -278,7 +278,7 @@ def test_insightface_errors(tmp_path):
 
 def test_crop_prealigned_celeba_matches_align():
     """CelebA img_align_celeba mean points land where the least-squares similarity puts them, eyes near the template."""
-    from lapdata.faces import CELEBA_ALIGN_5
+    from lapdata.faces.align import CELEBA_ALIGN_5
 
     got = []
     for x, y in CELEBA_ALIGN_5:
@@ -306,7 +306,7 @@ def test_dlib_cnn_detector():
 @pytest.mark.parametrize("border", ["replicate", "reflect", "constant"])
 def test_warp_affine_integer_shift_is_exact(border):
     """Output pixel q takes the image at M^-1 q: a translation by (+3, +2) moves every pixel by exactly that."""
-    from lapdata.faces import warp_affine
+    from lapdata.faces.align import warp_affine
 
     rng = np.random.default_rng(7)
     img = rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)
@@ -321,7 +321,7 @@ def test_warp_affine_integer_shift_is_exact(border):
 
 def test_align_closed_form():
     """Alignment (one backend: PIL + scipy) maps planted landmarks onto the template."""
-    import lapdata.faces as faces_mod
+    import lapdata.faces.align as faces_mod
 
     m_true = _sim(-0.3, 1.8, 90.0, 60.0)
     pts = transform_points(m_true, lap_template(64))

@@ -1,4 +1,4 @@
-"""lapdata.geometry against hand-computed values and closed forms."""
+"""lapdata.geometry.camera against hand-computed values and closed forms."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lapdata import geometry as G
-from lapdata.errors import LapError
+from lapdata.geometry import camera as G
+from lapdata.core.errors import LapError
 
 
 def test_intrinsics_values():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lapdata import locks, storage
+from lapdata.core import locks, storage
 from test_cluster import BUCKET, env, upload_tree  # noqa: F401  (env: the module's S3 server and Ray cluster)
 from test_ingest import make_aligned_folders
 
@@ -93,7 +93,7 @@ def test_ray_address_is_honoured_with_a_local_out(photos, tmp_path):
 
 
 def test_a_ray_head_passes_the_probe(env):  # noqa: F811
-    from lapdata.engine import _probe, init_ray
+    from lapdata.core.engine import _probe, init_ray
 
     _probe(init_ray().get_runtime_context().gcs_address)  # the module's cluster answers as gRPC
 
@@ -111,7 +111,7 @@ def test_bucket_lease_is_a_conditional_put(env, photos):  # noqa: F811
     with pytest.raises(storage.Conflict):
         storage.put_bytes(key, b"{}", create=True)
     storage.remove(key)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lapdata.locks import writer_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lapdata.core.locks import writer_lock\n"
                                "with writer_lock(sys.argv[1], 'lapdata ingest'):\n    print('held', flush=True)\n"
                                "    time.sleep(120)\n", url], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO)})

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lapdata import shards as S
-from lapdata.audit import audit_dataset
-from lapdata.errors import LapError
-from lapdata.ingest import run_ingest
-from lapdata.sample import KEY, CorruptView, decode_sample
-from lapdata.split import split_of
+from lapdata.dataset import reader as S
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.core.errors import LapError
+from lapdata.ingest.run import run_ingest
+from lapdata.dataset.sample import KEY, CorruptView, decode_sample
+from lapdata.dataset.split import split_of
 
 from test_ingest import cfg, make_aligned_folders, pattern, save_jpeg
 
@@ -84,7 +84,7 @@ def test_audit_refuses_manifest_paths_leaving_the_dataset(dataset, tmp_path):
     outside.write_bytes(tars[1].read_bytes())
     tars[1].unlink()
     tars[1].symlink_to(outside)
-    from lapdata.manifests import shard_stats
+    from lapdata.dataset.manifests import shard_stats
 
     with pytest.raises(LapError, match="resolves outside"):  # what parse-masks, merge and finalize read through
         shard_stats(dataset)
@@ -178,8 +178,8 @@ def test_cross_split_near_duplicate_is_removed_and_an_unresolved_one_is_a_fault(
     (issue 21, defect 0). Ingest now removes the photo of the later split (train, val, test: duplicate_other_split)
     and the audit passes; a cross-split pair left unresolved in duplicates.parquet (a dataset written before) is
     still split leakage, and same-split duplicates stay a warning."""
-    from lapdata.duplicates import split_rank
-    from lapdata.manifests import manifest_checksums
+    from lapdata.dataset.duplicates import split_rank
+    from lapdata.dataset.manifests import manifest_checksums
 
     names = [f"person{i}" for i in range(40)]
     a = names[0]
@@ -293,7 +293,7 @@ def test_parse_masks_bad_json_is_error_rows_and_reruns(dataset):
 
 def test_merge_keeps_cross_identity_duplicates(tmp_path):
     """Merged datasets lost duplicates.parquet and the cross-identity duplicate stats; merge now rebuilds both."""
-    from lapdata.merge import merge_datasets
+    from lapdata.dataset.merge import merge_datasets
 
     src = make_aligned_folders(tmp_path / "src", n_ids=4, per_id=6, faults=False)
     (src / "person3" / "dup.jpg").write_bytes((src / "person2" / "0.jpg").read_bytes())  # another identity's photo
@@ -313,7 +313,7 @@ def test_merge_keeps_cross_identity_duplicates(tmp_path):
 
 WORKER_MODULE = '''
 import os, time
-from lapdata.writer import ShardResult
+from lapdata.dataset.writer import ShardResult
 
 def slow(task):  # a shard that takes a while (a real one: minutes)
     with open(os.environ["PIDS"], "a") as f:
@@ -326,7 +326,7 @@ DRIVER = '''
 import sys
 sys.path.insert(0, sys.argv[2])
 from slowtask import slow
-from lapdata.writer import ShardTask, write_dataset
+from lapdata.dataset.writer import ShardTask, write_dataset
 
 if __name__ == "__main__":
     tasks = [ShardTask(f"train-{i:06d}", "train", ()) for i in range(8)]
@@ -402,7 +402,7 @@ def test_arcface_graph_of_the_wrong_shape_is_refused(tmp_path):
     """A valid ONNX graph of the wrong shape was accepted as ArcFace; now its width is checked (>= 64) and a sanity
     run (the same crop twice ~1, a crop and its inverse < 0.99) refuses a graph that ignores the face."""
     pytest.importorskip("onnxruntime")
-    from lapdata.embed import ArcFaceEmbedder
+    from lapdata.faces.embed import ArcFaceEmbedder
 
     _graph(tmp_path / "narrow.onnx", 10)
     with pytest.raises(LapError, match="10 values per face"):
@@ -419,7 +419,7 @@ def test_tar_bytes_equal_webdataset_tarwriter(tmp_path):
     webdataset.TarWriter(encoder=False, mtime=0.0) writes (byte-reproducible shards, resume and merge compare them)."""
     import webdataset as wds
 
-    from lapdata.writer import _tar_write_sample
+    from lapdata.dataset.writer import _tar_write_sample
 
     samples = [{"__key__": "a-1", "json": b'{"x": 1}', "000.jpg": b"\xff" * 1000, "000.seg.png": b"p" * 3},
                {"__key__": "b-2", "json": b"{}", "001.png": b"z" * 600, "__url__": "ignored"}]

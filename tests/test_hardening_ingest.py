@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lapdata.audit import audit_dataset
-from lapdata.errors import LapError
-from lapdata.ingest_config import IngestConfig
-from lapdata.ingest import run_ingest
-from lapdata.sample import decode_sample
-from lapdata.shards import iter_samples
-from lapdata.manifests import read_dataset
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.core.errors import LapError
+from lapdata.ingest.config import IngestConfig
+from lapdata.ingest.run import run_ingest
+from lapdata.dataset.sample import decode_sample
+from lapdata.dataset.reader import iter_samples
+from lapdata.dataset.manifests import read_dataset
 
 from test_ingest import cfg, make_aligned_folders, pattern, save_jpeg
 
@@ -282,7 +282,7 @@ def test_ingest_config_ranges():
 def test_stats_manifest_checksums_are_written(tmp_path):
     """stats.json lists a sha256 per parquet manifest (duplicates.parquet included) and each shard json its
     parquet's, as audit verifies them."""
-    from lapdata.manifests import sha256_file
+    from lapdata.dataset.manifests import sha256_file
 
     out = tmp_path / "out"
     run_ingest(cfg(make_aligned_folders(tmp_path / "src", n_ids=2, per_id=6, faults=False), out))

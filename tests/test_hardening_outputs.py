@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from lapdata.audit import audit_dataset
-from lapdata.errors import LapError
-from lapdata.ingest import run_ingest
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.core.errors import LapError
+from lapdata.ingest.run import run_ingest
 from test_ingest import cfg, make_aligned_folders
 from test_reconstruct import StandIn
 
@@ -57,7 +57,7 @@ def test_reconstruct_names_are_distinct_and_never_leave_out(tmp_path):
 def test_recipe_names_cannot_merge_identities_or_traverse(tmp_path):
     """Recipes cut identity names to 40 characters (two people, one folder and one mesh in the report); a step name
     led anywhere."""
-    from lapdata.paths import plain_name
+    from lapdata.core.paths import plain_name
     from lapmodel.recipes.recipe import load_pipeline
 
     a, b = "Sir " + "x" * 40 + " the elder", "Sir " + "x" * 40 + " the younger"
@@ -67,7 +67,7 @@ def test_recipe_names_cannot_merge_identities_or_traverse(tmp_path):
     y.write_text("out: o\nsteps:\n  - {name: ../../escape, kind: report}\n")
     with pytest.raises(LapError, match=r"step name '../../escape' is not a plain name"):
         load_pipeline(y)
-    from lapdata.config import load_config
+    from lapdata.core.config import load_config
     from lapmodel.config import TrainConfig
 
     with pytest.raises(LapError, match=r"phase: name '../x' is not a plain name"):  # a phase's name is its folder
@@ -106,7 +106,7 @@ def test_an_empty_path_is_refused(tmp_path, monkeypatch, prog, args):
 def test_numbers_out_of_range_are_one_line(tmp_path):
     """--phash-distance 99 was a traceback, --size 100000 made every photo an error row ("allocate 149 GiB"),
     model.nf=0 a traceback, min_depth > max_depth and data.fields=[bogus] were accepted."""
-    from lapdata.config import load_config
+    from lapdata.core.config import load_config
     from lapmodel.config import TrainConfig
     from lapmodel.inference.reconstruct import ReconstructConfig
 
@@ -140,7 +140,7 @@ def test_set_beside_its_option_is_refused(tmp_path):
 
 def test_a_zero_byte_shard_json_is_written_again(dataset):
     """A 0-byte shard json told the user to rerun the command that wrote it, and that rerun refused too."""
-    from lapdata.manifests import read_shard_json
+    from lapdata.dataset.manifests import read_shard_json
 
     js = sorted((dataset / "shards").glob("*.json"))[0]
     js.write_bytes(b"")

@@ -1,4 +1,4 @@
-"""lapdata.idfilter: robust centre + identity filter, frontal-view filter, pHash and duplicate index."""
+"""lapdata.faces.idfilter: robust centre + identity filter, frontal-view filter, pHash and duplicate index."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from lapdata.idfilter import (
+from lapdata.faces.idfilter import (
     REASON_DUP_EXACT,
     REASON_DUP_NEAR,
     REASON_OUTLIER,
@@ -78,8 +78,8 @@ def test_identity_filter_real_faces():
     from PIL import Image
 
     from conftest import shared_path
-    from lapdata.embed import DlibEmbedder
-    from lapdata.faces import crop_prealigned
+    from lapdata.faces.embed import DlibEmbedder
+    from lapdata.faces.align import crop_prealigned
 
     root = shared_path("faces", "celebrity-sets")
     obama = sorted((root / "Barack_Obama").glob("*.jpg"), key=lambda p: (len(p.stem), p.stem))[:8]

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lapdata.errors import LapError
-from lapdata.ingest_config import IngestConfig, summary_line
-from lapdata.ingest import hamming, phash, run_ingest
-from lapdata.sample import decode_image, decode_sample
-from lapdata.shards import iter_samples, shard_urls
-from lapdata.manifests import read_dataset
+from lapdata.core.errors import LapError
+from lapdata.ingest.config import IngestConfig, summary_line
+from lapdata.ingest.run import hamming, phash, run_ingest
+from lapdata.dataset.sample import decode_image, decode_sample
+from lapdata.dataset.reader import iter_samples, shard_urls
+from lapdata.dataset.manifests import read_dataset
 
 
 def pattern(seed: int, size: int = 112) -> np.ndarray:
@@ -124,7 +124,7 @@ def test_resume_and_option_change(tmp_path):
 
 
 def test_parts_merge(tmp_path):
-    from lapdata.merge import merge_datasets
+    from lapdata.dataset.merge import merge_datasets
 
     src = make_aligned_folders(tmp_path / "src")
     whole = tmp_path / "whole"
@@ -139,7 +139,7 @@ def test_parts_merge(tmp_path):
     assert st["status_counts"] == json.loads((whole / "stats.json").read_text())["status_counts"]
     assert st["complete"]
     assert not merge_datasets([tmp_path / "p0", tmp_path / "p1"], tmp_path / "m2")["complete"]
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     assert audit_dataset(merged).ok
 
@@ -243,7 +243,7 @@ def test_real_celebrity_sets_small(tmp_path):
             (small / name / f.name).symlink_to(f)
     st = run_ingest(cfg(small, tmp_path / "out"))
     assert st["status_counts"].get("ok", 0) >= 45
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     assert audit_dataset(tmp_path / "out").ok
     for d in iter_samples(tmp_path / "out"):
@@ -272,7 +272,7 @@ def test_real_wild_photos_detect(tmp_path):
 
 
 def test_celebamask_hq_ingest_keeps_ground_truth_seg(tmp_path):
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     root = tmp_path / "hq"
     (root / "CelebA-HQ-img").mkdir(parents=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapmodel.evaluation import metrics
 from lapmodel.evaluation.keypoints import LAYOUTS, orient_z, read_keypoints, select
 
@@ -109,7 +109,7 @@ def test_keypoint_correlation_and_depthnet_score():
 
 def test_prealigned_matrix_maps_points_like_the_crop():
     """A dot drawn at a photo point lands, after crop_prealigned, where prealigned_matrix maps the point."""
-    from lapdata.faces import crop_prealigned, prealigned_matrix, transform_points
+    from lapdata.faces.align import crop_prealigned, prealigned_matrix, transform_points
 
     for w, h, rule in ((112, 112, "arcface112"), (90, 70, "resize")):
         img = np.zeros((h, w, 3), np.uint8)

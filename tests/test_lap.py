@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lapdata.config import load_config
-from lapdata.errors import LapError
+from lapdata.core.config import load_config
+from lapdata.core.errors import LapError
 from lapmodel.config import TrainConfig
 from lapmodel.io.data import Batch
 from lapmodel.models.lap import LAPModel
@@ -56,7 +56,7 @@ def write_tiny_shards(out: Path, identities: int = 6, views: int = 4, size: int 
     """A dataset folder with one finished shard of ``identities`` samples (images + seg [+ gt depth and mask])."""
     import webdataset as wds
 
-    from lapdata.sample import IdentitySample, View, encode_sample, sample_key
+    from lapdata.dataset.sample import IdentitySample, View, encode_sample, sample_key
 
     rng = np.random.default_rng(seed)
     d = out / "shards"
@@ -272,7 +272,7 @@ def test_train_command_stage_option(shards, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from lapdata.config import to_dict
+    from lapdata.core.config import to_dict
     from lapmodel.cli import app
 
     cfg = tiny_cfg(**{"stages.aggregate.phases": [{"name": "only", "steps": 1}]})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lapdata.config import load_config
+from lapdata.core.config import load_config
 from lapdata.synthetic.build import SynthConfig, run_synthetic
 from lapmodel.config import TrainConfig
 from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from lapdata import locks, storage
-from lapdata.errors import LapError
+from lapdata.core import locks, storage
+from lapdata.core.errors import LapError
 
 fsspec = pytest.importorskip("fsspec", reason="the cluster extra (fsspec) is not installed")
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def held_elsewhere(out: str | Path, tmp_path: Path):
     """Another process holds the writer lock of ``out`` for the block."""
     ready = tmp_path / f"ready-{time.time_ns()}"
-    code = ("import sys, time, pathlib\nfrom lapdata.locks import writer_lock\n"
+    code = ("import sys, time, pathlib\nfrom lapdata.core.locks import writer_lock\n"
             "with writer_lock(sys.argv[1], 'lapdata ingest'):\n    pathlib.Path(sys.argv[2]).touch()\n"
             "    time.sleep(120)\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(out), str(ready)], env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -84,8 +84,8 @@ def test_without_flock_a_dead_owner_is_taken_over_a_live_one_is_not(tmp_path, mo
 def test_ingest_and_train_take_the_lock(tmp_path):
     """Two writers of one folder both ran (the loser printed the winner's counts; two trainings interleaved
     log.jsonl); the second is now refused before it writes anything."""
-    from lapdata.ingest_config import IngestConfig
-    from lapdata.ingest import run_ingest
+    from lapdata.ingest.config import IngestConfig
+    from lapdata.ingest.run import run_ingest
     from test_ingest import make_aligned_folders
     from test_train import tiny_cfg
 
@@ -143,7 +143,7 @@ def test_lease_on_an_object_store(mem):
 def test_a_reader_never_prunes_what_a_writer_staged(mem, tmp_path):
     """audit of a URL pruned the files a running ingest had staged but not committed (one staging folder per
     URL); readers now mirror into their own folder."""
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     with fsspec.open(mem + "/stats.json", "wb") as f:
         f.write(b"{}")
@@ -160,7 +160,7 @@ def test_a_reader_never_prunes_what_a_writer_staged(mem, tmp_path):
 def test_hostile_keys_are_refused_counted_and_named(mem, tmp_path):
     """A dataset URL holding keys that lead outside the staging folder wrote files anywhere on the disk (and audit
     printed OK); they are now refused, never written, and audit faults."""
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     target = tmp_path / "PWNED.json"
     for key in ("stats.json", f"x/../../../../../../../../..{target}", str(target), "a//b.json"):

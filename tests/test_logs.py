@@ -1,4 +1,4 @@
-"""lapdata.logs: plain one-line records, each warning once, a file per run."""
+"""lapdata.core.logs: plain one-line records, each warning once, a file per run."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from lapdata.logs import MAX_LINE, get_logger, log_to_file, setup_logging, warn_once
+from lapdata.core.logs import MAX_LINE, get_logger, log_to_file, setup_logging, warn_once
 
 
 class _Stream(io.StringIO):
@@ -52,7 +52,7 @@ def test_each_warning_once_including_python_warnings():
     assert out.count("skipped a sample") == 1 and out.count("the same warning") == 1
     assert out.count("info repeats") == 3
     # Python warnings (in a fresh process: pytest captures warnings itself), even with the "always" filter
-    code = ("import warnings; from lapdata.logs import setup_logging; setup_logging(); "
+    code = ("import warnings; from lapdata.core.logs import setup_logging; setup_logging(); "
             "warnings.simplefilter('always'); [warnings.warn('a python warning') for _ in range(3)]")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert err.count("a python warning") == 1 and "WARNING py.warnings" in err, err

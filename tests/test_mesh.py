@@ -9,8 +9,8 @@ import pytest
 import torch
 import trimesh
 
-from lapdata import geometry
-from lapdata.errors import LapError
+from lapdata.geometry import camera as geometry
+from lapdata.core.errors import LapError
 from lapmodel.io import mesh as M
 
 

@@ -147,7 +147,7 @@ def _scene(kind: str, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _write_shards(root: Path, identities: int = 4, views: int = 3) -> tuple[str, dict]:
     import webdataset as wds
 
-    from lapdata.sample import IdentitySample, View, encode_sample
+    from lapdata.dataset.sample import IdentitySample, View, encode_sample
 
     table = {}
     root.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ def test_evaluate_single_image_model_and_identity(tmp_path):
 
 
 def test_evaluate_errors(tmp_path):
-    from lapdata.errors import LapError
+    from lapdata.core.errors import LapError
     from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint
 
     with pytest.raises(LapError, match="checkpoint not found"):

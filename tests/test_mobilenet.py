@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapmodel.models.mobilenet import BLOCKS, OUT_CHANNELS, MobileNetV2Features, packaged_weights
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapmodel.models.networks import ConfNet, DownPath, EDDeconv, Encoder, count_parameters, num_stages, stage_channels
 from lapmodel.models.vgg import VGG16Relu33, load_vgg, vgg16_keys
 

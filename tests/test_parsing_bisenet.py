@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapdata.parsing.bisenet import BiSeNet, BiSeNetParser, convert_state_dict, load_bisenet
 from lapdata.parsing.labels import CLASS_ID, CLASSES, FACE_PARSING_CLASSES, order_lookup, read_label_order
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lapdata.config import load_config
-from lapdata.errors import LapError
+from lapdata.core.config import load_config
+from lapdata.core.errors import LapError
 from lapdata.parsing.labels import CLASSES, NUM_CLASSES, class_counts, colorize
 from lapdata.parsing.masks import RCLMaskConfig, face_fraction, label_to_masks, label_to_masks_np
 

@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lapdata.audit import audit_dataset
-from lapdata.errors import LapError
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.core.errors import LapError
 from lapdata.parsing import parse as P
 from lapdata.parsing.base import ParseResult
 from lapdata.parsing.labels import CLASS_ID
-from lapdata.sample import IdentitySample, View, decode_sample, sample_key
-from lapdata.writer import ShardResult, plan_shards, write_dataset
-from lapdata.shards import iter_samples
+from lapdata.dataset.sample import IdentitySample, View, decode_sample, sample_key
+from lapdata.dataset.writer import ShardResult, plan_shards, write_dataset
+from lapdata.dataset.reader import iter_samples
 
 S = 48
 

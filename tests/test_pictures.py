@@ -1,4 +1,4 @@
-"""lapdata.pictures (the one picture module) with hand-computed values, and lapmodel.viz.pictures (turntables)."""
+"""lapdata.core.pictures (the one picture module) with hand-computed values, and lapmodel.viz.pictures (turntables)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapdata import pictures as P
+from lapdata.core import pictures as P
 
 # matplotlib's viridis ends: viridis(1.0) = (0.993248, 0.906157, 0.143936), viridis(0.0) = (0.267004, 0.004874,
 # 0.329415); x 255 + 0.5, floored

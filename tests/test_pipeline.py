@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapmodel.recipes.recipe import load_pipeline, pipeline_train_config
 from lapmodel.recipes.runner import run_pipeline
 from lapmodel.viz.report import Mesh3D, ReportFolder, Section, write_report
@@ -155,7 +155,7 @@ def assert_self_contained(report: Path) -> _Links:
 
 
 def test_report_folder_is_self_contained(tmp_path):
-    from lapdata.pictures import depth_colors, image_grid, normal_colors, save_png
+    from lapdata.core.pictures import depth_colors, image_grid, normal_colors, save_png
     from lapmodel.io import mesh as M
     from lapmodel.recipes.report import git_commit, versions
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapmodel.io import published
 from lapmodel.io.checkpoint import import_published, load_checkpoint, load_model
 from lapmodel.models import photogeo
@@ -234,7 +234,7 @@ def test_unsup3d_experiment_from_path_or_declared(tmp_path, monkeypatch, caplog)
 def test_import_then_finetune_and_evaluate(celeba, tmp_path):
     import dataclasses
 
-    from lapdata.config import load_config
+    from lapdata.core.config import load_config
     from lapmodel.config import TrainConfig
     from lapmodel.training.train import train
     from test_data import write_shards

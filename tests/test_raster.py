@@ -1,4 +1,4 @@
-"""lapdata.raster against closed forms: cube and sphere (depth, coverage, normals), exact coverage on grid meshes,
+"""lapdata.geometry.raster against closed forms: cube and sphere (depth, coverage, normals), exact coverage on grid meshes,
 perspective-correct interpolation, edge cases, float64 gradcheck, CPU vs CUDA."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lapdata import geometry as G
-from lapdata.errors import LapError
-from lapdata.raster import count_coverage, interpolate, rasterize, rasterize_face_ids
+from lapdata.geometry import camera as G
+from lapdata.core.errors import LapError
+from lapdata.geometry.raster import count_coverage, interpolate, rasterize, rasterize_face_ids
 
 
 def _rays(K: torch.Tensor, H: int, W: int) -> torch.Tensor:

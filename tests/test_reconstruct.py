@@ -11,8 +11,8 @@ import torch
 import trimesh
 from PIL import Image
 
-from lapdata import pictures
-from lapdata.errors import LapError
+from lapdata.core import pictures
+from lapdata.core.errors import LapError
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.inference.reconstruct import (ReconstructConfig, load_faces, model_accepts_sets, reconstruct_images,
@@ -26,7 +26,7 @@ def sphere_depth(b: int, s: int) -> torch.Tensor:
 
 
 def fake_reconstruction(images: torch.Tensor) -> Reconstruction:
-    from lapdata.geometry import depth_to_normals
+    from lapdata.geometry.camera import depth_to_normals
 
     b, _, s, _ = images.shape
     d = sphere_depth(b, s)
@@ -199,8 +199,8 @@ def test_reconstruct_paths_with_model(tmp_path):
 def test_detect_real_photo(tmp_path):
     from conftest import shared_path
 
-    from lapdata.detectors import DlibDetector
-    from lapdata.faces import lap_template, largest_face
+    from lapdata.faces.detectors import DlibDetector
+    from lapdata.faces.align import lap_template, largest_face
 
     photos = [shared_path("faces", "wild-photos", n) for n in ("couple.jpg", "img1.jpg")]
     faces = load_faces(photos, 128, aligned=False)

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from lapdata import geometry as G
-from lapdata.errors import LapError
+from lapdata.geometry import camera as G
+from lapdata.core.errors import LapError
 from lapmodel.render import renderer as R
 
 FOV = 10.0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from lapdata.sample import (
+from lapdata.dataset.sample import (
     IdentitySample,
     View,
     decode_depth,
@@ -13,7 +13,7 @@ from lapdata.sample import (
     encode_sample,
     sample_key,
 )
-from lapdata.schema import PHOTOS, check_schema, table_from_rows
+from lapdata.dataset.schema import PHOTOS, check_schema, table_from_rows
 
 
 def _sample(n=3, s=16, ext_depth=True):

@@ -1,5 +1,5 @@
-"""lapdata.shards: the one reader of the shard contract and the one view preprocessing (round trip through the real
-lapdata.writer, the contract's names, damaged tars, identical pixels for training and evaluation)."""
+"""lapdata.dataset.reader: the one reader of the shard contract and the one view preprocessing (round trip through the real
+lapdata.dataset.writer, the contract's names, damaged tars, identical pixels for training and evaluation)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from lapdata import sample as SM
-from lapdata import schema as SC
-from lapdata import shards as S
-from lapdata.errors import LapError
-from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
-from lapdata.schema import SHARDS
-from lapdata.writer import ShardResult, ShardTask, plan_shards, write_dataset
+from lapdata.dataset import sample as SM
+from lapdata.dataset import schema as SC
+from lapdata.dataset import reader as S
+from lapdata.core.errors import LapError
+from lapdata.dataset.sample import IdentitySample, View, decode_sample, encode_image, sample_key
+from lapdata.dataset.schema import SHARDS
+from lapdata.dataset.writer import ShardResult, ShardTask, plan_shards, write_dataset
 
 SIZE = 48  # stored side; the model side in these tests is 32 (shrink) or 64 (enlarge)
 
@@ -207,7 +207,7 @@ def test_missing_and_duplicate_members(tmp_path):
 def test_audit_names_a_damaged_shard(dataset, tmp_path):
     import shutil
 
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     copy = tmp_path / "ds"
     shutil.copytree(dataset, copy)
@@ -223,7 +223,7 @@ def test_audit_names_a_damaged_shard(dataset, tmp_path):
 @pytest.mark.parametrize("side", [32, 64])
 def test_training_evaluation_and_recipes_see_the_same_pixels(dataset, side):
     """lapmodel's three readers of a shard (the training loader, evaluation, the recipes' compare pictures) give
-    bit-identical images and ground truth: they all go through lapdata.shards' one preprocessing."""
+    bit-identical images and ground truth: they all go through lapdata.dataset.reader' one preprocessing."""
     from lapmodel.evaluation.evalset import sample_to_evalset
     from lapmodel.io.data import collate, decode_views
     from lapmodel.recipes.steps import load_identity_sets

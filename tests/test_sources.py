@@ -1,4 +1,4 @@
-"""lapdata.sources / lapdata.recordio / lapdata.split: fixtures built by the tests."""
+"""lapdata.sources.records / lapdata.sources.recordio / lapdata.dataset.split: fixtures built by the tests."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from lapdata.errors import LapError
-from lapdata.recordio import MAGIC, IRHeader, RecordIOError, RecordReader, pack, read_record_at, unpack, write_record
-from lapdata.sources import (
+from lapdata.core.errors import LapError
+from lapdata.sources.recordio import MAGIC, IRHeader, RecordIOError, RecordReader, pack, read_record_at, unpack, write_record
+from lapdata.sources.records import (
     CELEBAMASK_CLASSES,
     PhotoRecord,
     load_bytes,
     load_celebamask_seg,
     open_source,
 )
-from lapdata.split import (
+from lapdata.dataset.split import (
     SplitConfig,
     assign_splits,
     celeba_split_table,
@@ -134,7 +134,7 @@ def test_folders_and_csv(tmp_path):
     assert [r.identity for r in recs] == ["alice"] * 3 + ["bob"] * 3
     assert recs[0].path == "alice/0.jpg"
     (tmp_path / "list.csv").write_text("name,person\nf/alice/0.jpg,A\nf/bob/1.jpg,B\n,\n")
-    from lapdata.sources import SourceOptions
+    from lapdata.sources.records import SourceOptions
 
     recs = list(open_source("csv", tmp_path / "list.csv", SourceOptions(path_column="name", identity_column="person")))
     assert [(r.identity, r.path) for r in recs] == [("A", "f/alice/0.jpg"), ("B", "f/bob/1.jpg")]
@@ -209,7 +209,7 @@ def test_rec_source(tmp_path):
 
 
 def test_write_rec_is_the_real_layout(tmp_path):
-    from lapdata.recordio import read_idx, read_record_at, write_rec
+    from lapdata.sources.recordio import read_idx, read_record_at, write_rec
 
     items = [(7, b"a"), (7, b"b"), (9, b"c")]
     write_rec(tmp_path / "t.rec", tmp_path / "t.idx", items)

@@ -1,4 +1,4 @@
-"""lapdata.storage on fsspec's in-memory filesystem: URLs, reading, the staging mirror of a dataset URL (pull,
+"""lapdata.core.storage on fsspec's in-memory filesystem: URLs, reading, the staging mirror of a dataset URL (pull,
 push, tars streamed on demand, changed objects fetched again), and the shard reader on URLs."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lapdata import storage
-from lapdata.errors import LapError
-from lapdata.shards import iter_tar_samples, shard_urls
+from lapdata.core import storage
+from lapdata.core.errors import LapError
+from lapdata.dataset.reader import iter_tar_samples, shard_urls
 
 fsspec = pytest.importorskip("fsspec", reason="the cluster extra (fsspec) is not installed")
 
@@ -147,14 +147,14 @@ def test_damaged_remote_tar_names_the_url(mem):
 
 
 def test_engine_options_are_checked():
-    from lapdata.engine import EngineConfig
+    from lapdata.core.engine import EngineConfig
 
     with pytest.raises(LapError, match="--ray-actors -1"):
         EngineConfig(ray_actors=-1)
 
 
 def test_local_engine_maps_in_order_of_completion():
-    from lapdata.engine import EngineConfig, map_unordered
+    from lapdata.core.engine import EngineConfig, map_unordered
 
     assert sorted(map_unordered(abs, [-3, 1, -2], engine=EngineConfig())) == [1, 2, 3]
     assert sorted(map_unordered(abs, [-3, 1, -2], workers=2)) == [1, 2, 3]

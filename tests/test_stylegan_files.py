@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapdata.synthetic.base import IdentityParams, Pose
 from lapdata.synthetic.stylegan import StyleGANBackend, StyleGANConfig
 from lapdata.synthetic.stylegan_files import read_generator
@@ -410,7 +410,7 @@ class _FFHQDetector:
     """Stand-in face detector: a face at FFHQ's framing in every view (the tiny random generators paint no face)."""
 
     def __call__(self, img):
-        from lapdata.faces import Face, lap_template
+        from lapdata.faces.align import Face, lap_template
         from lapdata.synthetic.framing import SOURCE_FRAMINGS
 
         f = SOURCE_FRAMINGS["ffhq"]
@@ -425,9 +425,9 @@ def test_build_synthetic_cli_end_to_end(published, fmt, tmp_path):
     config writes every view and the dataset passes its audit."""
     from typer.testing import CliRunner
 
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
     from lapdata.cli import app
-    from lapdata.config import load_config
+    from lapdata.core.config import load_config
     from lapdata.synthetic.build import SynthConfig, run_synthetic
 
     out = tmp_path / f"out-{fmt}"

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapdata.synthetic.base import IdentityParams, Pose, SynthView, default_poses, frontal_index, identity_seed
 from lapdata.synthetic.build import IdentityFilter, SynthConfig, render_identity, run_synthetic
 from lapdata.synthetic.procedural import ProceduralBackend, ProceduralConfig
@@ -95,8 +95,8 @@ def test_procedural_mirror_symmetry():
 
 
 def test_procedural_normals_match_depth_normals():
-    """Ground-truth normals follow lapdata.geometry's convention: compare with depth_to_normals of the depth."""
-    from lapdata.geometry import depth_to_normals
+    """Ground-truth normals follow lapdata.geometry.camera's convention: compare with depth_to_normals of the depth."""
+    from lapdata.geometry.camera import depth_to_normals
 
     b = _neutral_backend()
     rng = np.random.default_rng(1)
@@ -175,7 +175,7 @@ def test_filter_drops_the_dissimilar_view():
 
 
 def test_build_with_filter_writes_skipped_rows(tmp_path):
-    from lapdata.audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     cfg = SynthConfig(backend="stub", out=str(tmp_path / "ds"), identities=4, poses=5, size=16, progress=False)
     stats = run_synthetic(cfg, backend=StubBackend(odd=0), filt=IdentityFilter(ColourEmbedder(), 0.6, "stand-in"))
@@ -191,8 +191,8 @@ def test_build_with_filter_writes_skipped_rows(tmp_path):
 
 
 def test_build_procedural_end_to_end(tmp_path):
-    from lapdata.audit import audit_dataset
-    from lapdata.sample import decode_sample
+    from lapdata.dataset.audit.run import audit_dataset
+    from lapdata.dataset.sample import decode_sample
     from lapdata.synthetic.build import _read_samples
 
     out = tmp_path / "synth"
@@ -224,7 +224,7 @@ def test_build_procedural_end_to_end(tmp_path):
 
 
 def test_split_is_by_identity(tmp_path):
-    from lapdata.split import split_of
+    from lapdata.dataset.split import split_of
     from lapdata.synthetic.build import identity_name
 
     cfg = SynthConfig(out=str(tmp_path), identities=40)

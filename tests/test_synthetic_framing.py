@@ -2,7 +2,7 @@
 framing, with its rule in the manifest; a view without a face is a counted error row.
 
 Facts used: FFHQ's alignment puts the eyes 0.241 of the side apart, their midpoint 0.469 from the top; the lap
-template (lapdata.faces) 0.35 apart at 0.33. A view resized as it comes therefore has its eyes ~14 px low and 31 px
+template (lapdata.faces.align) 0.35 apart at 0.33. A view resized as it comes therefore has its eyes ~14 px low and 31 px
 apart at 128 px instead of 45.
 """
 
@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import shared_path
-from lapdata.audit import audit_dataset
-from lapdata.faces import Face, estimate_similarity, five_points, lap_template, transform_points, warp_affine
-from lapdata.sample import decode_sample
-from lapdata.shards import iter_samples
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.faces.align import Face, estimate_similarity, five_points, lap_template, transform_points, warp_affine
+from lapdata.dataset.sample import decode_sample
+from lapdata.dataset.reader import iter_samples
 from lapdata.synthetic.base import IdentityParams, SynthView
 from lapdata.synthetic.build import SynthConfig, run_synthetic
 from lapdata.synthetic.framing import SOURCE_FRAMINGS, render_size
@@ -181,7 +181,7 @@ def test_real_photos_at_ffhq_framing_are_written_like_ingest(tmp_path):
     pytest.importorskip("dlib")
     from PIL import Image
 
-    from lapdata.detectors import DlibDetector
+    from lapdata.faces.detectors import DlibDetector
 
     files = sorted(shared_path("faces", "lap-demo").glob("*.png"))[:8]
     photos = [np.asarray(Image.open(f).convert("RGB")) for f in files]

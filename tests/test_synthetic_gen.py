@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from lapdata.audit import audit_dataset
-from lapdata.errors import LapError
+from lapdata.dataset.audit.run import audit_dataset
+from lapdata.core.errors import LapError
 from lapdata.synthetic.base import Pose
 from lapdata.synthetic.build import SynthConfig, run_synthetic, summary_line
 
@@ -44,7 +44,7 @@ class CentreFace:
     name = "centre"
 
     def __call__(self, image):
-        from lapdata.faces import Face, lap_template
+        from lapdata.faces.align import Face, lap_template
 
         h = image.shape[0]
         pts = lap_template(h) * 0.8 + 0.1 * h

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapdata.synthetic.base import Pose
 from lapdata.synthetic.ict import ICTBackend, ICTConfig
 from lapdata.synthetic.ict_model import load_model, read_obj, validate_folder

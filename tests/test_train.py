@@ -14,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lapdata.config import load_config
-from lapdata.errors import LapError
+from lapdata.core.config import load_config
+from lapdata.core.errors import LapError
 from lapmodel.io.checkpoint import load_checkpoint, load_model
 from lapmodel.config import ModelConfig, TrainConfig
 from lapmodel.io.data import Batch, make_loader
@@ -145,7 +145,7 @@ def recon_error(model, batch) -> float:
 @pytest.mark.slow
 def test_overfits_a_few_shards(tmp_path, shards):
     """A tiny model on 8 identities: the masked reconstruction L1 error falls by >= 25% in 120 steps (measured
-    2026-12-01: 0.226 -> 0.158, -30%, with the one PIL preprocessing of lapdata.shards)."""
+    2026-12-01: 0.226 -> 0.158, -30%, with the one PIL preprocessing of lapdata.dataset.reader)."""
     cfg = tiny_cfg(tmp_path, shards, steps=120, log_every=10, ckpt_every=120, picture_every=120,
                    data={"shuffle_buffer": 0}, optim={"lr": 2e-3})
     batch = next(make_loader(cfg.data.shards, cfg.data, 32, 8))
@@ -312,7 +312,7 @@ def test_skipped_samples_are_counted_in_the_log(tmp_path, shards):
     import numpy as np
     import webdataset as wds
 
-    from lapdata.sample import IdentitySample, View, encode_sample
+    from lapdata.dataset.sample import IdentitySample, View, encode_sample
 
     bad = tmp_path / "bad.tar"
     with wds.TarWriter(str(bad)) as tw:

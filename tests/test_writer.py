@@ -1,4 +1,4 @@
-"""lapdata.writer: plan, write, resume, parts, finalize, read back with webdataset."""
+"""lapdata.dataset.writer: plan, write, resume, parts, finalize, read back with webdataset."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lapdata.sample import IdentitySample, View, decode_sample, sample_key
-from lapdata.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
-from lapdata.writer import ShardResult, ShardTask, parse_part, plan_shards, select_part, write_dataset
-from lapdata.shards import iter_samples, shard_urls
-from lapdata.manifests import read_dataset
+from lapdata.dataset.sample import IdentitySample, View, decode_sample, sample_key
+from lapdata.dataset.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
+from lapdata.dataset.writer import ShardResult, ShardTask, parse_part, plan_shards, select_part, write_dataset
+from lapdata.dataset.reader import iter_samples, shard_urls
+from lapdata.dataset.manifests import read_dataset
 
 
 def make_groups(n_ids: int = 10, per_id: int = 3) -> list[tuple[str, str, tuple]]:
@@ -165,7 +165,7 @@ def test_killed_run_resumes(tmp_path):
         import functools, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_writer import make_groups, synth_process
-        from lapdata.writer import plan_shards, write_dataset
+        from lapdata.dataset.writer import plan_shards, write_dataset
         tasks = plan_shards(make_groups(), 3)
         write_dataset({str(out)!r}, tasks, functools.partial(synth_process, exit_on=tasks[2].name), progress=False)
     """)
@@ -210,7 +210,7 @@ def test_extra_rows_kept(tmp_path):
 def test_rerun_with_other_options_is_refused(tmp_path):
     """A rerun keeps finished shards, so one with other options would silently mix two datasets: refused in one
     line naming the option; options that do not change the data (workers, part, progress, ...) may differ."""
-    from lapdata.errors import LapError
+    from lapdata.core.errors import LapError
 
     tasks = plan_shards(make_groups(), 3)
     write_dataset(tmp_path, tasks, synth_process, progress=False, config={"fractions": [0.8, 0.1, 0.1], "workers": 1})

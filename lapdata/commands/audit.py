@@ -6,8 +6,8 @@ import json
 
 import typer
 
-from ..cliconfig import argument, option, with_parameters
-from ..errors import cli_guard
+from lapdata.core.cliconfig import argument, option, with_parameters
+from lapdata.core.errors import cli_guard
 
 EXAMPLES = "Examples:\n\n  lapdata audit /data/lap/celeba\n\n  lapdata audit /data/lap/celeba --json --no-contents"
 
@@ -15,7 +15,7 @@ EXAMPLES = "Examples:\n\n  lapdata audit /data/lap/celeba\n\n  lapdata audit /da
 def register(app: typer.Typer) -> None:
     def audit_cmd(root: str, as_json: bool, contents: bool) -> None:
         """Check a dataset: schemas, shard checksums and contents, counts, split leakage, min-images."""
-        from ..audit import audit_dataset, print_report
+        from lapdata.dataset.audit.run import audit_dataset, print_report
 
         rep = audit_dataset(root, contents=contents)
         if as_json:

@@ -6,8 +6,8 @@ from typing import List, Literal
 
 import typer
 
-from ..cliconfig import argument, config_parameters, config_values, option, with_parameters
-from ..errors import cli_guard
+from lapdata.core.cliconfig import argument, config_parameters, config_values, option, with_parameters
+from lapdata.core.errors import cli_guard
 
 EXAMPLES = """Examples:
 
@@ -25,12 +25,12 @@ MERGE_EXAMPLES = """Example:
 
 
 def register(app: typer.Typer) -> None:
-    from ..ingest_config import IngestConfig
+    from lapdata.ingest.config import IngestConfig
 
     def ingest_cmd(kind: str, src: str, **fields) -> None:
         """Photos -> identity-grouped WebDataset shards + Parquet manifests (resumable: rerun the same command)."""
-        from ..ingest import run_ingest
-        from ..ingest_config import summary_line
+        from lapdata.ingest.run import run_ingest
+        from lapdata.ingest.config import summary_line
 
         cfg = IngestConfig(kind=kind, src=src, **config_values(IngestConfig, fields))
         stats = run_ingest(cfg)
@@ -43,12 +43,12 @@ def register(app: typer.Typer) -> None:
               *config_parameters(IngestConfig, skip=("kind", "src"), short={"out": "-o"})]
     app.command("ingest", epilog=EXAMPLES)(cli_guard(with_parameters(ingest_cmd, params)))
 
-    from ..engine import EngineConfig
+    from lapdata.core.engine import EngineConfig
 
     def merge_cmd(dirs: List[str], out: str, link: bool = False, workers: int = 1, **fields) -> None:
         """Join part outputs into one dataset (shards copied, manifests rebuilt)."""
-        from ..ingest_config import summary_line
-        from ..merge import merge_datasets
+        from lapdata.ingest.config import summary_line
+        from lapdata.dataset.merge import merge_datasets
 
         engine = EngineConfig(**config_values(EngineConfig, fields))
         stats = merge_datasets(dirs, out, link=link, engine=engine, workers=workers)

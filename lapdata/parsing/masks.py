@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import LapError
-from .labels import CLASSES, CLASS_ID
+from lapdata.core.errors import LapError
+from lapdata.parsing.labels import CLASSES, CLASS_ID
 
 if TYPE_CHECKING:  # torch loads with label_to_masks only (the lapdata CLI starts without it)
     from torch import Tensor

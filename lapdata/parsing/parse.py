@@ -2,15 +2,15 @@
 
 How a run goes:
 
-1. The dataset's finished shards become one ``ShardTask`` each (same names and splits). ``lapdata.writer`` writes a
+1. The dataset's finished shards become one ``ShardTask`` each (same names and splits). ``lapdata.dataset.writer`` writes a
    new version of the dataset in the sibling folder ``DIR.parse-tmp/``: each shard is read, every view parsed,
    the sample re-written with its ``seg`` (lossless PNG; image bytes are kept as they were), its PHOTOS rows updated
    (parser, face_fraction, class_counts, hard, hard_reason); then the manifests are rebuilt (finalize). Other files
    of DIR (e.g. unsharded.parquet, pictures) are copied over first.
-   Before any of it, the run takes the dataset's writer lock (``lapdata.locks``) and checks the faults no parse
-   repairs (``lapdata.audit.carried_faults``: split leakage, min-images): a dataset whose final audit must fail is
+   Before any of it, the run takes the dataset's writer lock (``lapdata.core.locks``) and checks the faults no parse
+   repairs (``lapdata.dataset.audit.run.carried_faults``: split leakage, min-images): a dataset whose final audit must fail is
    refused in one line, before a view is parsed.
-2. The new version is audited (``lapdata.audit``); only when it is complete and clean is it swapped in:
+2. The new version is audited (``lapdata.dataset.audit.run``); only when it is complete and clean is it swapped in:
    ``DIR -> DIR.parse-old``, ``DIR.parse-tmp -> DIR``, then ``DIR.parse-old`` is removed (kept as ``DIR.pre-parse-<time>`` with keep_old).
    A run killed at any point resumes with the same command: finished shards of DIR.parse-tmp are skipped, and an
    interrupted swap is completed. With other options than the interrupted run, DIR.parse-tmp is started over.
@@ -61,22 +61,22 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from .. import storage
-from ..device import resolve_device
-from ..engine import ENGINE_FIELDS, EngineConfig, engine_of
-from ..errors import LapError
-from ..locks import writer_lock
-from ..manifests import MANIFESTS, shard_stats
-from ..sample import KEY, decode_sample, sample_json
-from ..schema import SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, STATUS_ERROR, STATUS_OK
-from ..shards import iter_tar_samples
-from ..writer import ShardTask, write_dataset
-from . import commit
-from .commit import COMPLETE_FILE, TMP_SUFFIX, drop_old, finish_swap, swap_paths
-from .labels import colorize, read_label_order
-from .landmarks import LandmarkParserConfig
-from .masks import RCLMaskConfig, label_to_masks_np
-from .shard import _one_line, process_shard
+from lapdata.core import storage
+from lapdata.core.device import resolve_device
+from lapdata.core.engine import ENGINE_FIELDS, EngineConfig, engine_of
+from lapdata.core.errors import LapError
+from lapdata.core.locks import writer_lock
+from lapdata.dataset.manifests import MANIFESTS, shard_stats
+from lapdata.dataset.sample import KEY, decode_sample, sample_json
+from lapdata.dataset.schema import SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, STATUS_ERROR, STATUS_OK
+from lapdata.dataset.reader import iter_tar_samples
+from lapdata.dataset.writer import ShardTask, write_dataset
+from lapdata.parsing import commit
+from lapdata.parsing.commit import COMPLETE_FILE, TMP_SUFFIX, drop_old, finish_swap, swap_paths
+from lapdata.parsing.labels import colorize, read_label_order
+from lapdata.parsing.landmarks import LandmarkParserConfig
+from lapdata.parsing.masks import RCLMaskConfig, label_to_masks_np
+from lapdata.parsing.shard import _one_line, process_shard
 
 ParserName = Literal["auto", "bisenet", "landmarks", "ground-truth"]
 CONFIG_FILE = "parse_config.json"
@@ -158,12 +158,12 @@ def get_parser(name: str, cfg: ParseConfig):
     p = _PARSERS.get(key)
     if p is None:
         if name == "bisenet":
-            from .bisenet import BiSeNetParser
+            from lapdata.parsing.bisenet import BiSeNetParser
 
             p = BiSeNetParser(cfg.weights, device=resolve_device(cfg.device), batch_size=cfg.batch_size,
                               input_size=cfg.input_size, label_order=cfg.label_order)
         elif name == "landmarks":
-            from .landmarks import LandmarkParser
+            from lapdata.parsing.landmarks import LandmarkParser
 
             p = LandmarkParser(cfg.landmarks)
         else:
@@ -178,11 +178,11 @@ def get_parser(name: str, cfg: ParseConfig):
 
 def contact_sheet(items: Sequence[tuple[np.ndarray, np.ndarray, str]], path: str | Path,
                   masks: RCLMaskConfig = RCLMaskConfig(), tile: int = 128, groups_per_row: int = 3) -> None:
-    """PNG grid (`lapdata.pictures.image_grid`): for each (image, seg, caption): photo (caption under it) | label
+    """PNG grid (`lapdata.core.pictures.image_grid`): for each (image, seg, caption): photo (caption under it) | label
     map over the photo | label map | M_re (grey), ``groups_per_row`` views a row."""
     from PIL import Image
 
-    from ..pictures import image_grid, save_png
+    from lapdata.core.pictures import image_grid, save_png
 
     if not items:
         return
@@ -204,7 +204,7 @@ def contact_sheet(items: Sequence[tuple[np.ndarray, np.ndarray, str]], path: str
 
 def face_fraction_figure(fractions: Sequence[float], threshold: float, path: str | Path, title: str = "") -> None:
     """Histogram PNG of face fractions with the hard-sample threshold."""
-    from ..pictures import new_figure, save_figure
+    from lapdata.core.pictures import new_figure, save_figure
 
     f = np.asarray(fractions, dtype=float)
     fig, (ax,) = new_figure(1, 6, 3.2)
@@ -311,15 +311,15 @@ def _summary(table, cfg: ParseConfig) -> dict:
 
 def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bool = True) -> ParseReport:
     """Parse every view of dataset ``root`` and swap in the new version with label maps (see module doc). The run
-    holds the dataset's writer lock (``lapdata.locks``); a dataset whose audit must fail at the end (faults no parse
-    repairs: ``lapdata.audit.carried_faults``) is refused before any view is parsed."""
+    holds the dataset's writer lock (``lapdata.core.locks``); a dataset whose audit must fail at the end (faults no parse
+    repairs: ``lapdata.dataset.audit.run.carried_faults``) is refused before any view is parsed."""
     with writer_lock(root, "lapdata parse-masks"):
         return _parse_masks(root, cfg, progress)
 
 
 def _refuse_carried(root: Path, where: str) -> None:
     """One line before the work when the final audit would fail on what the dataset already holds."""
-    from ..audit import carried_faults
+    from lapdata.dataset.audit.run import carried_faults
 
     found = carried_faults(root)
     if found:
@@ -377,7 +377,7 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
                           progress=progress, engine=engine_of(cfg), warm=functools.partial(warm_parser, cfg),
                           model=cfg.model_parser is not None)
     report = ParseReport(url or str(root), cfg.parser, failed_shards=stats.get("failed", []))
-    from ..manifests import read_dataset
+    from lapdata.dataset.manifests import read_dataset
 
     table = read_dataset(tmp)
     summary = _summary(table, cfg)
@@ -396,7 +396,7 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
                                  f"{summary['hard']} under {cfg.min_face_fraction:g}")
     except Exception as e:  # pictures never fail the run
         print(f"warning: contact sheet not written ({_one_line(e)})")
-    from ..audit import audit_dataset
+    from lapdata.dataset.audit.run import audit_dataset
 
     rep = audit_dataset(tmp)
     report.audit_faults = list(rep.faults)

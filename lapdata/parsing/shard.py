@@ -18,16 +18,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import storage
-from ..sample import IdentitySample, View, decode_image, decode_sample, sample_json
-from ..schema import PHOTOS, STATUS_ERROR
-from ..sample import KEY, image_member
-from ..schema import SHARD_DIR
-from ..shards import iter_tar_samples
-from ..writer import ShardResult, ShardTask
-from .base import ParseResult
-from .labels import CLASS_ID, class_counts
-from .masks import face_fraction
+from lapdata.core import storage
+from lapdata.dataset.sample import IdentitySample, View, decode_image, decode_sample, sample_json
+from lapdata.dataset.schema import PHOTOS, STATUS_ERROR
+from lapdata.dataset.sample import KEY, image_member
+from lapdata.dataset.schema import SHARD_DIR
+from lapdata.dataset.reader import iter_tar_samples
+from lapdata.dataset.writer import ShardResult, ShardTask
+from lapdata.parsing.base import ParseResult
+from lapdata.parsing.labels import CLASS_ID, class_counts
+from lapdata.parsing.masks import face_fraction
 
 MODEL_PARSERS = ("bisenet", "landmarks")
 GROUND_TRUTH = "ground-truth"
@@ -102,7 +102,7 @@ def process_shard(task: ShardTask, src_dir: str, cfg: Any, parsers: Callable[[st
         for pid in by_key.get(key, []):
             failed_rows[pid] = ("bad_sample", f"{key}: {why}")
 
-    def skipped(e: Exception) -> bool:  # lapdata.shards: a member over the size limit (not read)
+    def skipped(e: Exception) -> bool:  # lapdata.dataset.reader: a member over the size limit (not read)
         bad_sample(str(getattr(e, "key", "")), _one_line(e))
         return True
 

@@ -10,7 +10,7 @@ Conventions shared by every backend (and by the ground truth written to the shar
   scaled so that the face anchor (the point between eyes and mouth) sits at depth 1.0 (Unsup3D's depth scale).
 * Depth maps are camera-space z (distance along the optical axis), NaN where there is no face (background *and*
   non-face parts such as neck, hair, back of the head): ``isfinite(depth) == mask`` always.
-* Normals: unit, camera space of ``lapdata.geometry`` (x right, y down, z forward) with Unsup3D's sign:
+* Normals: unit, camera space of ``lapdata.geometry.camera`` (x right, y down, z forward) with Unsup3D's sign:
   n = dP/dx x dP/dy, so a surface facing the camera has (0, 0, 1) (``geometry.depth_to_normals`` gives the same
   from the depth map); shading = ambient + diffuse * relu(<n, normalize(lx, ly, 1)>); zero outside the mask.
 * Light: ``[ambient, diffuse, lx, ly]`` (Unsup3D's mapped light).

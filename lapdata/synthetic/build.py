@@ -6,8 +6,8 @@ How a run goes:
    model): a bad input is one LapError before any work.
 2. Identity ``i`` is named ``{backend}-s{seed}-{i:06d}``; its random stream is ``identity_seed(seed, i)`` (so the
    output is deterministic from ``--seed`` and independent of workers/parts); its split comes from
-   ``lapdata.split.split_of(name, seed)`` (train/val/test by identity).
-3. ``lapdata.writer.plan_shards`` groups identities into shards; ``write_dataset`` renders the unfinished ones
+   ``lapdata.dataset.split.split_of(name, seed)`` (train/val/test by identity).
+3. ``lapdata.dataset.writer.plan_shards`` groups identities into shards; ``write_dataset`` renders the unfinished ones
    (resume), in ``workers`` processes, for part ``I/N``.
 4. Per identity: sample the identity, 15 poses (yaws evenly over ``yaw_range``, small pitch/roll jitter for the 3D
    backends), render the views; a backend that declares a ``framing`` (stylegan: FFHQ; diffusers) has each view
@@ -17,7 +17,7 @@ How a run goes:
    otherwise; ``none`` disables). Dropped views are PHOTOS rows with status skipped, reason id_similarity and
    their id_score; failures of an identity are error rows (the run goes on).
 5. Ground truth of the 3D backends goes into the shards (``View(depth, canon_depth, normal, mask)``: 16-bit PNG
-   depth, see ``lapdata.sample``); pose, light, expression and landmarks into the view metadata (and PHOTOS
+   depth, see ``lapdata.dataset.sample``); pose, light, expression and landmarks into the view metadata (and PHOTOS
    yaw/pitch/roll); identity coefficients and appearance into the sample metadata.
 6. ``DIR/contact_sheet.png``: a few identities across their poses (and their depth maps for 3D backends).
 """
@@ -34,18 +34,18 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from lapdata.errors import LapError
-from lapdata.faces import MAX_CROP_SIZE
-from lapdata.locks import writer_lock
-from lapdata.sample import IdentitySample, View, decode_sample, encode_image, sample_key
-from lapdata.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from lapdata.shards import RawSample, iter_tar_samples
+from lapdata.core.errors import LapError
+from lapdata.faces.align import MAX_CROP_SIZE
+from lapdata.core.locks import writer_lock
+from lapdata.dataset.sample import IdentitySample, View, decode_sample, encode_image, sample_key
+from lapdata.dataset.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from lapdata.dataset.reader import RawSample, iter_tar_samples
 
-from lapdata.device import resolve_device
-from lapdata.engine import EngineConfig, engine_of
+from lapdata.core.device import resolve_device
+from lapdata.core.engine import EngineConfig, engine_of
 
-from .base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
-from .framing import FramedView, ViewFramer, make_framer
+from lapdata.synthetic.base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
+from lapdata.synthetic.framing import FramedView, ViewFramer, make_framer
 
 BACKENDS = ("procedural", "ict", "stylegan", "diffusers")
 REASON_ID = "id_similarity"
@@ -78,8 +78,8 @@ class SynthConfig(EngineConfig):
     expression_scale: float = 1.0       # 3D backends: scale of the mild per-view expressions (0: neutral)
     light: Literal["random", "frontal"] = "random"  # 3D backends: lighting
     background: Literal["random", "gray"] = "random"  # 3D backends: random (a new one per view) | gray
-    iod: float = 0.0                    # 3D backends: inter-ocular distance / side (0: lapdata.faces' template)
-    eye_y: float = 0.0                  # 3D backends: eye line / side from the top (0: lapdata.faces' template)
+    iod: float = 0.0                    # 3D backends: inter-ocular distance / side (0: lapdata.faces.align' template)
+    eye_y: float = 0.0                  # 3D backends: eye line / side from the top (0: lapdata.faces.align' template)
     fov_deg: float = 10.0               # 3D backends: camera field of view in degrees
     model: str = ""                     # ict: the ICT-FaceKit FaceXModel folder (or its .tar.xz)
     # stylegan
@@ -108,8 +108,8 @@ class SynthConfig(EngineConfig):
 
 
 def _framing(cfg: SynthConfig) -> dict[str, float]:
-    """The 3D backends' framing (iod, eye_y), validated; lapdata.faces' alignment template where 0."""
-    from lapdata.faces import DEFAULT_EYE_Y, DEFAULT_IOD
+    """The 3D backends' framing (iod, eye_y), validated; lapdata.faces.align' alignment template where 0."""
+    from lapdata.faces.align import DEFAULT_EYE_Y, DEFAULT_IOD
 
     iod, eye_y = cfg.iod or DEFAULT_IOD, cfg.eye_y or DEFAULT_EYE_Y
     if not (0.05 <= iod <= 0.8 and 0.05 <= eye_y <= 0.8):
@@ -126,13 +126,13 @@ def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backe
         raise LapError(f"background must be random or gray, got {cfg.background!r}")
     frame = _framing(cfg)
     if cfg.backend == "procedural":
-        from .procedural import ProceduralBackend, ProceduralConfig
+        from lapdata.synthetic.procedural import ProceduralBackend, ProceduralConfig
 
         return ProceduralBackend(ProceduralConfig(fov_deg=cfg.fov_deg, ssaa=cfg.ssaa, light=cfg.light,
                                                   expression_scale=cfg.expression_scale, device=dev,
                                                   background=cfg.background, **frame))
     if cfg.backend == "ict":
-        from .ict import ICTBackend, ICTConfig
+        from lapdata.synthetic.ict import ICTBackend, ICTConfig
 
         if not cfg.model:
             raise LapError("--backend ict needs --model DIR (the ICT-FaceKit FaceXModel folder, or its .tar.xz)")
@@ -141,7 +141,7 @@ def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backe
                                                background=cfg.background, **frame),
                           cache_dir=cache_dir, progress=cfg.progress)
     if cfg.backend == "stylegan":
-        from .stylegan import StyleGANBackend, StyleGANConfig
+        from lapdata.synthetic.stylegan import StyleGANBackend, StyleGANConfig
 
         return StyleGANBackend(StyleGANConfig(generator=cfg.generator, mapping=cfg.mapping,
                                               boundary=cfg.pose_boundary, boundary_space=cfg.boundary_space,
@@ -149,7 +149,7 @@ def make_backend(cfg: SynthConfig, cache_dir: str | Path | None = None) -> Backe
                                               truncation=cfg.truncation, truncation_layers=cfg.truncation_layers,
                                               device=dev))
     if cfg.backend == "diffusers":
-        from .diffusers_backend import DiffusersBackend, DiffusersConfig
+        from lapdata.synthetic.diffusers_backend import DiffusersBackend, DiffusersConfig
 
         cond = make_backend(SynthConfig(**{**_asdict(cfg), "backend": "ict" if cfg.model else "procedural",
                                            "light": "frontal", "expression_scale": 0.0}), cache_dir)
@@ -165,7 +165,7 @@ def _asdict(cfg: SynthConfig) -> dict[str, Any]:
 
 
 class IdentityFilter:
-    """The paper's frontal-view filter around an embedder (``lapdata.embed``: ``__call__(aligned crops)`` and
+    """The paper's frontal-view filter around an embedder (``lapdata.faces.embed``: ``__call__(aligned crops)`` and
     optionally ``embed_image(image, [landmarks])``): views whose cosine to the frontal view is below
     ``threshold`` are dropped. Views with landmarks are aligned from them (the 3D backends' projected landmarks;
     the detected ones on a generated view, ``lapdata.synthetic.framing``); others are embedded as they are."""
@@ -186,7 +186,7 @@ class IdentityFilter:
         return np.stack(out)
 
     def __call__(self, views: Sequence[SynthView], frontal: int) -> tuple[np.ndarray, np.ndarray]:
-        from lapdata.idfilter import frontal_view_filter
+        from lapdata.faces.idfilter import frontal_view_filter
 
         return frontal_view_filter(self.embed(views), frontal, self.threshold)
 
@@ -200,12 +200,12 @@ def make_filter(cfg: SynthConfig) -> IdentityFilter | None:
     if kind == "arcface":
         if not cfg.id_model:
             raise LapError("--id-filter arcface needs --id-model FILE.onnx (an insightface recognition model)")
-        from lapdata.embed import ArcFaceEmbedder
+        from lapdata.faces.embed import ArcFaceEmbedder
 
         emb = ArcFaceEmbedder(cfg.id_model)
         return IdentityFilter(emb, cfg.id_threshold or emb.default_threshold, f"arcface:{Path(cfg.id_model).name}")
     if kind == "dlib":
-        from lapdata.embed import DlibEmbedder
+        from lapdata.faces.embed import DlibEmbedder
 
         emb = DlibEmbedder()
         return IdentityFilter(emb, cfg.id_threshold or emb.default_threshold, "dlib")
@@ -349,10 +349,10 @@ def render_identity(
 
 def process_shard(task, *, cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None,
                   framer: ViewFramer | None = None):
-    """``lapdata.writer`` process function: render every identity of the shard."""
+    """``lapdata.dataset.writer`` process function: render every identity of the shard."""
     import torch
 
-    from lapdata.writer import ShardResult
+    from lapdata.dataset.writer import ShardResult
 
     # one intra-op thread per worker: on a busy CPU, multi-threaded small ops get ~40x slower (spin-waits);
     # scale with --workers instead
@@ -376,22 +376,22 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
 
     ``backend`` / ``filt`` / ``detector`` (the face detector of the views' framing) override the configured ones
     (tests use stand-ins)."""
-    from lapdata import storage
+    from lapdata.core import storage
 
     check_config(cfg)
     local = None if storage.is_url(cfg.out) else Path(cfg.out).expanduser()
     if local is not None and local.exists() and not local.is_dir():
         raise LapError(f"{local}: exists and is not a folder")
-    with writer_lock(cfg.out, "lapdata build-synthetic"):  # one writer per output (lapdata.locks)
+    with writer_lock(cfg.out, "lapdata build-synthetic"):  # one writer per output (lapdata.core.locks)
         return _run_synthetic(cfg, backend, filt, detector)
 
 
 def _run_synthetic(cfg: SynthConfig, backend: Backend | None, filt: IdentityFilter | None | str, detector: Any) -> dict:
-    from lapdata.config import to_dict
-    from lapdata.split import split_of
-    from lapdata.writer import plan_shards, write_dataset
+    from lapdata.core.config import to_dict
+    from lapdata.dataset.split import split_of
+    from lapdata.dataset.writer import plan_shards, write_dataset
 
-    from lapdata import storage
+    from lapdata.core import storage
 
     out = storage.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out).expanduser()
     if backend is None:
@@ -425,16 +425,16 @@ def _run_synthetic(cfg: SynthConfig, backend: Backend | None, filt: IdentityFilt
 
 
 def _read_samples(tar_path: Path, limit: int) -> list[RawSample]:
-    """The first ``limit`` raw samples of a shard (``lapdata.shards.iter_tar_samples``)."""
+    """The first ``limit`` raw samples of a shard (``lapdata.dataset.reader.iter_tar_samples``)."""
     return list(itertools.islice(iter_tar_samples(tar_path), max(0, limit)))
 
 
 def write_contact_sheet(out_dir: str | Path, identities: int = 6, poses: int = 15, thumb: int = 96) -> Path | None:
-    """DIR/contact_sheet.png (`lapdata.pictures.image_grid`): up to ``identities`` identities (rows, named) x their
+    """DIR/contact_sheet.png (`lapdata.core.pictures.image_grid`): up to ``identities`` identities (rows, named) x their
     kept views (columns, in yaw order, the yaw under each), each followed by a row of its depth maps
-    (`lapdata.pictures.depth_colors`) when the shards have them (``poses`` is no longer needed: each row shows what
+    (`lapdata.core.pictures.depth_colors`) when the shards have them (``poses`` is no longer needed: each row shows what
     it has). Returns the path (None: no shards)."""
-    from lapdata.pictures import depth_colors, image_grid, save_png
+    from lapdata.core.pictures import depth_colors, image_grid, save_png
 
     out = Path(out_dir)
     shards = sorted((p.with_suffix(".tar") for p in (out / "shards").glob("*.json")),

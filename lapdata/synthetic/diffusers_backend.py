@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as Fn
 from PIL import Image
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
-from .base import IdentityParams, Pose, SynthView
+from lapdata.synthetic.base import IdentityParams, Pose, SynthView
 
 try:  # diffusers is an optional dependency (pyproject extra "diffusers")
     from diffusers import DiffusionPipeline, ImagePipelineOutput
@@ -161,7 +161,7 @@ class DiffusersBackend:
         return self._pipe
 
     def describe(self) -> dict[str, Any]:
-        from lapdata.config import to_dict
+        from lapdata.core.config import to_dict
 
         return {"backend": self.name, "pipeline_class": type(self.pipe).__name__,
                 "condition_backend": self.cond.describe(), **to_dict(self.config)}

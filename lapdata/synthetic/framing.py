@@ -1,7 +1,7 @@
 """GAN views framed like photos: detect the face on each generated view and align it to the ``lap`` template.
 
 The 3D backends (procedural, ict) place their camera so that every view is rendered in the ``lap`` framing of
-``lapdata.faces`` (inter-ocular distance 0.35 of the side, eye line 0.33 from the top). Image generators do not:
+``lapdata.faces.align`` (inter-ocular distance 0.35 of the side, eye line 0.33 from the top). Image generators do not:
 a StyleGAN trained on FFHQ paints faces in FFHQ's alignment, and a diffusers pipeline paints roughly where its
 conditioning map put the face. Such a backend declares the framing its images come in (its ``framing`` attribute,
 a key of ``SOURCE_FRAMINGS``), and build-synthetic passes every view through :class:`ViewFramer`, exactly as
@@ -9,9 +9,9 @@ a key of ``SOURCE_FRAMINGS``), and build-synthetic passes every view through :cl
 
 1. the view is generated at ``render_size(size)`` pixels, large enough that the lap crop of ``size`` pixels is
    not upsampled (FFHQ framing: ``ceil(size * 0.35 / 0.241)``);
-2. the toolkit's face detector (``lapdata.detectors``: dlib HOG + 68 landmarks by default, offline; insightface
+2. the toolkit's face detector (``lapdata.faces.detectors``: dlib HOG + 68 landmarks by default, offline; insightface
    SCRFD with ``--det-model``) finds the faces, the largest is kept;
-3. ``lapdata.faces.align_face`` (the one 5-point similarity alignment) warps it to the lap template at ``size``.
+3. ``lapdata.faces.align.align_face`` (the one 5-point similarity alignment) warps it to the lap template at ``size``.
 
 The identity filter then embeds each view from the generated image with the detected landmarks (ArcFace's own
 template alignment on the full-resolution view, as insightface does); the aligned crop is what is written. The
@@ -31,10 +31,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lapdata.errors import LapError
-from lapdata.faces import DEFAULT_EYE_Y, DEFAULT_IOD, Face, align_face, largest_face, lap_rule, transform_points
+from lapdata.core.errors import LapError
+from lapdata.faces.align import DEFAULT_EYE_Y, DEFAULT_IOD, Face, align_face, largest_face, lap_rule, transform_points
 
-from .base import SynthView
+from lapdata.synthetic.base import SynthView
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _flat(a: Any) -> list[float]:
 class ViewFramer:
     """Detect + align generated views of a backend whose framing is ``framing`` (a key of SOURCE_FRAMINGS).
 
-    detector: ``image (H, W, 3) uint8 -> list[Face]`` with a ``name`` (``lapdata.detectors``; picklable, so the
+    detector: ``image (H, W, 3) uint8 -> list[Face]`` with a ``name`` (``lapdata.faces.detectors``; picklable, so the
     framer travels to the build's workers). ``__call__(view) -> FramedView``, or a one-line message starting with
     its reason (``no_face: ...``, ``face_crop_failed: ...``) for the view's error row."""
 
@@ -140,7 +140,7 @@ def render_size(size: int, framing: str) -> int:
 
 def make_detector(det_model: str = ""):
     """The toolkit's detector: insightface SCRFD from ``det_model`` (.onnx) when given, else dlib (offline)."""
-    from lapdata import detectors
+    from lapdata.faces import detectors
 
     if det_model:
         return detectors.InsightFaceDetector(det_model)

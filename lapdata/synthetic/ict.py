@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from .albedo import FaceLayout, paint_texture, random_background, sample_appearance
-from .base import IdentityParams, Pose, SynthView, sample_light
-from .ict_model import KEEP_MATERIALS, MILD, ICTModel, load_model
-from .mesh import FRAME_EYE_Y, FRAME_IOD, FaceMesh, composite_view, frame_for_eyes, render_mesh, vertex_normals
+from lapdata.synthetic.albedo import FaceLayout, paint_texture, random_background, sample_appearance
+from lapdata.synthetic.base import IdentityParams, Pose, SynthView, sample_light
+from lapdata.synthetic.ict_model import KEEP_MATERIALS, MILD, ICTModel, load_model
+from lapdata.synthetic.mesh import FRAME_EYE_Y, FRAME_IOD, FaceMesh, composite_view, frame_for_eyes, render_mesh, vertex_normals
 
 @dataclass(frozen=True)
 class ICTConfig:
@@ -47,7 +47,7 @@ class ICTConfig:
     expression_scale: float = 1.0  # 0 = neutral expression in every view
     light: str = "random"  # random | frontal
     background: str = "random"  # random | gray
-    iod: float = FRAME_IOD  # framing of a frontal view: inter-ocular distance / image side (lapdata.faces)
+    iod: float = FRAME_IOD  # framing of a frontal view: inter-ocular distance / image side (lapdata.faces.align)
     eye_y: float = FRAME_EYE_Y  # eye line / image side, from the top
     device: str = "cpu"
 
@@ -92,7 +92,7 @@ class ICTBackend:
         return self._model
 
     def describe(self) -> dict[str, Any]:
-        from lapdata.config import to_dict
+        from lapdata.core.config import to_dict
 
         m = self.model
         return {"backend": self.name, "model": self.folder, "identity_modes": int(m.id_basis.shape[0]),

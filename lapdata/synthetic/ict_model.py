@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lapdata.atomic import atomic_path
-from lapdata.errors import LapError
+from lapdata.core.atomic import atomic_path
+from lapdata.core.errors import LapError
 
 NEUTRAL = "generic_neutral_mesh.obj"
 INDICES = "vertex_indices.json"

@@ -1,6 +1,6 @@
 """Posing, projecting, rasterizing and shading a textured face mesh (shared by the ``procedural`` and ``ict`` backends).
 
-Rasterization is the project's one rasterizer (``lapdata.raster``); the camera follows ``lapdata.geometry``
+Rasterization is the project's one rasterizer (``lapdata.geometry.raster``); the camera follows ``lapdata.geometry.camera``
 (focal = (S-1)/2/tan(fov/2), principal point ((S-1)/2, (S-1)/2), x right, y down, z = depth).
 Conventions of poses, depth, normals and light: see ``lapdata.synthetic.base``.
 """
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
-from lapdata import geometry
-from lapdata.faces import DEFAULT_EYE_Y, DEFAULT_IOD
-from lapdata.raster import interpolate, rasterize
+from lapdata.geometry import camera as geometry
+from lapdata.faces.align import DEFAULT_EYE_Y, DEFAULT_IOD
+from lapdata.geometry.raster import interpolate, rasterize
 
-from .base import Pose
+from lapdata.synthetic.base import Pose
 
 
 @dataclass
@@ -47,7 +47,7 @@ class FaceMesh:
 
 
 def focal_length(fov_deg: float, size: int) -> float:
-    """Focal length in pixels of ``lapdata.geometry``'s camera: (S-1)/2/tan(fov/2)."""
+    """Focal length in pixels of ``lapdata.geometry.camera``'s camera: (S-1)/2/tan(fov/2)."""
     return float(geometry.intrinsics(fov_deg, size)[0, 0])
 
 
@@ -65,7 +65,7 @@ def pose_rotation(pose: Pose, dtype=torch.float32, device=None) -> Tensor:
 
 
 def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
-    """Area-weighted outward vertex normals (``lapdata.geometry.vertex_normals``): (V, 3), (F, 3) -> (V, 3)."""
+    """Area-weighted outward vertex normals (``lapdata.geometry.camera.vertex_normals``): (V, 3), (F, 3) -> (V, 3)."""
     return geometry.vertex_normals(verts[None], faces)[0]
 
 
@@ -74,7 +74,7 @@ def frame_distance(extent: float, fov_deg: float) -> float:
     return extent / (2.0 * math.tan(math.radians(fov_deg) / 2.0))
 
 
-# a frontal view is framed like a real photo aligned by lapdata.faces (its ``lap`` template): FRAME_IOD is the
+# a frontal view is framed like a real photo aligned by lapdata.faces.align (its ``lap`` template): FRAME_IOD is the
 # inter-ocular distance / image side, FRAME_EYE_Y the eye line / image side from the top (one definition)
 FRAME_IOD, FRAME_EYE_Y = DEFAULT_IOD, DEFAULT_EYE_Y
 
@@ -83,7 +83,7 @@ def frame_for_eyes(iod: float, eye_y: float, frame_iod: float = FRAME_IOD, frame
                    ) -> tuple[float, float]:
     """(extent, anchor_y): the frame height and the anchor height (object units) that put a frontal face with
     inter-ocular distance ``iod`` and eye line ``eye_y`` (object units) at ``frame_iod`` x side and
-    ``frame_eye_y`` x side from the top (the ``lap`` template of ``lapdata.faces`` by default)."""
+    ``frame_eye_y`` x side from the top (the ``lap`` template of ``lapdata.faces.align`` by default)."""
     extent = iod / frame_iod
     return extent, eye_y - (0.5 - frame_eye_y) * extent
 
@@ -142,7 +142,7 @@ def render_mesh(
     if normals is None:
         normals = vertex_normals(verts, mesh.faces)
     n_obj = normals @ R.T  # outward, object axes (x right, y up, z toward the camera)
-    # lapdata.geometry / Unsup3D convention: n = dP/dx x dP/dy in camera space = minus the outward camera-space
+    # lapdata.geometry.camera / Unsup3D convention: n = dP/dx x dP/dy in camera space = minus the outward camera-space
     # normal (nx, -ny, -nz): a surface facing the camera gets (0, 0, 1)
     n_cam = torch.stack([-n_obj[:, 0], n_obj[:, 1], n_obj[:, 2]], -1)
     attrs = torch.cat([mesh.uv, mesh.tex_weight[:, None], mesh.vcolor, n_cam], -1)  # (V, 9)

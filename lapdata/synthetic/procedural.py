@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from scipy.interpolate import PchipInterpolator
 
-from .albedo import FaceLayout, hair_from_uv_region, paint_texture, random_background, sample_appearance
-from .base import IdentityParams, Pose, SynthView, sample_light
-from .mesh import FRAME_EYE_Y, FRAME_IOD, FaceMesh, composite_view, frame_for_eyes, render_mesh
+from lapdata.synthetic.albedo import FaceLayout, hair_from_uv_region, paint_texture, random_background, sample_appearance
+from lapdata.synthetic.base import IdentityParams, Pose, SynthView, sample_light
+from lapdata.synthetic.mesh import FRAME_EYE_Y, FRAME_IOD, FaceMesh, composite_view, frame_for_eyes, render_mesh
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class ProceduralConfig:
     expression_scale: float = 1.0  # 0 = neutral face in every view
     light: str = "random"  # random | frontal
     background: str = "random"  # random | gray
-    iod: float = FRAME_IOD  # framing of a frontal view: inter-ocular distance / image side (lapdata.faces)
+    iod: float = FRAME_IOD  # framing of a frontal view: inter-ocular distance / image side (lapdata.faces.align)
     eye_y: float = FRAME_EYE_Y  # eye line / image side, from the top
     identity_scale: float = 1.0  # std-dev multiplier of the identity parameters
     device: str = "cpu"
@@ -240,7 +240,7 @@ class ProceduralBackend:
         self.config = config
 
     def describe(self) -> dict[str, Any]:
-        from lapdata.config import to_dict
+        from lapdata.core.config import to_dict
 
         return {"backend": self.name, **to_dict(self.config)}
 

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
-from .base import IdentityParams, Pose, SynthView
-from .stylegan_files import ScriptNet, read_generator
-from .stylegan_ops import StyleNet
+from lapdata.synthetic.base import IdentityParams, Pose, SynthView
+from lapdata.synthetic.stylegan_files import ScriptNet, read_generator
+from lapdata.synthetic.stylegan_ops import StyleNet
 
 SPACE_NAMES = {"z": "Z", "w": "W", "wp": "W+"}
 W_AVG_SAMPLES = 4096
@@ -206,7 +206,7 @@ class StyleGANBackend:
         return net.z_dim, w_shape, (3, net.resolution, net.resolution)
 
     def describe(self) -> dict[str, Any]:
-        from lapdata.config import to_dict
+        from lapdata.core.config import to_dict
 
         net = self._load()
         w_avg = ("model" if net.tracked_w_avg() is not None else

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
-from .stylegan_ops import StyleNet, holder, normalize_2nd_moment
+from lapdata.synthetic.stylegan_ops import StyleNet, holder, normalize_2nd_moment
 
 
 class _Dense(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
-from .stylegan_ops import (SQRT2, StyleNet, bias_act, holder, modulated_conv2d, normalize_2nd_moment, upsample2d)
+from lapdata.synthetic.stylegan_ops import (SQRT2, StyleNet, bias_act, holder, modulated_conv2d, normalize_2nd_moment, upsample2d)
 
 
 def _count(sd: dict, pattern: str) -> int:

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
-from .pickle_safe import Persistent, persistent_state, plain, safe_load
-from .stylegan_ops import StyleNet
+from lapdata.synthetic.pickle_safe import Persistent, persistent_state, plain, safe_load
+from lapdata.synthetic.stylegan_ops import StyleNet
 
 LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a non-zip torch.save file
 
@@ -108,7 +108,7 @@ def _build(p: Path, cls, *args) -> StyleNet:
 
 
 def _nvlabs(p: Path, g: Persistent) -> StyleNet:
-    from .stylegan2_nets import NVlabsG
+    from lapdata.synthetic.stylegan2_nets import NVlabsG
 
     sd = persistent_state(g)
     st = g.state
@@ -132,8 +132,8 @@ def _nvlabs(p: Path, g: Persistent) -> StyleNet:
 
 
 def _from_object(p: Path, obj: Any, globals_seen: list[str]) -> StyleNet:
-    from .stylegan1 import InterfaceGANStyleGAN1
-    from .stylegan2_nets import RosinalityG
+    from lapdata.synthetic.stylegan1 import InterfaceGANStyleGAN1
+    from lapdata.synthetic.stylegan2_nets import RosinalityG
 
     if isinstance(obj, dict) and isinstance(obj.get("G_ema"), Persistent):
         return _nvlabs(p, obj["G_ema"])

@@ -8,8 +8,8 @@ import sys
 
 import typer
 
-from lapdata.cliconfig import config_parameters, config_values, option, with_parameters
-from lapdata.errors import cli_guard
+from lapdata.core.cliconfig import config_parameters, config_values, option, with_parameters
+from lapdata.core.errors import cli_guard
 
 EXAMPLES = """Examples:
 

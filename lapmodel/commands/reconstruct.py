@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import typer
 
-from lapdata.cliconfig import argument, config_parameters, config_values, option, with_parameters
-from lapdata.errors import cli_guard
+from lapdata.core.cliconfig import argument, config_parameters, config_values, option, with_parameters
+from lapdata.core.errors import cli_guard
 
 EXAMPLES = """Examples:
 

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from lapdata.errors import cli_guard
+from lapdata.core.errors import cli_guard
 
 
 def register(app: typer.Typer) -> None:

@@ -10,8 +10,8 @@ from typing import List, Literal, Optional
 
 import typer
 
-from lapdata.cliconfig import config_parameters, option, with_parameters
-from lapdata.errors import cli_guard
+from lapdata.core.cliconfig import config_parameters, option, with_parameters
+from lapdata.core.errors import cli_guard
 
 EXAMPLES = """Examples:
 
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
                   sets: Optional[List[str]], progress: bool, **fields) -> None:
         """Train the model of a config from lapdata shards (checkpoints, pictures, TensorBoard, log.jsonl under
         --out). Every option but --config/--shards/--resume/--stage overrides the config's field of that name."""
-        from lapdata.config import load_config, parse_overrides
+        from lapdata.core.config import load_config, parse_overrides
         from lapmodel.recipes.catalog import find_config
         from lapmodel.training.curriculum import train_stage
         from lapmodel.training.train import train
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
             given["data.shards"] = list(shards)
         twice = sorted(set(overrides) & set(given))
         if twice:  # one value would be dropped without a word
-            from lapdata.errors import LapError
+            from lapdata.core.errors import LapError
 
             k = twice[0]
             raise LapError(f"--set {k}={overrides[k]} and --{'shards' if k == 'data.shards' else k.replace('_', '-')} "
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
             res = train_stage(cfg, stage or cfg.model.lap.stage, resume=resume, progress=progress)
         else:
             if stage is not None:
-                from lapdata.errors import LapError
+                from lapdata.core.errors import LapError
 
                 raise LapError(f"--stage {stage}: the config's model.kind is {cfg.model.kind!r}, which has no stages")
             res = train(cfg, resume=resume, progress=progress)

@@ -30,9 +30,9 @@ class EvalSet:
 
 def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> EvalSet:
     """A raw shard sample -> EvalSet (decodes image, depth, mask), resized to ``size`` with lapdata's one view
-    preprocessing (``lapdata.shards``): the pixels the training loader gives the model; ground truth nearest."""
-    from lapdata.sample import decode_sample, num_views
-    from lapdata.shards import preprocess_field, preprocess_image
+    preprocessing (``lapdata.dataset.reader``): the pixels the training loader gives the model; ground truth nearest."""
+    from lapdata.dataset.sample import decode_sample, num_views
+    from lapdata.dataset.reader import preprocess_field, preprocess_image
 
     n = num_views(raw)
     views = range(n if max_views is None else min(n, max_views))
@@ -66,7 +66,7 @@ def sample_to_evalset(raw: dict, size: int, max_views: int | None = None) -> Eva
 def iter_evalsets(shards: str | Sequence[str], size: int, max_identities: int | None = None,
                   max_views: int | None = None) -> Iterable[EvalSet]:
     """EvalSets from shards (brace patterns, globs, folders: `lapmodel.io.data.expand_shards`), in shard order."""
-    from lapdata.shards import tar_samples
+    from lapdata.dataset.reader import tar_samples
     from lapmodel.io.data import expand_shards
 
     for k, raw in enumerate(tar_samples(expand_shards(shards))):  # a damaged shard: LapError naming it

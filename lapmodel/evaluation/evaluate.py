@@ -4,7 +4,7 @@ depth correlation, identity cosine between input and re-render, and quality as a
 Protocol per view (see `lapmodel.evaluation.metrics`): prediction = the model's depth *in the input's view*
 (``Reconstruction.recon_depth``) and its mask ``recon_mask``; ground truth = the shard's view ``depth`` (NaN = no
 surface) and ``mask``. Pixels = erode(gt mask) & erode(pred mask) (1 px, Unsup3D). Normals of both prediction and
-ground truth come from their depth maps through the same function (`lapdata.geometry.depth_to_normals`, as Unsup3D
+ground truth come from their depth maps through the same function (`lapdata.geometry.camera.depth_to_normals`, as Unsup3D
 derives its ground-truth normals), so conventions cannot disagree. SSIM and identity cosine compare the re-render
 with the input on the face region (the eroded gt mask where the shard has one, else the predicted mask).
 Views without ground-truth depth (real photos) still count for SSIM and identity cosine.
@@ -17,7 +17,7 @@ identities and across views (``evaluation.baselines.canon_spread``; near 0 = one
 
 Outputs in ``out_dir``: ``eval.json`` (all numbers), ``set_size.png`` + ``set_size.json`` (Fig. 7a of the paper:
 metrics against N = 1..6 for set models), ``examples.png`` (input | re-render | normals and depth of prediction and
-ground truth, `lapdata.pictures` colours).
+ground truth, `lapdata.core.pictures` colours).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lapdata.errors import LapError
-from lapdata import pictures
+from lapdata.core.errors import LapError
+from lapdata.core import pictures
 from lapmodel.evaluation import metrics
 from lapmodel.evaluation.baselines import MeanFace, canon_spread
 from lapmodel.evaluation.evalset import EvalSet, iter_evalsets, set_order
@@ -64,7 +64,7 @@ def _fill_nan(depth: Tensor, mask: Tensor) -> Tensor:
 def depth_metrics(pred_depth: Tensor, pred_mask: Tensor, gt_depth: Tensor, gt_mask: Tensor, fov_pred: float,
                   fov_gt: float, erode: int = 1) -> dict[str, Tensor]:
     """SIDE (raw, not x100), MAD (deg) and depth correlation per view: all (B, S, S) -> {name: (B,)} float64."""
-    from lapdata.geometry import depth_to_normals
+    from lapdata.geometry.camera import depth_to_normals
 
     gt_valid = gt_mask & torch.isfinite(gt_depth)
     m = metrics.eval_mask(gt_valid, pred_mask > 0.5, erode)
@@ -94,9 +94,9 @@ class Embedder:
         self.name = "none"
         self.error: str | None = None
         try:
-            from lapdata import embed
+            from lapdata.faces import embed
         except ImportError as e:
-            self.error = f"identity cosine skipped: lapdata.embed unavailable ({e})"
+            self.error = f"identity cosine skipped: lapdata.faces.embed unavailable ({e})"
             return
         try:
             self.fn = embed.ArcFaceEmbedder(id_model) if id_model else embed.DlibEmbedder()
@@ -188,7 +188,7 @@ EXAMPLE_COLUMNS = ("input", "re-render", "pred normal", "gt normal", "pred depth
 def example_row(es: EvalSet, rec: Reconstruction, i: int) -> list[Any]:
     """One row of examples.png: input, re-render, normals and depth (in the input's view) of prediction and ground
     truth on the evaluated pixels; None where the view has no ground truth."""
-    from lapdata.geometry import depth_to_normals
+    from lapdata.geometry.camera import depth_to_normals
 
     pm = rec.recon_mask[i] > 0.5
     pd = _fill_nan(rec.recon_depth[i:i + 1].double(), pm[None])
@@ -346,7 +346,7 @@ def evaluate_model(
         "counts": counts,
         "protocol": {"erode_px": erode, "side_scale": "x1e-2 (SIDE * 100)", "mad_unit": "degrees",
                      "depth": "predicted view depth vs gt view depth on erode(gt mask) & erode(pred mask)",
-                     "normals": "both from depth via lapdata.geometry.depth_to_normals",
+                     "normals": "both from depth via lapdata.geometry.camera.depth_to_normals",
                      "ssim_region": "eroded gt mask (pred mask where no gt)",
                      "identity": embedder.name if embedder is not None else "off"},
         "rows": rows,
@@ -449,7 +449,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progre
     photos, write ``eval.json`` (the keypoint protocol under its ``keypoints`` key), return.
 
     ``model``: evaluate this model instead of loading ``cfg.checkpoint`` (tests, benchmarks)."""
-    from lapdata.device import resolve_device
+    from lapdata.core.device import resolve_device
     from lapmodel.inference.reconstruct import model_image_size
 
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():

@@ -10,7 +10,7 @@ One in-memory form, :class:`KeypointSet`, read from the formats users have:
   or in the sibling ``<split>_img/`` folder.
 
 Conventions after reading: x, y in the photo's pixels with the origin at the centre of the top-left pixel (as
-``lapdata.faces``), z oriented so that **larger = farther** (the model's depth), found from the face itself: the
+``lapdata.faces.align``), z oriented so that **larger = farther** (the model's depth), found from the face itself: the
 nose tip is nearer the camera than the face outline (the median over the set decides, so one odd annotation
 cannot flip a dataset). Identities: the photo's parent folder for the ``.npz`` (``celebrity-sets/<name>/x.jpg``),
 else every photo is its own.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
 # nose tip and face-outline indices of each layout (facts of the layouts, used only to orient z)
 LAYOUTS: dict[int, tuple[int, tuple[int, ...]]] = {

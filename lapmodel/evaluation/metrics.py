@@ -162,7 +162,7 @@ def identity_cosine(emb_a: Tensor, emb_b: Tensor) -> Tensor:
 
 def flat_normals(shape: tuple[int, int, int], dtype: torch.dtype = torch.float64, device=None) -> Tensor:
     """Normals of a fronto-parallel plane facing the camera: (0, 0, 1) (z away from the camera, the convention of
-    `lapdata.geometry.depth_to_normals`) -> (B, H, W, 3)."""
+    `lapdata.geometry.camera.depth_to_normals`) -> (B, H, W, 3)."""
     n = torch.zeros(*shape, 3, dtype=dtype, device=device)
     n[..., 2] = 1.0
     return n

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lapdata import pictures
-from lapdata.errors import LapError
+from lapdata.core import pictures
+from lapdata.core.errors import LapError
 from lapmodel.evaluation import metrics
 from lapmodel.evaluation.baselines import canon_spread
 from lapmodel.evaluation.evalset import set_order
@@ -243,7 +243,7 @@ def evaluate_photos(model: Any, kps: KeypointSet, out_dir: str | Path, *, size: 
     lines = ["file,identity,crop_rule,kp_corr,prior,mean_template"] + [
         f"{f},{n},{r},{a:.5f},{b:.5f},{c:.5f}" for f, n, r, a, b, c in
         zip(batch.files, batch.identities, batch.rules, *(p.tolist() for p in per))]
-    from lapdata.atomic import write_text
+    from lapdata.core.atomic import write_text
 
     write_text(out / "keypoints.csv", "\n".join(lines) + "\n")
     idx = np.linspace(0, len(batch.files) - 1, min(examples, len(batch.files))).round().astype(int).tolist()

@@ -1,13 +1,13 @@
 """Reconstruct faces from photos with a trained model and write every output a person looks at.
 
-Pipeline: paths (files or folders) -> `load_faces` (aligned crops via `lapdata.faces.crop_prealigned`, or
+Pipeline: paths (files or folders) -> `load_faces` (aligned crops via `lapdata.faces.align.crop_prealigned`, or
 photos detected + aligned with `DlibDetector` / `largest_face` / `align_face`, as `lapdata` does) ->
 `reconstruct_images(model, images, out_dir, names)` (batched ``model.reconstruct``; ``as_set=True`` aggregates the
 whole set into one identity with a LAP model) -> per photo ``out_dir/<name>/``:
 
     input.png  recon.png (re-render)  albedo.png  shading.png  canonical.png (shaded canonical image)
     depth.png + depth.json (16-bit canonical depth, range in the sidecar)  depth.npy
-    depth_color.png (`lapdata.pictures.depth_colors`: near = bright)  view_depth.npy (depth in the photo's view)
+    depth_color.png (`lapdata.core.pictures.depth_colors`: near = bright)  view_depth.npy (depth in the photo's view)
     normal.png (canonical normals)  mesh.obj + mesh.mtl + mesh_texture.png (UVs = pixel coordinates)
     mesh.ply (vertex colours)  mesh.glb (texture embedded, for web viewers): all through `lapmodel.io.mesh`
     turntable.gif (textured face | grey shape, a yaw sweep)  summary.png (input | recon | albedo | depth | normals | shading)
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lapdata import pictures
-from lapdata.atomic import write_json
-from lapdata.errors import LapError
-from lapdata.faces import MAX_CROP_SIZE
-from lapdata.paths import plain_name
+from lapdata.core import pictures
+from lapdata.core.atomic import write_json
+from lapdata.core.errors import LapError
+from lapdata.faces.align import MAX_CROP_SIZE
+from lapdata.core.paths import plain_name
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.viz.pictures import turntable_frames
@@ -76,7 +76,7 @@ RESERVED = ("set",)  # out/set/ holds an --as-set reconstruction
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
     """One output folder name per photo, all distinct (also on a case-insensitive disk) and never a path: the
-    stem as a plain name (``lapdata.paths.plain_name``: '...jpg' or 'a b.jpg' never lead out of --out), then
+    stem as a plain name (``lapdata.core.paths.plain_name``: '...jpg' or 'a b.jpg' never lead out of --out), then
     '_1', '_2', ... until it is free (``x.png`` -> x, ``x.jpg`` -> x_1, ``x_1.jpg`` -> x_1_1)."""
     names: list[str] = []
     taken = {r.casefold() for r in RESERVED}
@@ -113,7 +113,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
     """`load_faces` for an explicit list of image files and their output names."""
     from PIL import Image, ImageOps
 
-    from lapdata import detectors as ldetectors
+    from lapdata.faces import detectors as ldetectors
 
     crops, kept_names, sources, rules, skipped, matrices = [], [], [], [], [], []
     for path, name in zip(files, names):
@@ -142,7 +142,7 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
     return LoadedFaces(images, kept_names, sources, rules, skipped, matrices)
 
 
-KNOWN_LAYOUTS = ((112, 112), (218, 178))  # (h, w) of ArcFace 112 crops and CelebA img_align_celeba (lapdata.faces)
+KNOWN_LAYOUTS = ((112, 112), (218, 178))  # (h, w) of ArcFace 112 crops and CelebA img_align_celeba (lapdata.faces.align)
 
 
 def _needs_detector_for(shape: tuple[int, ...], aligned: bool | None) -> bool:
@@ -164,12 +164,12 @@ def _needs_detector(path: Path, aligned: bool | None) -> bool:
 def crop_face(img: np.ndarray, size: int, aligned: bool | None, detector: Any) -> tuple[np.ndarray, str, np.ndarray] | str:
     """One photo (H, W, 3) uint8 -> (crop (S, S, 3), rule, (2, 3) photo -> crop matrix), or the reason it has none.
 
-    aligned=True: a pre-aligned crop (``lapdata.faces.crop_prealigned`` 'auto'). aligned=False: the most confident
+    aligned=True: a pre-aligned crop (``lapdata.faces.align.crop_prealigned`` 'auto'). aligned=False: the most confident
     of the large detected faces, aligned to the lap template. aligned=None: the known pre-aligned layouts (ArcFace 112, CelebA 178x218) by
     their rule; any other photo is detected (on a padded copy, so a face that fills the frame is found) and aligned,
     except that a square photo whose face already sits where the lap template puts it (an aligned crop such as
     LAP's / Unsup3D's demo faces) is only resized; a square photo with no face found is taken as an aligned crop."""
-    from lapdata import faces as lfaces
+    from lapdata.faces import align as lfaces
 
     h, w = img.shape[:2]
     if aligned or (aligned is None and (h, w) in KNOWN_LAYOUTS):
@@ -193,7 +193,7 @@ def crop_face(img: np.ndarray, size: int, aligned: bool | None, detector: Any) -
 def _lap_framed(points5: np.ndarray, side: int, tol: float = 0.12) -> bool:
     """Whether the 5 points of a square photo already sit on the lap template (scale within ``tol``, shift within
     ``tol / 2`` of the side, rotation within 8 degrees): the photo is an aligned crop."""
-    from lapdata import faces as lfaces
+    from lapdata.faces import align as lfaces
 
     m = lfaces.estimate_similarity(points5, lfaces.lap_template(side))
     scale = float(np.hypot(m[0, 0], m[1, 0]))
@@ -324,7 +324,7 @@ SUMMARY_LABELS = ("input", "recon", "albedo", "depth", "normals", "shading")
 
 
 def summary_row(image: Tensor, rec: Reconstruction, i: int) -> list[np.ndarray]:
-    """Pictures of one photo: input | re-render | albedo | canonical depth (`lapdata.pictures.depth_colors`) |
+    """Pictures of one photo: input | re-render | albedo | canonical depth (`lapdata.core.pictures.depth_colors`) |
     canonical normals | shading (scaled to its maximum), (S, S, 3) uint8 each."""
     sh = rec.canon_shading[i]
     return [
@@ -361,7 +361,7 @@ def reconstruct_images(
         raise ValueError(f"{len(images)} images but {len(names)} names")
     folded = [n.casefold() for n in names] + (list(RESERVED) if as_set else [])
     if any(plain_name(n) != n for n in names) or len(set(folded)) != len(folded):
-        raise ValueError(f"output names must be distinct plain names (lapdata.paths.plain_name): {list(names)[:8]}")
+        raise ValueError(f"output names must be distinct plain names (lapdata.core.paths.plain_name): {list(names)[:8]}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if len(images) == 0:
@@ -419,7 +419,7 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
     Returns the report written to ``cfg.out/reconstruct.json``: counts, skipped files with reasons, outputs.
     ``model``: use this model instead of loading ``cfg.checkpoint``; ``chunk``: photos held in memory at once.
     """
-    from lapdata.device import resolve_device
+    from lapdata.core.device import resolve_device
 
     paths, checkpoint, out_dir, as_set, size = cfg.paths, cfg.checkpoint, cfg.out, cfg.as_set, cfg.size
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -450,7 +450,7 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
         it = tqdm(starts, desc="reconstruct", unit="chunk", disable=None) if len(starts) > 1 else starts
     for k, a in enumerate(it):
         if detector is None and aligned is not True:
-            from lapdata.detectors import DlibDetector
+            from lapdata.faces.detectors import DlibDetector
 
             detector = DlibDetector() if any(_needs_detector(f, aligned) for f in files[a : a + step]) else None
         faces = load_files(files[a : a + step], names[a : a + step], s, aligned, detector)

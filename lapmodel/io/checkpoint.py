@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lapdata.atomic import atomic_path
-from lapdata.config import to_dict
-from lapdata.errors import LapError
-from lapdata.logs import get_logger, warn_once
+from lapdata.core.atomic import atomic_path
+from lapdata.core.config import to_dict
+from lapdata.core.errors import LapError
+from lapdata.core.logs import get_logger, warn_once
 
 FORMAT = "lapmodel-checkpoint-1"
 LOG = get_logger("checkpoint")
@@ -119,7 +119,7 @@ def published_checkpoint(path: str | Path, doc: dict[str, Any], experiment: str 
 
 def checkpoint_config(doc: dict[str, Any]):
     """The TrainConfig stored in a loaded checkpoint."""
-    from lapdata.config import load_config
+    from lapdata.core.config import load_config
 
     from lapmodel.config import TrainConfig
 

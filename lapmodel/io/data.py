@@ -1,6 +1,6 @@
 """Streaming of lapdata shards into training batches (WebDataset), reproducible and resumable.
 
-One shard sample is one identity (lapdata/sample.py); the loader picks a random set of its views (set size uniform
+One shard sample is one identity (lapdata/dataset/sample.py); the loader picks a random set of its views (set size uniform
 in ``min_set..max_set``, clipped to the views the identity has; Unsup3D-re uses 1), decodes only those views (and
 only the ``fields`` asked for), resizes them to the model's size and pads the set to ``max_set``.
 
@@ -35,13 +35,13 @@ import torch
 import webdataset as wds
 from torch import Tensor
 
-from lapdata.errors import LapError
-from lapdata.logs import get_logger, warn_once
-from lapdata.manifests import unfinished
-from lapdata.sample import decode_sample, sample_json
-from lapdata.schema import NUM_SAMPLES
-from lapdata import storage
-from lapdata.shards import preprocess_field, preprocess_image, shard_urls, tar_samples
+from lapdata.core.errors import LapError
+from lapdata.core.logs import get_logger, warn_once
+from lapdata.dataset.manifests import unfinished
+from lapdata.dataset.sample import decode_sample, sample_json
+from lapdata.dataset.schema import NUM_SAMPLES
+from lapdata.core import storage
+from lapdata.dataset.reader import preprocess_field, preprocess_image, shard_urls, tar_samples
 
 from lapmodel.config import DataConfig
 
@@ -89,7 +89,7 @@ class Batch:
 def expand_shards(shards: str | Sequence[str]) -> list[str]:
     """Shard paths from patterns: brace ranges (``train-{000000..000009}.tar``), globs, ``::``-joined lists,
     or a dataset folder (its finished ``shards/train-*.tar``). Local paths must exist (LapError naming the first
-    missing one); object-store URLs (``s3://``, ``gs://``: ``lapdata.storage``) too: a tar, a glob, or a dataset
+    missing one); object-store URLs (``s3://``, ``gs://``: ``lapdata.core.storage``) too: a tar, a glob, or a dataset
     URL (its finished train shards); ``pipe:``/``http(s)://`` URLs are passed through."""
     items = [shards] if isinstance(shards, str) else list(shards)
     out: list[str] = []
@@ -155,7 +155,7 @@ def _warn_unfinished(dataset: str | Path) -> None:
 
 
 def count_samples(urls: Sequence[str]) -> int:
-    """Identities in the shards: from each shard's stats .json (``num_samples``, as ``lapdata.writer`` writes it)
+    """Identities in the shards: from each shard's stats .json (``num_samples``, as ``lapdata.dataset.writer`` writes it)
     when present, else by reading the tar headers (no decoding)."""
     total = 0
     for u in urls:
@@ -182,7 +182,7 @@ def count_samples(urls: Sequence[str]) -> int:
 
 def decode_views(raw: dict, views: Sequence[int], size: int, fields: Sequence[str]) -> dict[str, Any]:
     """Decode ``views`` of a raw shard sample into arrays at ``size`` (only the requested fields), with lapdata's one
-    view preprocessing (``lapdata.shards``): images (3, S, S) uint8 (``collate`` divides by 255: the pixels
+    view preprocessing (``lapdata.dataset.reader``): images (3, S, S) uint8 (``collate`` divides by 255: the pixels
     evaluation sees), ground truth nearest."""
     s = decode_sample(raw, views=views, fields=fields)
 

@@ -1,13 +1,13 @@
 """Depth and mesh files of a reconstruction: 16-bit depth PNG + range sidecar, exact .npy, and the depth-grid mesh
 (OBJ + MTL + texture, PLY, GLB) written through `lapmodel.io.mesh`, the one mesh writer.
 
-Pictures (colour maps, normals as colours, grids, GIFs) are `lapdata.pictures`; turntables are
+Pictures (colour maps, normals as colours, grids, GIFs) are `lapdata.core.pictures`; turntables are
 `lapmodel.viz.pictures`. Arrays are numpy or torch (converted on entry); shapes:
 
 - depth:   (H, W) float, camera units, NaN / masked = no surface
 - texture: (3, H, W) or (H, W, 3) float in [0, 1], or (H, W, 3) uint8, the same H, W as the depth
 
-Every file is written through `lapdata.atomic` (a temporary sibling, then ``os.replace``: nothing half-written).
+Every file is written through `lapdata.core.atomic` (a temporary sibling, then ``os.replace``: nothing half-written).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from lapdata.atomic import write_bytes, write_json
-from lapdata.pictures import to_uint8
-from lapdata.sample import decode_depth, encode_depth
+from lapdata.core.atomic import write_bytes, write_json
+from lapdata.core.pictures import to_uint8
+from lapdata.dataset.sample import decode_depth, encode_depth
 from lapmodel.io import mesh as M
 
 PathLike = str | os.PathLike
@@ -40,7 +40,7 @@ def _np(x: Any) -> np.ndarray:
 def save_depth_png(path: PathLike, depth: Any, mask: Any | None = None) -> tuple[Path, Path]:
     """Depth (H, W) -> 16-bit PNG at ``path`` + sidecar ``<path minus .png>.json`` with the range.
 
-    Encoding (same as the shard contract, `lapdata.sample.encode_depth`): ``v = 1 + round((d - lo) / (hi - lo) * 65534)``,
+    Encoding (same as the shard contract, `lapdata.dataset.sample.encode_depth`): ``v = 1 + round((d - lo) / (hi - lo) * 65534)``,
     ``v = 0`` where there is no surface (NaN or mask false). The sidecar holds ``{"range": [lo, hi], ...}``.
     The round-trip error is at most (hi - lo) / 65534 / 2 per pixel.
     """
@@ -78,11 +78,11 @@ def save_depth_npy(path: PathLike, depth: Any) -> Path:
 
 
 def depth_points(depth: Any, fov_deg: float) -> np.ndarray:
-    """(H, W) depth -> (H, W, 3) float32 camera points (`lapdata.geometry.depth_to_points`, pixel (i, j) at x=j,
+    """(H, W) depth -> (H, W, 3) float32 camera points (`lapdata.geometry.camera.depth_to_points`, pixel (i, j) at x=j,
     y=i; x right, y down, z = depth). Non-finite depths give non-finite points."""
     import torch
 
-    from lapdata import geometry
+    from lapdata.geometry import camera as geometry
 
     d = torch.from_numpy(_np(depth).astype(np.float64))
     h, w = d.shape
@@ -92,12 +92,12 @@ def depth_points(depth: Any, fov_deg: float) -> np.ndarray:
 
 def depth_mesh(depth: Any, fov_deg: float = 10.0, mask: Any | None = None, max_jump: float | None = 0.05,
                crop: int = 0, frame: str = "y_up", texture: Any | None = None) -> M.Mesh:
-    """Grid mesh (`lapmodel.io.mesh.grid_mesh`) of a depth map under the perspective camera of `lapdata.geometry`.
+    """Grid mesh (`lapmodel.io.mesh.grid_mesh`) of a depth map under the perspective camera of `lapdata.geometry.camera`.
 
     depth (H, W) -> `Mesh` with V = H * W (vertex i * W + j = pixel (i, j)): ``frame="camera"``: camera points
     (x right, y down, z = depth); ``frame="y_up"`` (default, what OBJ/PLY/GLB viewers expect): (x, -y, -z), y up
     and the face looking towards +z (a rotation, so triangles keep facing the viewer). ``texture`` (any layout of
-    `lapdata.pictures.to_uint8`, H x W) gives uvs = pixel coordinates and the vertex colours.
+    `lapdata.core.pictures.to_uint8`, H x W) gives uvs = pixel coordinates and the vertex colours.
 
     Triangles are dropped when any vertex is outside ``mask`` (or NaN / non-positive depth, or within ``crop``
     pixels of the border), or when the triangle spans a depth discontinuity: max - min of its vertex depths

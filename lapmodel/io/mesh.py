@@ -8,12 +8,12 @@ Pure functions over one small value type, `Mesh`. Arrays are numpy or torch (con
 - colors:   (H, W, 3) or (V, 3), float in [0, 1] or uint8
 - mesh:     verts (V, 3) float32, faces (F, 3) int64, uvs (V, 2) float32, colors (V, 3) uint8, texture (H, W, 3) uint8
 
-Conventions (those of ``lapmodel.io.export`` and ``lapdata.geometry``): grid vertex ``i * W + j`` is pixel (i, j);
-two triangles per pixel quad in `lapdata.geometry.grid_faces` order, (top-left, bottom-left, top-right) then
-(top-right, bottom-left, bottom-right), which face the camera of ``lapdata.geometry`` (x right, y down, z away);
+Conventions (those of ``lapmodel.io.export`` and ``lapdata.geometry.camera``): grid vertex ``i * W + j`` is pixel (i, j);
+two triangles per pixel quad in `lapdata.geometry.camera.grid_faces` order, (top-left, bottom-left, top-right) then
+(top-right, bottom-left, bottom-right), which face the camera of ``lapdata.geometry.camera`` (x right, y down, z away);
 uv of pixel (i, j) = ((j + 0.5) / W, 1 - (i + 0.5) / H) (OBJ convention, v up; trimesh flips it for glTF).
 OBJ, PLY and GLB viewers expect y up: pass camera points through `camera_to_y_up` first (a rotation: triangles
-keep facing the viewer, now at +z). Every file is written through `lapdata.atomic.write_bytes` (a temporary file in
+keep facing the viewer, now at +z). Every file is written through `lapdata.core.atomic.write_bytes` (a temporary file in
 its folder, then ``os.replace``); the same mesh gives the same bytes (no timestamps, no random names).
 """
 
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from lapdata.atomic import write_bytes
-from lapdata.errors import LapError
+from lapdata.core.atomic import write_bytes
+from lapdata.core.errors import LapError
 
 PathLike = str | os.PathLike
 
@@ -93,7 +93,7 @@ def make_mesh(verts: Any, faces: Any, uvs: Any | None = None, colors: Any | None
 
 
 def grid_faces(h: int, w: int) -> np.ndarray:
-    """(2 (H-1) (W-1), 3) int64 triangles of an H x W vertex grid, in `lapdata.geometry.grid_faces` order."""
+    """(2 (H-1) (W-1), 3) int64 triangles of an H x W vertex grid, in `lapdata.geometry.camera.grid_faces` order."""
     idx = np.arange(h * w, dtype=np.int64).reshape(h, w)
     tl, tr, bl, br = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
     return np.concatenate([np.stack([tl, bl, tr], -1).reshape(-1, 3), np.stack([tr, bl, br], -1).reshape(-1, 3)])

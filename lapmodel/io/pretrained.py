@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from lapdata.atomic import atomic_path
-from lapdata.errors import LapError
+from lapdata.core.atomic import atomic_path
+from lapdata.core.errors import LapError
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS_DIR / "default.pt"

@@ -29,8 +29,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from lapdata.config import load_config
-from lapdata.errors import LapError
+from lapdata.core.config import load_config
+from lapdata.core.errors import LapError
 from lapmodel.config import TrainConfig
 
 PICKLED_CLASSES = ("unsup3d.meters.MetricsTrace",)  # objects Unsup3D's trainer pickles into its checkpoints

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 from lapmodel.config import MODEL_KINDS, TrainConfig
 from lapmodel.models.perceptual import load_perceptual
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
 from lapmodel.models import photogeo
 from lapmodel.models.aggregate import Aggregator

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
 from lapmodel.models.vgg import IMAGENET_MEAN, IMAGENET_STD, read_state_dict
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
 
 def num_stages(size: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
 from lapmodel.models.mobilenet import MobileNetV2Features, packaged_weights
 from lapmodel.models.vgg import VGG16Relu33

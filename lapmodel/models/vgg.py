@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
 # torchvision vgg16.features indices of the convs up to relu3_3, with (out, in) channels; "M" = 2x2 max-pool.
 VGG16_RELU3_3 = ((0, 64, 3), (2, 64, 64), "M", (5, 128, 64), (7, 128, 128), "M", (10, 256, 128), (12, 256, 256),

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lapdata.atomic import write_text
+from lapdata.core.atomic import write_text
 from lapmodel.io.checkpoint import checkpoint_config, load_checkpoint
 from lapmodel.io.pretrained import pack_checkpoint
 from lapmodel.recipes.recipe import StepConfig

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lapdata.errors import LapError
+from lapdata.core.errors import LapError
 
 PACKAGED = Path(__file__).resolve().parent / "pipelines"
 

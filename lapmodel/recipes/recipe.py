@@ -13,7 +13,7 @@ A pipeline YAML (:class:`PipelineConfig`)::
       ...
 
 Step kinds (each calls the typed Python function of its module, no subprocess): ``build-synthetic``
-(lapdata.synthetic), ``ingest`` (lapdata.ingest.run_ingest), ``parse-masks`` (lapdata.parsing), ``train``
+(lapdata.synthetic), ``ingest`` (lapdata.ingest.run.run_ingest), ``parse-masks`` (lapdata.parsing), ``train``
 (:func:`train_stage`: one LAP stage with its curriculum phases, or a plain ``lapmodel.training.train.train`` for a non-LAP
 model), ``evaluate`` (lapmodel.evaluation.evaluate.evaluate_checkpoint), ``reconstruct`` (held-out identities of a shard set
 reconstructed from the whole set and from one photo, lapmodel.inference.reconstruct.reconstruct_images), ``report``
@@ -39,9 +39,9 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from lapdata.config import flatten, from_dict, load_config, read_yaml
-from lapdata.errors import LapError
-from lapdata.paths import plain_name
+from lapdata.core.config import flatten, from_dict, load_config, read_yaml
+from lapdata.core.errors import LapError
+from lapdata.core.paths import plain_name
 from lapmodel.recipes.catalog import find_config
 
 STEP_KINDS = ("build-synthetic", "ingest", "parse-masks", "train", "evaluate", "reconstruct", "report", "pack")

@@ -3,7 +3,7 @@
     index.html             metrics (n, std, ratio to the flat baseline, the papers' reference numbers), 3D meshes,
                            reconstructions, training curves and pictures, data, steps, config, commit and versions
     model-viewer.min.js    the vendored <model-viewer> (copied by lapmodel.viz.report: the 3D views work offline)
-    pictures/              copies of every picture the page shows (one depth colour map: lapdata.pictures)
+    pictures/              copies of every picture the page shows (one depth colour map: lapdata.core.pictures)
     meshes/NAME.glb        one per reconstructed mesh (the page's 3D views), meshes/NAME/ its OBJ + MTL + PNG, PLY
     run/                   the resolved training config of each train step (YAML) and the resolved recipe
 
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from lapdata import pictures
-from lapdata.errors import LapError
+from lapdata.core import pictures
+from lapdata.core.errors import LapError
 from lapmodel.recipes.recipe import PipelineConfig, StepConfig, pipeline_train_config
 from lapmodel.recipes.steps import StepContext, load_identity_sets, out_of, read_marker, step_output
 from lapmodel.training.curriculum import stage_dir
@@ -329,7 +329,7 @@ def run_section(cfg: PipelineConfig, run_out: Path, markers: dict, folder: Repor
     """Steps (status, seconds), git commit, versions, and the resolved configs as YAML (copied into run/)."""
     import yaml
 
-    from lapdata.config import to_dict
+    from lapdata.core.config import to_dict
 
     steps = [{"step": s.name, "kind": s.kind,
               "status": markers.get(s.name, {}).get("status", "this page" if s.kind == "report" else "not run"),

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from lapdata.atomic import write_json
-from lapdata.config import to_dict
-from lapdata.errors import LapError
-from lapdata.logs import get_logger, log_to_file
+from lapdata.core.atomic import write_json
+from lapdata.core.config import to_dict
+from lapdata.core.errors import LapError
+from lapdata.core.logs import get_logger, log_to_file
 from lapmodel.recipes.recipe import PipelineConfig, StepConfig, load_pipeline
 from lapmodel.recipes.card import run_pack
 from lapmodel.recipes.report import run_report

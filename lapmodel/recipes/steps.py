@@ -7,10 +7,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from lapdata.config import load_config
-from lapdata.errors import LapError
-from lapdata.logs import get_logger
-from lapdata.paths import plain_name
+from lapdata.core.config import load_config
+from lapdata.core.errors import LapError
+from lapdata.core.logs import get_logger
+from lapdata.core.paths import plain_name
 from lapmodel.recipes.recipe import PipelineConfig, StepConfig, pipeline_train_config
 from lapmodel.training.curriculum import stage_dir, train_stage
 
@@ -63,9 +63,9 @@ def run_build_synthetic(step: StepConfig, ctx: StepContext) -> dict:
 
 
 def run_ingest(step: StepConfig, ctx: StepContext) -> dict:
-    """args: lapdata.ingest.IngestConfig fields (kind, src, out, size, ...)."""
-    from lapdata.ingest_config import IngestConfig
-    from lapdata.ingest import run_ingest as _run
+    """args: lapdata.ingest.run.IngestConfig fields (kind, src, out, size, ...)."""
+    from lapdata.ingest.config import IngestConfig
+    from lapdata.ingest.run import run_ingest as _run
 
     args = {"out": str(ctx.out / "data" / step.name), "progress": ctx.progress, **step.args}
     return jsonable(_run(load_config(IngestConfig, args)))
@@ -131,7 +131,7 @@ def run_reconstruct(step: StepConfig, ctx: StepContext) -> dict:
         labels += [f"{ident}: {lab[0]}"] + lab[1:]
         doc["identities"].append({"identity": ident, "views": len(images)})
     if rows:
-        from lapdata.pictures import image_grid, save_png
+        from lapdata.core.pictures import image_grid, save_png
 
         cols = [f"view {i}" for i in range(max(len(r) for r in rows))]
         save_png(out / "compare.png", image_grid(rows, row_labels=labels, col_labels=cols,
@@ -142,13 +142,13 @@ def run_reconstruct(step: StepConfig, ctx: StepContext) -> dict:
 
 def load_identity_sets(shards: str | Sequence[str], identities: int, views: int, size: int):
     """The first ``identities`` samples of the shards: [(identity, images (K, 3, S, S) in [0, 1], gt depth
-    (K, S, S) or None)] with K <= ``views``; read and resized with ``lapdata.shards`` (the pixels training and
+    (K, S, S) or None)] with K <= ``views``; read and resized with ``lapdata.dataset.reader`` (the pixels training and
     evaluation see)."""
     import numpy as np
     import torch
 
-    from lapdata.sample import decode_sample, num_views
-    from lapdata.shards import preprocess_field, preprocess_image, tar_samples
+    from lapdata.dataset.sample import decode_sample, num_views
+    from lapdata.dataset.reader import preprocess_field, preprocess_image, tar_samples
 
     from lapmodel.io.data import expand_shards
 
@@ -172,7 +172,7 @@ def compare_rows(model, images, gt):
     set / alone / ground truth; canonical normals from the set / alone."""
     import torch
 
-    from lapdata.pictures import depth_colors, normal_colors
+    from lapdata.core.pictures import depth_colors, normal_colors
 
     from lapmodel.inference.reconstruct import model_accepts_sets
 

@@ -1,9 +1,9 @@
 """The Unsup3D renderer as stateless pure functions (shapes in docstrings).
 
-Pipeline (Unsup3D's ``Renderer``): canonical depth (B, H, W) -> 3D points through the pinhole (``lapdata.geometry``
+Pipeline (Unsup3D's ``Renderer``): canonical depth (B, H, W) -> 3D points through the pinhole (``lapdata.geometry.camera``
 conventions: camera at the origin looking along +z, x right, y down, f = (S-1)/2 / tan(fov/2)) -> grid mesh (two
 triangles per pixel cell) -> rigid transform of the view: rotate about the point (0, 0, 1) by R = Rz Ry Rx, then
-translate by t -> perspective projection -> z-buffered rasterization (``lapdata.raster``, both sides drawn) ->
+translate by t -> perspective projection -> z-buffered rasterization (``lapdata.geometry.raster``, both sides drawn) ->
 reprojected depth in the view (background and out-of-range depth clamped to [lo - m, hi + m], m = (hi - lo) / 2,
 as Unsup3D does with its depth range (0.9, 1.1)) -> for each view pixel its 3D point is moved back by the inverse
 transform and projected into the canonical frame, giving a sampling grid in [-1, 1] -> ``grid_sample`` of the
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lapdata import geometry as G
-from lapdata.errors import LapError
-from lapdata.raster import rasterize
+from lapdata.geometry import camera as G
+from lapdata.core.errors import LapError
+from lapdata.geometry.raster import rasterize
 
 ROTATION_CENTER = (0.0, 0.0, 1.0)  # Unsup3D rotates about the point at the mean of its depth range
 DEPTH_RANGE = (0.9, 1.1)  # Unsup3D's (min_depth, max_depth)
@@ -149,7 +149,7 @@ def render_depth(
 
     Empty pixels get ``BACKGROUND_DEPTH``; the result is clamped to [lo - m, hi + m] (m = (hi - lo) / 2,
     ``depth_range`` = (lo, hi)), so the background reads hi + m, as in Unsup3D. ``backend``: "torch" (default,
-    ``lapdata.raster``) or "nvdiffrast" (optional, CUDA, only if ``import nvdiffrast.torch`` works).
+    ``lapdata.geometry.raster``) or "nvdiffrast" (optional, CUDA, only if ``import nvdiffrast.torch`` works).
     """
     pts = warp_points(canon_depth, view, fov_deg, extend=True)
     B, H, W = canon_depth.shape

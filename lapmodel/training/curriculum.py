@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from lapdata.atomic import copy_file, write_json
-from lapdata.errors import LapError
-from lapdata.logs import get_logger
+from lapdata.core.atomic import copy_file, write_json
+from lapdata.core.errors import LapError
+from lapdata.core.logs import get_logger
 
 
 def stage_dir(out: str | Path, stage: str) -> Path:

@@ -38,12 +38,12 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from lapdata.config import to_dict
-from lapdata.device import resolve_device
-from lapdata.errors import LapError
-from lapdata.locks import writer_lock
-from lapdata.pictures import save_png
-from lapdata.logs import get_logger, log_to_file, warn_once
+from lapdata.core.config import to_dict
+from lapdata.core.device import resolve_device
+from lapdata.core.errors import LapError
+from lapdata.core.locks import writer_lock
+from lapdata.core.pictures import save_png
+from lapdata.core.logs import get_logger, log_to_file, warn_once
 
 from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from lapmodel.config import TrainConfig
@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     ``log``: where the run's messages go (default: the ``lap.train`` logger, also written to ``OUT/train.log``)."""
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise LapError(f"{cfg.out}: --out is a file, not a folder")
-    # one run per folder (lapdata.locks): a second `lapmodel train --out D` is refused; under torchrun rank 0 holds it
+    # one run per folder (lapdata.core.locks): a second `lapmodel train --out D` is refused; under torchrun rank 0 holds it
     lock = writer_lock(cfg.out, "lapmodel train") if os.environ.get("RANK", "0") == "0" else nullcontext()
     with lock, log_to_file(Path(cfg.out) / "train.log"):
         return _train(cfg, resume=resume, stage=stage, progress=progress, log=log or LOG.info)

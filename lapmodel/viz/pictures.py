@@ -1,10 +1,10 @@
 """The model-specific pictures: training picture panels of a model's output and turntable frames (they need the
-renderer). Everything they draw goes through `lapdata.pictures` (the one depth colour map, normal colours, grids).
+renderer). Everything they draw goes through `lapdata.core.pictures` (the one depth colour map, normal colours, grids).
 
 `picture_panels(model, output)` -> named panels (k, 3, S, S) in [0, 1], one per column of the training picture
 grid (`picture_grid`, also sent to TensorBoard): a model may define its own ``picture_panels(output, n)``; the
 LAP model's outputs (``LAPOutput``) and Unsup3D-re's (``Unsup3DOutput``) are drawn here. Depth panels are coloured
-like every depth picture (`lapdata.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
+like every depth picture (`lapdata.core.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
 """
 
 from __future__ import annotations
@@ -18,21 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lapdata import pictures
+from lapdata.core import pictures
 
 SHAPE_LIGHT = (0.25, 0.75, 0.4, -0.4)  # [ambient, diffuse, dx, dy] of the grey shape render
 YAWS = (-60, -30, 0, 30, 60)           # turntable columns of the training pictures, degrees
 
 
 def depth_panel(depth: Tensor) -> Tensor:
-    """(k, S, S) depth -> (k, 3, S, S) in [0, 1] coloured by `lapdata.pictures.depth_colors`."""
+    """(k, S, S) depth -> (k, 3, S, S) in [0, 1] coloured by `lapdata.core.pictures.depth_colors`."""
     d = depth.detach().float().cpu().numpy()
     pics = np.stack([pictures.depth_colors(x) for x in d])
     return torch.from_numpy(pics).permute(0, 3, 1, 2).float() / 255.0
 
 
 def normal_panel(normal: Tensor) -> Tensor:
-    """(k, S, S, 3) normals -> (k, 3, S, S) in [0, 1] coloured by `lapdata.pictures.normal_colors`."""
+    """(k, S, S, 3) normals -> (k, 3, S, S) in [0, 1] coloured by `lapdata.core.pictures.normal_colors`."""
     n = normal.detach().float().cpu().numpy()
     return torch.from_numpy(np.stack([pictures.normal_colors(x) for x in n])).permute(0, 3, 1, 2).float() / 255.0
 

@@ -5,7 +5,7 @@ links, collapsible text blocks). Every file the page shows or links must lie ins
 copies files in under readable names) and is linked by a relative path; a path outside is an error. When a section
 has meshes, the vendored ``<model-viewer>`` script (``viz/assets/model-viewer.min.js``, @google/model-viewer, a
 single ES module with three.js inside) is copied beside index.html, so the 3D views work offline. Pictures are made
-by `lapdata.pictures`; ``lapmodel.recipes.report`` gathers a run's content.
+by `lapdata.core.pictures`; ``lapmodel.recipes.report`` gathers a run's content.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lapdata import atomic
+from lapdata.core import atomic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 VIEWER_JS = "model-viewer.min.js"
@@ -65,7 +65,7 @@ class ReportFolder:
         return self.root / rel
 
     def add(self, src: str | Path, sub: str, name: str | None = None) -> Path:
-        """Copy ``src`` to `path` (sub, name or its file name) through `lapdata.atomic`; returns the copy."""
+        """Copy ``src`` to `path` (sub, name or its file name) through `lapdata.core.atomic`; returns the copy."""
         return atomic.copy_file(src, self.path(sub, name or Path(src).name))
 
     def text(self, sub: str, name: str, text: str) -> Path:

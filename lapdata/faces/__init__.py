@@ -1,0 +1,1 @@
+"""Faces in photos: the detected-face record and alignment (``align``), pre-aligned crop rules (``prealigned``), detectors, identity embedders, the identity-noise filter and perceptual hashes (``idfilter``)."""

@@ -1,0 +1,1 @@
+"""The 3D library of both packages: the pinhole camera and rotations (``camera``) and the one triangle rasterizer (``raster``); the synthetic generator renders with it, ``lapmodel.render`` differentiates through it."""

@@ -1,0 +1,1 @@
+"""``lapdata ingest``: photo collections -> identity-grouped shards (its config, one photo / identity / shard of work, the run)."""
