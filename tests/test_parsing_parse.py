@@ -290,7 +290,7 @@ def test_shard_without_images(tmp_path):
     assert rep.swapped, rep.audit_faults
     rows = pq.read_table(root / "photos.parquet").to_pylist()
     bad = [r for r in rows if r["reason"] == "no_image"]
-    assert len(bad) == 3 and all(r["status"] == "error" and "has no" in r["error"] for r in bad)
+    assert len(bad) == 3 and all(r["status"] == "error" and "missing" in r["error"] for r in bad)
     assert rep.stats["parse_errors"]["no_image"] == 3
     assert audit_dataset(root).ok
 

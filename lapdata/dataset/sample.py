@@ -58,14 +58,21 @@ class CorruptView(LapError):
     """A view's stored image bytes do not match the image_sha256 its writer recorded (a corrupt shard)."""
 
 
-def _check_image(d: Mapping[str, Any], i: int, meta: Mapping[str, Any]) -> str | None:
-    """Why view ``i``'s image member is not the one its writer stored, or None."""
+def image_digest(data: bytes) -> str:
+    """A view's ``image_sha256``: the hex sha256 of its image member's bytes as stored in the tar."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def image_fault(d: Mapping[str, Any], i: int, meta: Mapping[str, Any]) -> str | None:
+    """Why view ``i``'s image member (of raw sample ``d``, view metadata ``meta``) is not the one its writer stored
+    (missing, or bytes whose digest is not its ``image_sha256``), or None. The one integrity check of a view: the
+    readers, decode_sample, the audit and parse-masks call it."""
     name = image_member(i, meta.get("image_ext", "jpg"))
     data = d.get(name)
     if data is None:
         return f"view {i}: image {name} missing"
     want = meta.get("image_sha256")
-    if want and hashlib.sha256(data).hexdigest() != want:
+    if want and image_digest(data) != want:
         return f"view {i}: {name} bytes do not match its image_sha256 (corrupt)"
     return None
 
@@ -79,7 +86,7 @@ def view_faults(d: Mapping[str, Any]) -> list[str]:
             raise TypeError("views is not a list")
     except (KeyError, TypeError, ValueError) as e:
         return [f"bad json ({type(e).__name__}: {str(e)[:100]})"]
-    return [f for i, m in enumerate(views) if (f := _check_image(d, i, m if isinstance(m, dict) else {}))]
+    return [f for i, m in enumerate(views) if (f := image_fault(d, i, m if isinstance(m, dict) else {}))]
 
 
 def sample_key(identity: str, chunk: int = 0) -> str:
@@ -257,7 +264,7 @@ def decode_sample(
         have = set(m.get("fields", []))
         v = View(image=None, meta=m)
         if "image" in fields:
-            bad = _check_image(d, i, m)
+            bad = image_fault(d, i, m)
             if bad is not None:
                 raise CorruptView(f"{d.get(URL, 'sample')}: {d.get(KEY, '?')} {bad}")
             v.image = decode_image(d[image_member(i, m.get("image_ext", "jpg"))], "RGB")

@@ -56,7 +56,7 @@ from lapdata.core.engine import (ENGINE_FIELDS, EngineConfig, exit_if_orphaned, 
 from lapdata.core.errors import LapError
 from lapdata.dataset.manifests import _atomic_write_json, _atomic_write_table, finalize_dataset, read_shard_json, sha256_file
 from lapdata.core.paths import check_shard_name
-from lapdata.dataset.sample import JSON, KEY, IdentitySample, encode_sample, image_member
+from lapdata.dataset.sample import JSON, KEY, IdentitySample, encode_sample, image_digest, image_member
 from lapdata.dataset.schema import (NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PARQUET_SHA256, PHOTOS, REASON_COUNTS, SECONDS, SHARD,
                      SHARD_BYTES, SHARD_DIR, SHARD_PATH, SHARD_SHA256, SHARD_SPLIT, STATUS_COUNTS, table_from_rows)
 
@@ -201,7 +201,7 @@ def write_shard(
             doc = json.loads(d[JSON])
             for i, vm in enumerate(doc["views"]):
                 data = d[image_member(i, vm["image_ext"])]
-                vm["image_sha256"] = hashlib.sha256(data).hexdigest()
+                vm["image_sha256"] = image_digest(data)
                 pid = vm.get("photo_id")
                 if pid is not None:
                     placed[str(pid)] = (s.key, i, s.split)

@@ -11,7 +11,6 @@ version); a view without image bytes likewise (``no_image``). Parser failures fo
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -19,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lapdata.core import storage
-from lapdata.dataset.sample import IdentitySample, View, decode_image, decode_sample, sample_json
+from lapdata.dataset.sample import (KEY, IdentitySample, View, decode_image, decode_sample, image_fault, image_member,
+                                    sample_json)
 from lapdata.dataset.schema import PHOTOS, STATUS_ERROR
-from lapdata.dataset.sample import KEY, image_member
 from lapdata.dataset.schema import SHARD_DIR
 from lapdata.dataset.reader import iter_tar_samples
 from lapdata.dataset.writer import ShardResult, ShardTask
@@ -119,14 +118,10 @@ def process_shard(task: ShardTask, src_dir: str, cfg: Any, parsers: Callable[[st
         for vi, v in enumerate(s.views):
             ext = doc["views"][vi].get("image_ext", "jpg")
             data = d.get(image_member(vi, ext))
-            if data is None:
-                results[(si, vi)] = (ParseResult(None, error=f"no_image: {s.key} view {vi} has no {image_member(vi, ext)}"), "none")
-                continue
-            want = doc["views"][vi].get("image_sha256")
-            if want and hashlib.sha256(data).hexdigest() != want:
-                results[(si, vi)] = (ParseResult(None, error=f"corrupt_image: {s.key} view {vi}: "
-                                                             f"{image_member(vi, ext)} does not match its image_sha256"),
-                                     "none")
+            bad = image_fault(d, vi, doc["views"][vi])
+            if bad is not None:
+                reason = "no_image" if data is None else "corrupt_image"
+                results[(si, vi)] = (ParseResult(None, error=f"{reason}: {s.key} {bad}"), "none")
                 continue
             v.encoded = (ext, data)
             v.meta.pop("image_sha256", None)

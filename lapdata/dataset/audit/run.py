@@ -29,7 +29,6 @@ min-images): a step that ends with an audit (parse-masks) checks them first.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections import Counter
@@ -45,7 +44,7 @@ from lapdata.dataset.audit import rows as rows
 from lapdata.core import storage
 from lapdata.core.errors import LapError
 from lapdata.dataset.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
-from lapdata.dataset.sample import EXTRA_FIELDS, JSON, KEY, field_member, image_member
+from lapdata.dataset.sample import EXTRA_FIELDS, JSON, KEY, field_member, image_fault, image_member
 from lapdata.dataset.schema import NUM_IMAGES, NUM_SAMPLES, SHARD, SHARD_BYTES, SHARD_DIR, SHARD_PATH, SHARD_SHA256, SHARD_SPLIT
 from lapdata.dataset.reader import iter_tar_samples
 from lapdata.dataset.manifests import sha256_file
@@ -349,11 +348,11 @@ def _check_view(d: dict, where: str, i: int, vm: dict, fault) -> set[str]:
     img_field = image_member(i, ext)
     members = {img_field}
     data = d.get(img_field)
+    bad = image_fault(d, i, vm)
+    if bad is not None:
+        fault(f"{where}: {bad}")
     if data is None:
-        fault(f"{where}: view {i} image {img_field} missing")
         return members
-    if vm.get("image_sha256") and hashlib.sha256(data).hexdigest() != vm["image_sha256"]:
-        fault(f"{where}: view {i} image bytes do not match its image_sha256")
     for fname in vm.get("fields", []):
         if fname not in EXTRA_FIELDS:
             fault(f"{where}: view {i} lists unknown field {fname!r}")
