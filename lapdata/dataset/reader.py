@@ -83,7 +83,9 @@ class SampleError(LapError):
 
 
 class SkipCounter:
-    """A reader error handler: logs each skipped shard/sample (once per message) and counts them; returns True."""
+    """The bad-sample counter of every reader (the training stream's too): a reader error handler that logs each
+    skipped shard/sample (once per message, on ``log``), counts them and keeps the first 100 messages; returns True
+    (go on with the next sample)."""
 
     def __init__(self, log: Any = None) -> None:
         self.count = 0
@@ -96,7 +98,8 @@ class SkipCounter:
         self.count += 1
         if len(self.errors) < 100:
             self.errors.append(str(exn))
-        warn_once(self._log or get_logger("lapdata.dataset.reader"), f"skipped: {str(exn)[:300]}")
+        warn_once(self._log or get_logger("lapdata.dataset.reader"),
+                  f"skipped an unreadable shard/sample: {type(exn).__name__}: {str(exn)[:300]}")
         return True
 
 

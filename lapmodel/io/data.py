@@ -41,7 +41,7 @@ from lapdata.dataset.manifests import unfinished
 from lapdata.dataset.sample import decode_sample, sample_json
 from lapdata.dataset.schema import NUM_SAMPLES
 from lapdata.core import storage
-from lapdata.dataset.reader import preprocess_field, preprocess_image, shard_urls, tar_samples
+from lapdata.dataset.reader import SkipCounter, preprocess_field, preprocess_image, shard_urls, tar_samples
 
 from lapmodel.config import DataConfig
 
@@ -239,19 +239,6 @@ def collate(samples: list[dict[str, Any]], max_set: int) -> Batch:
 # ------------------------------------------------------------------------------------------------------ the stream
 
 
-class _BadCounter:
-    """The webdataset error handler of one stream: logs each unreadable shard/sample (once per message) and counts
-    them; the count travels with every decoded sample so that training can log it (``Batch.skipped``)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
-        warn_once(LOG, f"skipped an unreadable shard/sample: {type(exn).__name__}: {str(exn)[:200]}")
-        return True  # continue
-
-
 def shard_sample_counts(urls: Sequence[str]) -> list[int]:
     """Identities per shard (``count_samples`` of each)."""
     return [count_samples([u]) for u in urls]
@@ -300,7 +287,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         keep = range((g - epoch * size) % total, size, total)
         return [self.urls[i] for i in perm], keep, len(keep)
 
-    def _epoch(self, g: int, total: int, epoch: int, bad: _BadCounter) -> Iterator[dict]:
+    def _epoch(self, g: int, total: int, epoch: int, bad: SkipCounter) -> Iterator[dict]:
         """The raw (undecoded) samples of stream g in ``epoch``."""
         urls, keep, _ = self._plan(g, total, epoch)
         expected = dict(zip(self.urls, self.counts))
@@ -324,7 +311,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         worker = (worker + self.start_batch) % workers
         g, total = self.rank * workers + worker, self.world * workers
         cfg = self.cfg
-        bad = _BadCounter()
+        bad = SkipCounter(LOG)  # its count travels with every decoded sample (Batch.skipped)
         # resume: this worker delivered batches worker, worker + workers, ... below start_batch
         skip = len(range(worker, self.start_batch, workers)) * self.batch_size
         k, epoch = 0, 0
