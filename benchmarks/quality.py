@@ -437,8 +437,8 @@ def rung5(args) -> list[dict[str, Any]]:
 
     f = args.scale
     env = {"SEED": str(args.seed), **{k: str(max(1, round(v * f))) for k, v in
-                                      (("SYN_STEPS", 300), ("SINGLE_STEPS", 1200), ("SET_STEPS", 3500),
-                                       ("REFINE_STEPS", 600), ("U3D_SYN_STEPS", 300), ("U3D_STEPS", 6300))}}
+                                      (("SYN_STEPS", 300), ("SINGLE_STEPS", 1200), ("SET_STEPS", 2000),
+                                       ("REFINE_STEPS", 400), ("U3D_SYN_STEPS", 300), ("U3D_STEPS", 4260))}}
     out = Path(args.work) / f"photos-x{f:g}-s{args.seed}{args.tag}"
     train_steps = ["synthetic", "photos", "masks-synthetic", "masks-photos", "stage1", "stage2", "stage3",
                    "unsup3d-synthetic", "unsup3d-real"]

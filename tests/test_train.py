@@ -144,9 +144,9 @@ def recon_error(model, batch) -> float:
 
 @pytest.mark.slow
 def test_overfits_a_few_shards(tmp_path, shards):
-    """A tiny model on 8 identities: the masked reconstruction L1 error falls by >= 25% in 120 steps (measured
-    2026-12-01: 0.226 -> 0.158, -30%, with the one PIL preprocessing of lapdata.dataset.reader)."""
-    cfg = tiny_cfg(tmp_path, shards, steps=120, log_every=10, ckpt_every=120, picture_every=120,
+    """A tiny model on 8 identities: the masked reconstruction L1 error falls by >= 25% in 160 steps (measured
+    2026-12-07 with the defaults, bf16 autocast on this CPU and AdamW: 0.226 -> 0.156, -31%; at 120 steps -25%)."""
+    cfg = tiny_cfg(tmp_path, shards, steps=160, log_every=10, ckpt_every=160, picture_every=160,
                    data={"shuffle_buffer": 0}, optim={"lr": 2e-3})
     batch = next(make_loader(cfg.data.shards, cfg.data, 32, 8))
     torch.manual_seed(cfg.seed)
@@ -156,7 +156,7 @@ def test_overfits_a_few_shards(tmp_path, shards):
     assert after <= 0.75 * before, (before, after)
     rows = [json.loads(x) for x in (res.out / "log.jsonl").read_text().splitlines()]
     assert rows[-1]["loss"] < rows[0]["loss"]
-    assert (res.out / "pictures" / "step-000120.png").is_file() and (res.out / "loss.png").is_file()
+    assert (res.out / "pictures" / "step-000160.png").is_file() and (res.out / "loss.png").is_file()
     assert (res.out / "config.yaml").is_file() and any((res.out / "tb").iterdir())
 
 
