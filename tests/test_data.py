@@ -193,6 +193,20 @@ def test_expand_shards(tmp_path):
     assert D.count_samples(urls) == 12
 
 
+def test_expand_shards_takes_finished_shards_only(tmp_path):
+    """A lapdata folder (stats .json beside its tars): a tar without its .json is not finished, whatever its split;
+    the one rule, ``lapdata.dataset.reader.finished_shards``, is what ``expand_shards`` and ``shard_urls`` apply."""
+    from lapdata.dataset.reader import finished_shards, shard_urls
+
+    d = tmp_path / "d" / "shards"
+    urls = write_shards(d, n_shards=3)
+    Path(urls[0]).with_suffix(".json").write_text("{}")
+    Path(urls[2]).with_suffix(".parquet").write_bytes(b"")  # mid-commit: tar and parquet, no json yet
+    assert D.expand_shards(str(tmp_path / "d")) == [urls[0]]
+    assert shard_urls(tmp_path / "d", "train") == finished_shards(d, "train") == [urls[0]]
+    assert finished_shards(d, "val") == []
+
+
 def test_bad_set_config(tmp_path):
     with pytest.raises(LapError, match="min_set"):
         D.ShardStream([], cfg(min_set=3, max_set=2), 16)

@@ -19,7 +19,8 @@ Raw samples::
 
 Members are grouped as WebDataset does (``webdataset.tariterators.group_by_keys``): the key is the member path up to
 the first dot of its base name, the field is the rest (lower case); consecutive members with one key make one
-sample. Shards are plain (uncompressed) local tars. A damaged tar is a ``LapError`` naming the file: unreadable
+sample. Shards are plain (uncompressed) tars, local or streamed from an object-store URL
+(``lapdata.core.storage.open_read``). A damaged tar is a ``LapError`` naming the file: unreadable
 header or data, a member name given twice in one sample, or a tar cut short exactly at a member boundary (which
 Python's tarfile would take for a clean end: a tar ends with zero blocks, a cut one does not).
 
@@ -219,16 +220,32 @@ def tar_samples(
                 return
 
 
-def shard_urls(out_dir: str | Path, split: str) -> list[str]:
-    """Paths (URLs for a dataset URL) of the split's finished .tar shards of dataset DIR (those with their stats
-    .json), sorted by name."""
-    if storage.is_url(out_dir):
-        keys = storage.list_files(storage.join(str(out_dir), SHARD_DIR))
-        return [storage.join(str(out_dir), SHARD_DIR, k[:-5] + ".tar") for k in sorted(keys)
-                if k.startswith(f"{split}-") and k.endswith(".json") and k[:-5] + ".tar" in keys]
-    shard_dir = Path(out_dir) / SHARD_DIR
-    return [str(j.with_suffix(".tar")) for j in sorted(shard_dir.glob(f"{split}-*.json"))
+def shard_names(folder: str | Path) -> set[str]:
+    """The file names directly in shard folder FOLDER (a local path or a URL); empty when it does not exist."""
+    if storage.is_url(folder):
+        return {k for k in storage.list_files(str(folder)) if "/" not in k}
+    p = Path(folder)
+    return {q.name for q in p.iterdir() if q.is_file()} if p.is_dir() else set()
+
+
+def finished_shards(folder: str | Path, split: str | None = None) -> list[str]:
+    """Paths (URLs for a URL) of the finished .tar shards in shard folder FOLDER, of ``split`` (every split when
+    None), sorted by name. The one rule of what a finished shard is: the writer commits a shard's tar, then its
+    parquet, then its stats .json (``storage.push``), so a tar is finished when its .json is beside it. (A mounted
+    dataset URL's staging folder holds the jsons; its tars exist remotely: ``storage.exists``.)"""
+    prefix = f"{split}-" if split else ""
+    if storage.is_url(folder):
+        names = shard_names(folder)
+        return [storage.join(str(folder), t) for t in sorted(names)
+                if t.startswith(prefix) and t.endswith(".tar") and t[:-4] + ".json" in names]
+    return [str(j.with_suffix(".tar")) for j in sorted(Path(folder).glob(f"{prefix}*.json"))
             if storage.exists(j.with_suffix(".tar"))]
+
+
+def shard_urls(out_dir: str | Path, split: str) -> list[str]:
+    """The split's finished shards of dataset DIR (``finished_shards`` of ``DIR/shards``)."""
+    folder = storage.join(str(out_dir), SHARD_DIR) if storage.is_url(out_dir) else Path(out_dir) / SHARD_DIR
+    return finished_shards(folder, split)
 
 
 def iter_samples(out_dir: str | Path, split: str | None = None, handler: Handler | None = None

@@ -41,7 +41,8 @@ from lapdata.dataset.manifests import unfinished
 from lapdata.dataset.sample import decode_sample, sample_json
 from lapdata.dataset.schema import NUM_SAMPLES
 from lapdata.core import storage
-from lapdata.dataset.reader import SkipCounter, preprocess_field, preprocess_image, shard_urls, tar_samples
+from lapdata.dataset.reader import (SkipCounter, finished_shards, preprocess_field, preprocess_image, shard_names,
+                                    shard_urls, tar_samples)
 
 from lapmodel.config import DataConfig
 
@@ -88,7 +89,8 @@ class Batch:
 
 def expand_shards(shards: str | Sequence[str]) -> list[str]:
     """Shard paths from patterns: brace ranges (``train-{000000..000009}.tar``), globs, ``::``-joined lists,
-    or a dataset folder (its finished ``shards/train-*.tar``). Local paths must exist (LapError naming the first
+    or a dataset folder (its finished ``shards/train-*.tar``: ``lapdata.dataset.reader.finished_shards``; a folder
+    with no .json or .parquet beside its tars, written by another tool: every tar). Local paths must exist (LapError naming the first
     missing one); object-store URLs (``s3://``, ``gs://``: ``lapdata.core.storage``) too: a tar, a glob, or a dataset
     URL (its finished train shards); ``pipe:``/``http(s)://`` URLs are passed through."""
     items = [shards] if isinstance(shards, str) else list(shards)
@@ -105,10 +107,10 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
             if p.is_dir():
                 d = p / "shards" if (p / "shards").is_dir() else p
                 _warn_unfinished(p if d != p else p.parent)
-                found = [str(t) for t in sorted(d.glob("train-*.tar")) if t.with_suffix(".json").exists()
-                         or not (d / (t.stem + ".parquet")).exists()]
-                if not found:
-                    found = [str(t) for t in sorted(d.glob("*.tar"))]
+                found = finished_shards(d, "train")
+                names = shard_names(d)
+                if not found and not any(n.endswith((".json", ".parquet")) for n in names):
+                    found = [str(d / n) for n in sorted(names) if n.endswith(".tar")]  # tars of another tool
                 if not found:
                     raise LapError(f"{p}: no .tar shards in this folder")
                 out.extend(found)
