@@ -16,7 +16,7 @@ from lapdata.dataset.audit.run import audit_dataset
 from lapdata.core.errors import LapError
 from lapdata.ingest.run import run_ingest
 from lapdata.dataset.sample import IdentitySample, View, sample_key
-from lapdata.dataset.writer import ShardResult, plan_shards, write_dataset
+from lapdata.dataset.writer import ShardResult, WriteConfig, plan_shards, write_dataset
 from test_ingest import cfg, make_aligned_folders
 
 
@@ -167,7 +167,7 @@ def test_min_images_and_seg_checks(tmp_path):
         return ShardResult(samples, rows)
 
     tasks = plan_shards([("a", "train", 3), ("b", "train", 2)], 4)
-    write_dataset(tmp_path, tasks, proc, config={"min_images": 3}, progress=False, image_ext="png")
+    write_dataset(tmp_path, tasks, proc, WriteConfig(config={"min_images": 3}, progress=False, image_ext="png"))
     f = faults_of(tmp_path)
     assert any("'b' has 2 ok photos, under min_images 3" in x for x in f), f
     assert any("seg size (16, 16) differs from image size (32, 32)" in x for x in f), f

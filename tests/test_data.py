@@ -216,10 +216,10 @@ def test_count_samples_reads_the_writers_shard_json(tmp_path):
     """The writer's per-shard json is the count (no tar is opened): the key names of writer and reader agree."""
     from test_writer import make_groups, synth_process  # noqa: E402  (tests/ is on sys.path)
 
-    from lapdata.dataset.writer import plan_shards, write_dataset
+    from lapdata.dataset.writer import WriteConfig, plan_shards, write_dataset
     from lapdata.dataset.reader import shard_urls
 
-    write_dataset(tmp_path, plan_shards(make_groups(n_ids=7), 3), synth_process, progress=False)
+    write_dataset(tmp_path, plan_shards(make_groups(n_ids=7), 3), synth_process, WriteConfig(progress=False))
     urls = [u for split in ("train", "val", "test") for u in shard_urls(tmp_path, split)]
     assert D.count_samples(urls) == 7
     for u in urls:  # tars no longer readable: only the json can give the count

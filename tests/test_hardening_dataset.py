@@ -326,11 +326,11 @@ DRIVER = '''
 import sys
 sys.path.insert(0, sys.argv[2])
 from slowtask import slow
-from lapdata.dataset.writer import ShardTask, write_dataset
+from lapdata.dataset.writer import ShardTask, WriteConfig, write_dataset
 
 if __name__ == "__main__":
     tasks = [ShardTask(f"train-{i:06d}", "train", ()) for i in range(8)]
-    write_dataset(sys.argv[1], tasks, slow, workers=2, progress=False)
+    write_dataset(sys.argv[1], tasks, slow, WriteConfig(workers=2, progress=False))
 '''
 
 

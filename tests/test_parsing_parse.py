@@ -17,7 +17,7 @@ from lapdata.parsing import parse as P
 from lapdata.parsing.base import ParseResult
 from lapdata.parsing.labels import CLASS_ID
 from lapdata.dataset.sample import IdentitySample, View, decode_sample, sample_key
-from lapdata.dataset.writer import ShardResult, plan_shards, write_dataset
+from lapdata.dataset.writer import ShardResult, WriteConfig, plan_shards, write_dataset
 from lapdata.dataset.reader import iter_samples
 
 S = 48
@@ -92,7 +92,7 @@ def make_dataset(root: Path, kind: str = "folders", n_ids: int = 6, per_shard: i
             payload = [(120, "mask"), (140, "seg"), (160, None)]
         groups.append((f"person_{i}", "train" if i < 4 else "val", tuple(payload)))
     tasks = plan_shards(groups, per_shard)
-    write_dataset(root, tasks, functools.partial(_process, kind=kind), progress=False, config={"min_images": 1})
+    write_dataset(root, tasks, functools.partial(_process, kind=kind), WriteConfig(progress=False, config={"min_images": 1}))
     return root
 
 

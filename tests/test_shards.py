@@ -20,7 +20,7 @@ from lapdata.dataset import reader as S
 from lapdata.core.errors import LapError
 from lapdata.dataset.sample import IdentitySample, View, decode_sample, encode_image, sample_key
 from lapdata.dataset.schema import SHARDS
-from lapdata.dataset.writer import ShardResult, ShardTask, plan_shards, write_dataset
+from lapdata.dataset.writer import ShardResult, ShardTask, WriteConfig, plan_shards, write_dataset
 
 SIZE = 48  # stored side; the model side in these tests is 32 (shrink) or 64 (enlarge)
 
@@ -54,7 +54,7 @@ def process(task: ShardTask) -> ShardResult:
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ds")
     groups = [(f"person {i}", "train" if i < 5 else "val", 1 + i % 3) for i in range(7)]
-    write_dataset(out, plan_shards(groups, 2), process, image_ext="png", progress=False)
+    write_dataset(out, plan_shards(groups, 2), process, WriteConfig(image_ext="png", progress=False))
     return out
 
 

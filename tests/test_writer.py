@@ -17,7 +17,7 @@ import pytest
 
 from lapdata.dataset.sample import IdentitySample, View, decode_sample, sample_key
 from lapdata.dataset.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
-from lapdata.dataset.writer import ShardResult, ShardTask, parse_part, plan_shards, select_part, write_dataset
+from lapdata.dataset.writer import ShardResult, ShardTask, WriteConfig, parse_part, plan_shards, select_part, write_dataset
 from lapdata.dataset.reader import iter_samples, shard_urls
 from lapdata.dataset.manifests import read_dataset
 
@@ -106,7 +106,7 @@ def test_round_trip_webdataset(tmp_path):
     import webdataset as wds
 
     tasks = plan_shards(make_groups(), 3)
-    stats = write_dataset(tmp_path, tasks, synth_process, config={"a": 1}, progress=False)
+    stats = write_dataset(tmp_path, tasks, synth_process, WriteConfig(config={"a": 1}, progress=False))
     assert stats["status_counts"] == {"error": 10, "ok": 20}
     assert stats["shards"] == len(tasks) and stats["complete"]
     photos = read_dataset(tmp_path)
@@ -143,16 +143,16 @@ def test_round_trip_webdataset(tmp_path):
 def test_failed_shard_then_resume_identical(tmp_path):
     tasks = plan_shards(make_groups(), 3)
     clean = tmp_path / "clean"
-    write_dataset(clean, tasks, synth_process, progress=False)
+    write_dataset(clean, tasks, synth_process, WriteConfig(progress=False))
 
     out = tmp_path / "resumed"
     bad = functools.partial(synth_process, fail_on=tasks[1].name)
-    st = write_dataset(out, tasks, bad, progress=False)
+    st = write_dataset(out, tasks, bad, WriteConfig(progress=False))
     assert [f["shard"] for f in st["failed"]] == [tasks[1].name] and not st["complete"]
     assert not (out / "shards" / f"{tasks[1].name}.json").exists()
     assert not list((out / "shards").glob("*.tmp"))
     mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.json")}
-    st2 = write_dataset(out, tasks, synth_process, progress=False)
+    st2 = write_dataset(out, tasks, synth_process, WriteConfig(progress=False))
     assert st2["run"]["skipped_finished"] == len(tasks) - 1 and st2["run"]["written"] == 1
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.json") if p.name in mtimes} == mtimes
     assert shard_bytes(out) == shard_bytes(clean)
@@ -165,9 +165,9 @@ def test_killed_run_resumes(tmp_path):
         import functools, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_writer import make_groups, synth_process
-        from lapdata.dataset.writer import plan_shards, write_dataset
+        from lapdata.dataset.writer import WriteConfig, plan_shards, write_dataset
         tasks = plan_shards(make_groups(), 3)
-        write_dataset({str(out)!r}, tasks, functools.partial(synth_process, exit_on=tasks[2].name), progress=False)
+        write_dataset({str(out)!r}, tasks, functools.partial(synth_process, exit_on=tasks[2].name), WriteConfig(progress=False))
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert r.returncode == 3, r.stderr.decode()[-2000:]
@@ -175,21 +175,21 @@ def test_killed_run_resumes(tmp_path):
     done = sorted(p.stem for p in (out / "shards").glob("*.json"))
     assert done == sorted(t.name for t in tasks[:2])
     assert not (out / "photos.parquet").exists()
-    st = write_dataset(out, tasks, synth_process, progress=False)
+    st = write_dataset(out, tasks, synth_process, WriteConfig(progress=False))
     assert st["run"]["skipped_finished"] == 2 and st["complete"]
     clean = tmp_path / "clean"
-    write_dataset(clean, tasks, synth_process, progress=False)
+    write_dataset(clean, tasks, synth_process, WriteConfig(progress=False))
     assert shard_bytes(out) == shard_bytes(clean)
 
 
 def test_parts_and_workers(tmp_path):
     tasks = plan_shards(make_groups(12), 2)
     whole = tmp_path / "whole"
-    write_dataset(whole, tasks, synth_process, progress=False, workers=2)
+    write_dataset(whole, tasks, synth_process, WriteConfig(progress=False, workers=2))
     names = []
     for i in range(2):
         d = tmp_path / f"part{i}"
-        st = write_dataset(d, tasks, synth_process, part=(i, 2), progress=False)
+        st = write_dataset(d, tasks, synth_process, WriteConfig(part=(i, 2), progress=False))
         assert not st["complete"]
         names += [p.name for p in (d / "shards").glob("*")]
         for n in [p.name for p in (d / "shards").glob("*") if p.suffix != ".json"]:  # json holds timings
@@ -201,7 +201,7 @@ def test_parts_and_workers(tmp_path):
 def test_extra_rows_kept(tmp_path):
     tasks = plan_shards(make_groups(3), 3)
     extra = [{"photo_id": "x1", "identity": "few", "status": "skipped", "reason": "min_images"}]
-    st = write_dataset(tmp_path, tasks, synth_process, progress=False, extra_rows=extra)
+    st = write_dataset(tmp_path, tasks, synth_process, WriteConfig(progress=False), extra_rows=extra)
     assert st["reason_counts"] == {"min_images": 1}
     ids = {r["identity"]: r for r in pq.read_table(tmp_path / "identities.parquet").to_pylist()}
     assert ids["few"]["status"] == "skipped" and ids["few"]["reason"] == "min_images"
@@ -213,11 +213,21 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     from lapdata.core.errors import LapError
 
     tasks = plan_shards(make_groups(), 3)
-    write_dataset(tmp_path, tasks, synth_process, progress=False, config={"fractions": [0.8, 0.1, 0.1], "workers": 1})
-    st = write_dataset(tmp_path, tasks, synth_process, progress=False,
-                       config={"fractions": [0.8, 0.1, 0.1], "workers": 2})
+    write_dataset(tmp_path, tasks, synth_process, WriteConfig(progress=False, config={"fractions": [0.8, 0.1, 0.1], "workers": 1}))
+    st = write_dataset(tmp_path, tasks, synth_process, WriteConfig(progress=False, config={"fractions": [0.8, 0.1, 0.1], "workers": 2}))
     assert st["run"]["skipped_finished"] == len(tasks)
     with pytest.raises(LapError, match=r"fractions: \[0\.8, 0\.1, 0\.1\] there, \[0\.5, 0\.25, 0\.25\] now") as e:
-        write_dataset(tmp_path, tasks, synth_process, progress=False,
-                      config={"fractions": [0.5, 0.25, 0.25], "workers": 1})
+        write_dataset(tmp_path, tasks, synth_process, WriteConfig(progress=False, config={"fractions": [0.5, 0.25, 0.25], "workers": 1}))
     assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_resume_rule_reads_added_options_as_older_runs_used():
+    """One resume rule (lapdata.dataset.resume): an option an older run did not record compares as the value it
+    used; resumable options may differ; anything else is named."""
+    from lapdata.dataset.resume import ADDED_OPTIONS, changed_options
+
+    old = {"size": 64, "workers": 1}
+    assert changed_options(old, {"size": 64, "workers": 8, "max_pixels": ADDED_OPTIONS["max_pixels"]}) == []
+    assert changed_options(old, {"size": 64, "max_pixels": 1000}) == ["max_pixels"]
+    assert changed_options(old, {"size": 32, "fractions": (0.5, 0.5)}) == ["fractions", "size"]
+    assert changed_options({"fractions": [0.5, 0.5]}, {"fractions": (0.5, 0.5)}) == []  # as JSON reads back

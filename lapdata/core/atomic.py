@@ -7,6 +7,7 @@ was::
     with atomic_path("out/model.pt") as tmp:     # any writer that takes a path
         torch.save(state, tmp)
     write_json("out/eval.json", doc)
+    write_table("out/photos.parquet", table)     # a pyarrow.Table
     write_bytes("out/depth.png", png_bytes)
 """
 
@@ -54,9 +55,18 @@ def write_text(path: PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: PathLike, doc: Any, indent: int | None = 2) -> Path:
+def write_json(path: PathLike, doc: Any, indent: int | None = 2, sort_keys: bool = False) -> Path:
     """Write ``doc`` as JSON (non-JSON values through ``str``) atomically; returns the path."""
-    return write_text(path, json.dumps(doc, indent=indent, default=str) + "\n")
+    return write_text(path, json.dumps(doc, indent=indent, sort_keys=sort_keys, default=str) + "\n")
+
+
+def write_table(path: PathLike, table) -> Path:
+    """Write a ``pyarrow.Table`` as Parquet atomically; returns the path."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
 
 
 def copy_file(src: PathLike, dst: PathLike) -> Path:

@@ -355,9 +355,8 @@ def _state(root: Path) -> dict[str, list]:
 def _save_state(root: Path, state: dict[str, list]) -> None:
     import json
 
-    tmp = root / f".{STATE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(state, sort_keys=True))
-    os.replace(tmp, root / STATE)
+    with atomic_path(root / STATE) as tmp:
+        tmp.write_text(json.dumps(state, sort_keys=True))
 
 
 def _local_files(root: Path) -> list[str]:
@@ -414,10 +413,8 @@ def sync_down(root: str | os.PathLike, prune: bool = False) -> int:
         if dst.is_file() and dst.stat().st_size == n and seen and seen[1] == sig and _stamp(dst) == seen[0]:
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        with _store_errors(join(url, rel)):
+        with _store_errors(join(url, rel)), atomic_path(dst) as tmp:
             fs.get_file(f"{base.rstrip('/')}/{rel}", str(tmp))
-        os.replace(tmp, dst)
         state[rel] = [_stamp(dst), sig]
         fetched += 1
     for rel in _local_files(root) if prune else []:

@@ -29,9 +29,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lapdata.core import storage
+from lapdata.core import atomic, storage
 from lapdata.dataset.manifests import DUPLICATES as DUPLICATES_FILE
-from lapdata.dataset.manifests import (_atomic_write_json, _atomic_write_table, finalize_dataset, manifest_checksums, read_dataset,
+from lapdata.dataset.manifests import (write_json, finalize_dataset, manifest_checksums, read_dataset,
                         read_shard_json)
 from lapdata.dataset.schema import PHOTOS, SECONDS, SHARD_DIR, SHARD_SPLIT, STATUS_OK, STATUS_SKIPPED
 
@@ -168,7 +168,7 @@ def record_duplicates(out: str | Path, stats: dict, max_distance: int = 4, min_i
         stats = {**finalize_dataset(out, config=stats.get("config"), run=stats.get("run")), **keep}
         t = read_dataset(out, _COLUMNS).to_pydict()
     pairs = duplicate_pairs(t, max_distance)
-    _atomic_write_table(out / DUPLICATES_FILE, pa.Table.from_pylist(pairs, schema=DUPLICATES))
+    atomic.write_table(out / DUPLICATES_FILE, pa.Table.from_pylist(pairs, schema=DUPLICATES))
     stats = dict(stats)
     stats["cross_identity_duplicates"] = {
         "pairs": len(pairs), "exact": sum(r["kind"] == "exact" for r in pairs),
@@ -176,5 +176,5 @@ def record_duplicates(out: str | Path, stats: dict, max_distance: int = 4, min_i
         "removed": sum(r["decision"] == REMOVED for r in pairs)}
     stats["manifests"] = manifest_checksums(out)
     doc = {k: v for k, v in stats.items() if k != "failed"}
-    _atomic_write_json(out / "stats.json", json.loads(json.dumps(doc, default=str)))
+    write_json(out / "stats.json", json.loads(json.dumps(doc, default=str)))
     return stats

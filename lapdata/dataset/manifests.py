@@ -11,7 +11,6 @@ of the parquet manifests present (``lapdata audit`` verifies them). ``read_shard
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lapdata.core import storage
+from lapdata.core import atomic, storage
 from lapdata.core.errors import LapError
 from lapdata.core.paths import check_shard_name, inside
 from lapdata.dataset.schema import (IDENTITIES, NUM_IMAGES, NUM_SAMPLES, PHOTOS, SECONDS, SHARD, SHARD_BYTES, SHARD_DIR, SHARD_PATH,
@@ -32,21 +31,9 @@ MANIFESTS = ("photos.parquet", "identities.parquet", "shards.parquet", "stats.js
 CHECKSUMMED = ("photos.parquet", "identities.parquet", "shards.parquet", UNSHARDED, DUPLICATES)  # stats "manifests"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, doc: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n").encode("utf-8"))
+def write_json(path: Path, doc: Any) -> Path:
+    """A manifest json (stats.json, a shard's json): sorted keys, one-space indent, atomically."""
+    return atomic.write_json(path, doc, indent=1, sort_keys=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -140,25 +127,22 @@ def finalize_dataset(
     shard_dir = out / SHARD_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     if extra_rows:
-        _atomic_write_table(out / UNSHARDED, table_from_rows(extra_rows, PHOTOS))
+        atomic.write_table(out / UNSHARDED, table_from_rows(extra_rows, PHOTOS))
     sstats = shard_stats(out)
     shard_rows = [{k: s.get(k) for k in SHARDS.names} for s in sstats]
-    _atomic_write_table(out / "shards.parquet", table_from_rows(shard_rows, SHARDS))
+    atomic.write_table(out / "shards.parquet", table_from_rows(shard_rows, SHARDS))
 
     # photos: stream the per-shard tables (memory flat in the number of shards)
-    tmp = out / "photos.parquet.tmp"
-    writer = pq.ParquetWriter(tmp, PHOTOS)
     sources = [shard_dir / f"{s[SHARD]}.parquet" for s in sstats]
     if (out / UNSHARDED).exists():
         sources.append(out / UNSHARDED)
-    for p in sources:
-        writer.write_table(pq.read_table(p, schema=PHOTOS))
-    writer.close()
-    os.replace(tmp, out / "photos.parquet")
+    with atomic.atomic_path(out / "photos.parquet") as tmp, pq.ParquetWriter(tmp, PHOTOS) as writer:
+        for p in sources:
+            writer.write_table(pq.read_table(p, schema=PHOTOS))
 
     photos = pq.read_table(out / "photos.parquet", columns=["identity", "split", "status", "reason", "shard", "key"])
     id_rows = _identity_rows(photos)
-    _atomic_write_table(out / "identities.parquet", table_from_rows(id_rows, IDENTITIES))
+    atomic.write_table(out / "identities.parquet", table_from_rows(id_rows, IDENTITIES))
 
     status = Counter(photos.column("status").to_pylist())
     reason = Counter(r for r in photos.column("reason").to_pylist() if r)
@@ -195,7 +179,7 @@ def finalize_dataset(
         planned = run.get("planned_shards")
         stats["complete"] = (not run.get("failed_shards") and run.get("part", [0, 1])[1] == 1
                              and (planned is None or planned == len(sstats)))
-    _atomic_write_json(out / "stats.json", stats)
+    write_json(out / "stats.json", stats)
     return stats
 
 

@@ -13,6 +13,7 @@ run does: no part can see the other parts' photos). Each part's shard jsons are 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -28,13 +29,22 @@ from lapdata.dataset.schema import PHOTOS, SHARD_DIR, SHARD_SHA256
 from lapdata.dataset.manifests import UNSHARDED, finalize_dataset, read_shard_json
 
 
-def _copy_shard(job: tuple) -> dict:
+@dataclass(frozen=True)
+class CopyJob:
+    """One merge job: shard ``name`` from part dataset ``src_dir`` to ``dst_dir`` (folders or URLs); ``link``:
+    hard-link the tar and parquet between local paths."""
+    src_dir: str
+    dst_dir: str
+    name: str
+    link: bool
+
+
+def _copy_shard(job: CopyJob) -> dict:
     """One merge job (either engine): tar, parquet, then the json marker, from the part to the merged dataset."""
-    src_dir, dst_dir, name, link = job
     for ext in (".tar", ".parquet", ".json"):
-        storage.transfer(storage.join(src_dir, SHARD_DIR, name + ext), storage.join(dst_dir, SHARD_DIR, name + ext),
-                         link and ext != ".json")
-    return {"shard": name}
+        storage.transfer(storage.join(job.src_dir, SHARD_DIR, job.name + ext),
+                         storage.join(job.dst_dir, SHARD_DIR, job.name + ext), job.link and ext != ".json")
+    return {"shard": job.name}
 
 
 def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = False,
@@ -78,7 +88,7 @@ def _merge(dirs: Sequence[str | Path], out: str | Path, link: bool, engine: Engi
             dst_json = out / SHARD_DIR / js.name
             if dst_json.exists() and read_shard_json(dst_json).get(SHARD_SHA256) == st.get(SHARD_SHA256):
                 continue  # already merged (rerun)
-            jobs.append((u or str(d), out_url or str(out), name, link))
+            jobs.append(CopyJob(u or str(d), out_url or str(out), name, link))
         if (d / UNSHARDED).exists():
             unsharded.append(pq.read_table(d / UNSHARDED, schema=PHOTOS))
         try:

@@ -13,7 +13,7 @@ Layout (see lapdata.dataset.schema)::
 How a run goes: ``plan_shards`` turns identity groups into deterministic ``ShardTask``s; ``write_dataset`` keeps the
 tasks of its ``part``, skips those whose .json exists (resume), and runs ``process(task) -> ShardResult`` for the
 rest in ``workers`` spawn processes. Each worker encodes and writes its own shard (tar, then parquet, then json,
-each to ``name.tmp`` then ``os.replace``), and only the small shard stats travel back, so the parent's memory does
+each written atomically by ``lapdata.core.atomic``), and only the small shard stats travel back, so the parent's memory does
 not grow with the number of photos. An exception inside ``process`` fails that shard only (counted in
 stats.json ``failed_shards``; rerunning the same command retries it).
 
@@ -51,10 +51,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lapdata.core import storage
 from lapdata.core.atomic import atomic_path
-from lapdata.core.engine import (ENGINE_FIELDS, EngineConfig, exit_if_orphaned, fault_exit_once, map_unordered,
-                     warn_if_multinode)
+from lapdata.core.engine import (EngineConfig, exit_if_orphaned, fault_exit_once, map_unordered,
+                                 warn_if_multinode)
 from lapdata.core.errors import LapError
-from lapdata.dataset.manifests import _atomic_write_json, _atomic_write_table, finalize_dataset, read_shard_json, sha256_file
+from lapdata.core import atomic
+from lapdata.dataset.manifests import finalize_dataset, read_shard_json, sha256_file, write_json
+from lapdata.dataset.resume import check_same_run
 from lapdata.core.paths import check_shard_name
 from lapdata.dataset.sample import JSON, KEY, IdentitySample, encode_sample, image_digest, image_member
 from lapdata.dataset.schema import (NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PARQUET_SHA256, PHOTOS, REASON_COUNTS, SECONDS, SHARD,
@@ -180,7 +182,7 @@ def write_shard(
     out_dir: str | Path, task: ShardTask, result: ShardResult, *, image_ext: str = "jpg", quality: int = 95,
     seconds: float = 0.0,
 ) -> dict:
-    """Write ``result`` as shard ``task.name`` (tar, parquet, then json; each via a .tmp + os.replace).
+    """Write ``result`` as shard ``task.name`` (tar, parquet, then json; each atomically: ``lapdata.core.atomic``).
 
     Fills shard/key/view_index/split in the rows whose photo_id is a written view's meta["photo_id"]; returns the
     shard stats (the json's content).
@@ -219,7 +221,7 @@ def write_shard(
             if r.get("split") is None:
                 r["split"] = split
         rows.append(r)
-    _atomic_write_table(shard_dir / f"{task.name}.parquet", table_from_rows(rows, PHOTOS))
+    atomic.write_table(shard_dir / f"{task.name}.parquet", table_from_rows(rows, PHOTOS))
     parquet_sha = sha256_file(shard_dir / f"{task.name}.parquet")
 
     status = Counter(r.get("status") for r in rows)
@@ -238,152 +240,150 @@ def write_shard(
         SECONDS: round(seconds, 4),
         PARQUET_SHA256: parquet_sha,
     }
-    _atomic_write_json(shard_dir / f"{task.name}.json", stats)
+    write_json(shard_dir / f"{task.name}.json", stats)
     return stats
 
 
-def _run_task(process: Callable[[ShardTask], ShardResult], job: tuple) -> dict:
+@dataclass(frozen=True)
+class WriteConfig:
+    """How ``write_dataset`` runs (the producer's own options decide what the shards hold)."""
+    workers: int = 1                    # worker processes (local engine)
+    part: tuple[int, int] = (0, 1)      # write part I/N of the shard plan (``select_part``)
+    config: Mapping | None = None       # the run's options, recorded in stats.json (the resume rule compares them)
+    image_ext: str = "jpg"              # how views are encoded
+    quality: int = 95                   # JPEG quality
+    progress: bool = True               # progress bar (only on a terminal)
+    engine: EngineConfig = EngineConfig()  # where the jobs run (lapdata.core.engine)
+    model: bool = False                 # the jobs load a model: Ray runs them in an actor pool
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard job for the engine: the task, where its shard goes (the dataset folder; ``remote``: the dataset
+    URL a mounted folder commits to) and how views are encoded."""
+    task: ShardTask
+    out_dir: str
+    image_ext: str
+    quality: int
+    remote: str | None
+
+
+def _run_task(process: Callable[[ShardTask], ShardResult], job: ShardJob) -> dict:
     """One shard job, on either engine (top level: picklable; ``process`` is bound once per engine worker, so a Ray
     actor receives a backend's model once): process the task, write its shard, commit it (to the remote dataset,
     when ``remote``: tar, parquet, then json, the json last as on disk)."""
-    task, out_dir, image_ext, quality, remote = job
+    task = job.task
     exit_if_orphaned()
     fault_exit_once(task.name)
     t0 = time.perf_counter()
     try:
         result = process(task)
         exit_if_orphaned()
-        stats = write_shard(out_dir, task, result, image_ext=image_ext, quality=quality,
+        stats = write_shard(job.out_dir, task, result, image_ext=job.image_ext, quality=job.quality,
                             seconds=time.perf_counter() - t0)
-        if remote:
-            storage.push(out_dir, [f"{SHARD_DIR}/{task.name}{ext}" for ext in (".tar", ".parquet", ".json")],
-                         url=remote)
+        if job.remote:
+            storage.push(job.out_dir, [f"{SHARD_DIR}/{task.name}{ext}" for ext in (".tar", ".parquet", ".json")],
+                         url=job.remote)
         return {"ok": True, "stats": stats}
     except Exception as e:  # the shard fails, the run goes on; rerun retries it
-        for suffix in (".tar.tmp", ".parquet.tmp", ".json.tmp"):
-            p = Path(out_dir) / SHARD_DIR / f"{task.name}{suffix}"
-            if p.exists():
-                p.unlink()
-        if remote:  # a local json without its remote commit would mark the shard finished here only
-            (Path(out_dir) / SHARD_DIR / f"{task.name}.json").unlink(missing_ok=True)
+        if job.remote:  # a local json without its remote commit would mark the shard finished here only
+            (Path(job.out_dir) / SHARD_DIR / f"{task.name}.json").unlink(missing_ok=True)
         return {"ok": False, "shard": task.name, "error": f"{type(e).__name__}: {e}"}
 
 
-def _job_lost(job: tuple, e: Exception) -> dict:
+def _job_lost(job: ShardJob, e: Exception) -> dict:
     """The result of a shard job the engine could not complete (e.g. its Ray worker died on every retry)."""
     msg = (str(e).strip().splitlines() or [""])[0][:300]
-    return {"ok": False, "shard": job[0].name, "error": f"{type(e).__name__}: {msg}"}
+    return {"ok": False, "shard": job.task.name, "error": f"{type(e).__name__}: {msg}"}
 
 
-# options that may change between the runs of one dataset (they do not change what is written)
-RESUMABLE_OPTIONS = frozenset({"workers", "part", "progress", "out", "device", *ENGINE_FIELDS})
-# options added after datasets were first written, with the value older runs used (lapdata.ingest.config;
-# build-synthetic: det_model and framing, none for the 3D backends)
-ADDED_OPTIONS = {"max_pixels": 64_000_000, "csv_root": None, "det_model": "", "framing": None}
+def _plan_todo(out: Path, tasks: Sequence[ShardTask], part: tuple[int, int]) -> tuple[list[ShardTask], int]:
+    """The unfinished tasks of ``part`` (leftover temporary files of a killed run removed) and how many of the
+    part's tasks are finished already."""
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError("shard task names are not unique")
+    shard_dir = out / SHARD_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for p in shard_dir.glob("*.tmp"):  # leftovers of a killed run
+        p.unlink()
+    mine = select_part(tasks, part)
+    todo = [t for t in mine if not _finished(shard_dir, t.name)]
+    return todo, len(mine) - len(todo)
 
 
-def check_same_run(out: Path, config: Mapping | None) -> None:
-    """A rerun into an existing dataset must be the same command (up to ``RESUMABLE_OPTIONS``): its finished shards
-    are kept, so other options (a different source, split fractions, size, ...) would mix two datasets.
-    LapError naming the first differing option."""
-    if config is None or not (out / "stats.json").is_file():
-        return
-    try:
-        old = json.loads((out / "stats.json").read_text()).get("config") or {}
-    except (OSError, ValueError):
-        return  # an unreadable stats.json is audit's finding; the shards decide what is finished
-    new = json.loads(json.dumps(dict(config), default=str))
-    for k in sorted(set(old) | set(new)):
-        if k in RESUMABLE_OPTIONS or k == "parse_masks":
-            continue
-        if old.get(k, ADDED_OPTIONS.get(k)) != new.get(k):
-            short = lambda v: (lambda t: t if len(t) <= 60 else t[:57] + "...")(repr(v))  # noqa: E731
-            raise LapError(f"{out}: holds a dataset written with other options ({k}: {short(old.get(k))} there, "
-                           f"{short(new.get(k))} now); rerun with the same options to resume, or use another --out")
+class _Progress:
+    """Counts the jobs' results (images written, failed shards) and shows them on a bar when asked."""
+
+    def __init__(self, out: Path, total: int, skipped: int, show: bool) -> None:
+        self.images, self.failed, self.bar = 0, [], None
+        if show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=skipped, unit="shard", desc=f"writing {out.name}",
+                            dynamic_ncols=True, disable=None)  # None: no bar when stderr is not a terminal (a log)
+
+    def consume(self, results: Iterable[dict]) -> None:
+        for res in results:
+            if res["ok"]:
+                self.images += res["stats"][NUM_IMAGES]
+            else:
+                self.failed.append({"shard": res["shard"], "error": res["error"]})
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(images=self.images, failed=len(self.failed))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def write_dataset(
     out_dir: str | Path,
     tasks: Sequence[ShardTask],
     process: Callable[[ShardTask], ShardResult],
+    cfg: WriteConfig = WriteConfig(),
     *,
-    workers: int = 1,
-    part: tuple[int, int] = (0, 1),
-    config: Mapping | None = None,
-    image_ext: str = "jpg",
-    quality: int = 95,
-    progress: bool = True,
     extra_rows: Sequence[dict] = (),
-    engine: EngineConfig = EngineConfig(),
     warm: Callable[[], Any] | None = None,
-    model: bool = False,
 ) -> dict:
-    """Write the unfinished shards of ``part`` with ``process`` in ``workers`` processes, then finalize.
+    """Write the unfinished shards of ``cfg.part`` with ``process`` on ``cfg.engine``, then finalize.
 
     ``process`` must be a picklable top-level function or functools.partial when workers > 1 (spawn start method).
     ``extra_rows`` (PHOTOS rows that belong to no shard) are kept by part 0 only, so merged parts count each once.
-    ``engine``: where the jobs run (``lapdata.core.engine``; ``model``/``warm``: the jobs load a model, Ray runs them in
-    an actor pool). When ``out_dir`` is a mounted staging folder (``lapdata.core.storage.mount``), each job commits its
-    shard to the remote dataset and the remote's finished shards are what is skipped.
+    ``warm``: loads the jobs' model once per engine worker (with ``cfg.model``: Ray runs the jobs in an actor pool).
+    When ``out_dir`` is a mounted staging folder (``lapdata.core.storage.mount``), each job commits its shard to the
+    remote dataset and the remote's finished shards are what is skipped.
     Returns the stats dict written to DIR/stats.json (plus ``failed``: list of {shard, error} of this run).
     """
     out = Path(out_dir)
-    check_same_run(out, config)
-    shard_dir = out / SHARD_DIR
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    mine = select_part(tasks, part)
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise ValueError("shard task names are not unique")
-    for p in shard_dir.glob("*.tmp"):  # leftovers of a killed run
-        p.unlink()
-    todo = [t for t in mine if not _finished(shard_dir, t.name)]
-    skipped = len(mine) - len(todo)
+    check_same_run(out, cfg.config)
+    todo, skipped = _plan_todo(out, tasks, cfg.part)
     t0 = time.perf_counter()
-    failed: list[dict] = []
-    images = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(mine), initial=skipped, unit="shard", desc=f"writing {out.name}", dynamic_ncols=True,
-                   disable=None)  # None: no bar when stderr is not a terminal (a log file)
     remote = storage.remote_of(out)
-    jobs = [(t, str(out), image_ext, quality, remote) for t in todo]
-
-    def consume(results: Iterable[dict]) -> None:
-        nonlocal images
-        for res in results:
-            if res["ok"]:
-                images += res["stats"][NUM_IMAGES]
-            else:
-                failed.append({"shard": res["shard"], "error": res["error"]})
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(images=images, failed=len(failed))
-
+    jobs = [ShardJob(t, str(out), cfg.image_ext, cfg.quality, remote) for t in todo]
+    progress = _Progress(out, len(todo) + skipped, skipped, cfg.progress)
     try:
-        if engine.engine == "ray" and remote is None and todo:
-            warn_if_multinode(str(out), engine.ray_address)
-        consume(map_unordered(functools.partial(_run_task, process), jobs, engine=engine, workers=workers, warm=warm,
-                              model=model, on_error=_job_lost))
+        if cfg.engine.engine == "ray" and remote is None and todo:
+            warn_if_multinode(str(out), cfg.engine.ray_address)
+        progress.consume(map_unordered(functools.partial(_run_task, process), jobs, engine=cfg.engine,
+                                       workers=cfg.workers, warm=warm, model=cfg.model, on_error=_job_lost))
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     if remote:  # the small files of the shards the workers committed (a cluster's workers wrote on their nodes)
         storage.sync_down(out)
     run = {
         "planned_shards": len(tasks),
-        "part": list(part),
-        "part_shards": len(mine),
+        "part": list(cfg.part),
+        "part_shards": len(todo) + skipped,
         "skipped_finished": skipped,
-        "written": len(todo) - len(failed),
-        "failed_shards": failed,
-        "images_written": images,
+        "written": len(todo) - len(progress.failed),
+        "failed_shards": progress.failed,
+        "images_written": progress.images,
         "seconds": round(time.perf_counter() - t0, 3),
-        "workers": workers,
-        "engine": engine.engine,
+        "workers": cfg.workers,
+        "engine": cfg.engine.engine,
     }
-    stats = finalize_dataset(out, config=config, extra_rows=list(extra_rows) if part[0] == 0 else [], run=run)
-    stats["failed"] = failed
+    stats = finalize_dataset(out, config=cfg.config, extra_rows=list(extra_rows) if cfg.part[0] == 0 else [], run=run)
+    stats["failed"] = progress.failed
     return stats

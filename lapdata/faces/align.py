@@ -252,16 +252,22 @@ def align_face(
 # pre-aligned sources
 
 PREALIGNED_RULES = ("auto", "arcface112", "celeba-align", "resize")
+PREALIGNED_SIZES = {(112, 112): "arcface112", (218, 178): "celeba-align"}  # (height, width) -> the layout it names
+
+
+def prealigned_layout(width: int, height: int) -> str | None:
+    """The pre-aligned layout an image size names (``arcface112`` for 112x112, ``celeba-align`` for 178x218), or
+    None: the one image-size -> crop-rule choice (``auto``, and ingest's ``--mode auto``)."""
+    return PREALIGNED_SIZES.get((height, width))
 
 
 def resolve_prealigned_rule(rule: str, width: int, height: int) -> str:
-    """``auto`` -> the layout its size names (``arcface112`` for 112x112, ``celeba-align`` for 178x218, else
-    ``resize``); other rules are returned as they are (an unknown one is a LapError)."""
+    """``auto`` -> the layout its size names (``prealigned_layout``), else ``resize``; other rules are returned as
+    they are (an unknown one is a LapError)."""
     if rule not in PREALIGNED_RULES:
         raise LapError(f"unknown pre-aligned crop rule {rule!r} (known: {', '.join(PREALIGNED_RULES)})")
     if rule == "auto":
-        return "arcface112" if (height, width) == (112, 112) else "celeba-align" if (height, width) == (218, 178) \
-            else "resize"
+        return prealigned_layout(width, height) or "resize"
     return rule
 
 
@@ -322,13 +328,16 @@ def crop_prealigned(
 
 
 def prealigned_box(rule: str, width: int, height: int, iod: float = DEFAULT_IOD, eye_y: float = DEFAULT_EYE_Y) -> tuple[float, float, float]:
-    """(x0, y0, side) in source pixels of the square that the lap framing covers for a pre-aligned layout."""
+    """(x0, y0, side) in source pixels of the square a pre-aligned rule's crop covers (``auto`` resolved as in
+    :func:`crop_prealigned`): the lap framing of a layout, or ``resize``'s centre square."""
+    rule = resolve_prealigned_rule(rule, width, height)
+    if rule == "resize":
+        s = min(height, width)
+        return float((width - s) // 2), float((height - s) // 2), float(s)
     if rule == "arcface112":
         src = arcface_template(width)
-    elif rule == "celeba-align":
+    else:  # celeba-align
         src = CELEBA_ALIGN_5 * np.array([width / 178.0, height / 218.0])
-    else:
-        raise ValueError(rule)
     m = estimate_similarity(lap_template(1000, iod, eye_y), src)
     corner = transform_points(m, np.array([[-0.5, -0.5], [999.5, 999.5]]))
     return float(corner[0, 0]), float(corner[0, 1]), float(corner[1, 0] - corner[0, 0])

@@ -1,7 +1,7 @@
 """What an ingest run is: ``IngestConfig``, the options of ``lapdata ingest`` (CLI flags are derived from its fields,
-help from the comments) with their range checks; ``CONTENT_KEYS``, the options that change what is written; the
-resume rule (``_check_resume``: a rerun into an existing OUT must have the same options and the same source, by
-ingest.json's resolved source path and record fingerprint, ``source_doc``); ``summary_line``. Used by
+help from the comments) with their range checks; ``CONTENT_KEYS``, the options that change what is written (a resumed run
+must use the same ones: ``lapdata.dataset.resume.check_same_source``); ``config_doc`` and ``source_doc`` (the
+source's resolved path and record fingerprint), what ingest.json records; ``summary_line``. Used by
 ``lapdata.ingest.run`` and ``lapdata.commands.ingest``.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -83,12 +82,9 @@ CONTENT_KEYS = ("kind", "size", "min_images", "max_per_sample", "mode", "detecto
                 "id_model", "id_threshold", "dedup", "phash_distance", "seed", "fractions", "split_manifest",
                 "samples_per_shard", "shard_bytes", "quality", "identity_file", "path_column", "identity_column",
                 "max_pixels", "csv_root")
-# options added after datasets were first written, with the value the older runs used: a resumed old dataset
-# compares equal when the new run keeps that value
-ADDED_OPTIONS = {"max_pixels": DEFAULT_MAX_PIXELS, "csv_root": None}
 
-
-def _config_doc(cfg: IngestConfig) -> dict:
+def config_doc(cfg: IngestConfig) -> dict:
+    """The run's options as ingest.json and stats.json record them."""
     d = dataclasses.asdict(cfg)
     d["fractions"] = list(cfg.fractions)
     d["part"] = list(cfg.part)
@@ -112,31 +108,6 @@ def check_out(cfg: IngestConfig) -> None:
         if o == s or s in o.parents:
             raise LapError(f"{out}: --out is inside the source folder {src}; the next run would read the dataset as "
                            f"photos (never resumable): write it elsewhere")
-
-
-def _check_resume(out: Path, cfg: IngestConfig, source: dict) -> None:
-    """A resumed run must use the options and the source the finished shards were written with (``source``: the
-    source's resolved path and a fingerprint of its records, ``source_doc``)."""
-    p = out / "ingest.json"
-    doc = {**_config_doc(cfg), "source": source}
-    if p.exists():
-        try:
-            old = json.loads(p.read_text(encoding="utf-8"))
-            assert isinstance(old, dict)
-        except (OSError, ValueError, AssertionError):
-            raise LapError(f"{p}: unreadable (not the JSON lapdata ingest writes); use a new --out") from None
-        diff = [k for k in CONTENT_KEYS if old.get(k, ADDED_OPTIONS.get(k)) != doc.get(k)]
-        if diff:
-            raise LapError(f"{out} holds shards written with other options ({', '.join(f'{k}={old.get(k)!r}' for k in diff)});"
-                           f" rerun with the same options or use a new --out")
-        was = old.get("source")
-        if isinstance(was, dict) and was.get("fingerprint") != source["fingerprint"]:
-            raise LapError(f"{out} holds shards of another source ({was.get('src')}: {was.get('photos')} photos of "
-                           f"{was.get('identities')} identities; now {source['src']}: {source['photos']} photos of "
-                           f"{source['identities']}); rerun with the same source to resume, or use a new --out")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
 
 def source_doc(cfg: IngestConfig, groups, extra: Sequence[dict], counts: dict) -> dict:

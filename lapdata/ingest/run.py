@@ -53,21 +53,21 @@ from lapdata.core import storage
 from lapdata.dataset.duplicates import record_duplicates
 from lapdata.core.engine import engine_of
 from lapdata.core.errors import LapError
-from lapdata.ingest.config import IngestConfig, _check_resume, _config_doc, check_out, source_doc
+from lapdata.ingest.config import CONTENT_KEYS, IngestConfig, check_out, config_doc, source_doc
 from lapdata.core.locks import writer_lock
 from lapdata.sources.photos import PhotoRejected, PhotoTooLarge, decode_photo, max_file_bytes
 from lapdata.dataset.sample import IdentitySample, View, encode_image, sample_key
 from lapdata.dataset.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
 from lapdata.sources.records import PhotoRecord, SourceOptions, load_bytes, load_celebamask_seg, open_source
 from lapdata.dataset.split import SplitConfig, load_split_manifest, split_of
-from lapdata.dataset.writer import ShardResult, ShardTask, plan_shards, write_dataset
+from lapdata.dataset.writer import ShardResult, ShardTask, WriteConfig, plan_shards, write_dataset
+from lapdata.dataset.resume import check_same_source
 
-PREALIGNED_SIZES = {(112, 112): "arcface112", (218, 178): "celeba-align"}  # (h, w) -> crop rule
 
 
-# ------------------------------------------------------------------------------------------- seams to lapdata.faces.align
-# lapdata.faces.align / lapdata.faces.embed / lapdata.faces.idfilter belong to the faces engineer; they are used through these
-# functions (imported lazily: dlib/onnxruntime load only in the workers that need them).
+# ------------------------------------------------------------------------------------------- the face models
+# lapdata.faces.detectors / lapdata.faces.embed are used through these functions: imported lazily (dlib and
+# onnxruntime load only in the workers that need them), one model per process.
 
 _CACHE: dict[tuple, Any] = {}
 
@@ -102,15 +102,11 @@ def embedder_name(model: str | None) -> str:
 
 
 def default_threshold(model: str | None) -> float:
-    """Cosine-to-centre threshold of the embedder (lapdata.faces.embed ``centre_threshold``, calibrated by the faces
-    engineer in docs/id-threshold.md)."""
+    """Cosine-to-centre threshold of the embedder (``centre_threshold`` of lapdata.faces.embed's ArcFace or dlib
+    embedder, calibrated in docs/id-threshold.md)."""
     from lapdata.faces import embed
 
-    cls = embed.ArcFaceEmbedder if model else embed.DlibEmbedder
-    for name in ("centre_threshold", "default_threshold"):
-        if hasattr(cls, name):
-            return float(getattr(cls, name))
-    return 0.6 if model else 0.92
+    return float((embed.ArcFaceEmbedder if model else embed.DlibEmbedder).centre_threshold)
 
 
 def id_filter_scores(emb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -194,20 +190,15 @@ def prepare_photo(rec: PhotoRecord, split: str, cfg: IngestConfig) -> Prepared:
     elif cfg.mode == "detect":
         use_rule = None
     else:
-        use_rule = layout or PREALIGNED_SIZES.get((h, w))
+        use_rule = layout or faces.prealigned_layout(w, h)
     seg = None
     meta: dict[str, Any] = {"photo_id": rec.photo_id, "path": rec.path, "source": rec.source}
     try:
         if use_rule is not None:
+            use_rule = faces.resolve_prealigned_rule(use_rule, w, h)
             crop, rule = faces.crop_prealigned(img, cfg.size, use_rule)
-            row.update(num_faces=1, crop_rule=rule)
-            base = rule.split(";")[0].split(":")[-1]
-            if base in ("arcface112", "celeba-align"):
-                x0, y0, side = faces.prealigned_box(base, w, h)
-                row["box"] = [x0, y0, x0 + side, y0 + side]
-            else:
-                s = min(h, w)
-                row["box"] = [float((w - s) // 2), float((h - s) // 2), float((w - s) // 2 + s), float((h - s) // 2 + s)]
+            x0, y0, side = faces.prealigned_box(use_rule, w, h)
+            row.update(num_faces=1, crop_rule=rule, box=[x0, y0, x0 + side, y0 + side])
             if rec.mask is not None:
                 seg = _seg_for_resize(load_celebamask_seg(*rec.mask), cfg.size)
         else:
@@ -403,22 +394,22 @@ def _run_ingest(cfg: IngestConfig) -> dict:
         get_detector(cfg.detector, cfg.det_model)
     if cfg.id_filter and cfg.id_model:
         get_embedder(cfg.id_model)
-    _check_resume(out, cfg, source_doc(cfg, groups, extra, counts))
+    check_same_source(out, {**config_doc(cfg), "source": source_doc(cfg, groups, extra, counts)}, CONTENT_KEYS)
     storage.push(out, ["ingest.json"])  # a dataset URL: the run's identity is there before any shard
     est = max(1, cfg.size * cfg.size * 3 // 8)  # rough JPEG q95 bytes per face crop
     tasks = plan_shards(groups, cfg.samples_per_shard, max_shard_bytes=cfg.shard_bytes,
                         size_of=lambda recs: est * len(recs))
-    stats = write_dataset(out, tasks, functools.partial(process_shard, cfg=cfg), workers=cfg.workers,
-                          part=tuple(cfg.part), config=_config_doc(cfg), quality=cfg.quality,
-                          progress=cfg.progress, extra_rows=extra, engine=engine_of(cfg),
-                          warm=functools.partial(warm_models, cfg), model=uses_models(cfg))
+    write = WriteConfig(workers=cfg.workers, part=tuple(cfg.part), config=config_doc(cfg), quality=cfg.quality,
+                        progress=cfg.progress, engine=engine_of(cfg), model=uses_models(cfg))
+    stats = write_dataset(out, tasks, functools.partial(process_shard, cfg=cfg), write, extra_rows=extra,
+                          warm=functools.partial(warm_models, cfg))
     stats["input"] = counts
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     if tuple(cfg.part)[1] == 1:  # cross-split duplicates resolved, pairs recorded; writes stats.json
         stats = record_duplicates(out, stats, cfg.phash_distance, cfg.min_images, quality=cfg.quality)
     else:
-        from lapdata.dataset.manifests import _atomic_write_json
+        from lapdata.dataset.manifests import write_json
 
-        _atomic_write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "failed"})
+        write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "failed"})
     storage.push_tree(out)  # a dataset URL: the manifests, stats.json last (the shards are there already)
     return stats

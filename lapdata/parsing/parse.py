@@ -61,7 +61,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from lapdata.core import storage
+from lapdata.core import atomic, storage
 from lapdata.core.device import resolve_device
 from lapdata.core.engine import ENGINE_FIELDS, EngineConfig, engine_of
 from lapdata.core.errors import LapError
@@ -70,7 +70,7 @@ from lapdata.dataset.manifests import MANIFESTS, shard_stats
 from lapdata.dataset.sample import KEY, decode_sample, sample_json
 from lapdata.dataset.schema import SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, STATUS_ERROR, STATUS_OK
 from lapdata.dataset.reader import iter_tar_samples
-from lapdata.dataset.writer import ShardTask, write_dataset
+from lapdata.dataset.writer import ShardTask, WriteConfig, write_dataset
 from lapdata.parsing import commit
 from lapdata.parsing.commit import COMPLETE_FILE, TMP_SUFFIX, drop_old, finish_swap, swap_paths
 from lapdata.parsing.labels import colorize, read_label_order
@@ -360,7 +360,7 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
             if url:
                 storage.remove(url + TMP_SUFFIX, recursive=True)
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / CONFIG_FILE).write_text(json.dumps(ident, indent=1, sort_keys=True))
+    atomic.write_json(tmp / CONFIG_FILE, ident, indent=1, sort_keys=True)
     storage.push(tmp, [CONFIG_FILE])
     _copy_extras(root, tmp)
 
@@ -373,9 +373,9 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
     config = dict(prev_stats.get("config") or {})
     config["parse_masks"] = ident
     process = functools.partial(process_shard, src_dir=url or str(root), cfg=cfg, parsers=get_parser)
-    stats = write_dataset(tmp, tasks, process, workers=cfg.workers, config=config, image_ext="jpg",
-                          progress=progress, engine=engine_of(cfg), warm=functools.partial(warm_parser, cfg),
-                          model=cfg.model_parser is not None)
+    write = WriteConfig(workers=cfg.workers, config=config, image_ext="jpg", progress=progress, engine=engine_of(cfg),
+                        model=cfg.model_parser is not None)
+    stats = write_dataset(tmp, tasks, process, write, warm=functools.partial(warm_parser, cfg))
     report = ParseReport(url or str(root), cfg.parser, failed_shards=stats.get("failed", []))
     from lapdata.dataset.manifests import read_dataset
 
@@ -402,8 +402,8 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
     report.audit_faults = list(rep.faults)
     if rep.faults:
         return report
-    (tmp / COMPLETE_FILE).write_text(json.dumps({"stats": report.stats, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                            time.gmtime())}, indent=1))
+    atomic.write_json(tmp / COMPLETE_FILE, {"stats": report.stats,
+                                            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1)
     if url:
         storage.push_tree(tmp)
         commit.commit(url, url + TMP_SUFFIX, keep_old=cfg.keep_old)

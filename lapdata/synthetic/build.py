@@ -389,7 +389,7 @@ def run_synthetic(cfg: SynthConfig, *, backend: Backend | None = None, filt: Ide
 def _run_synthetic(cfg: SynthConfig, backend: Backend | None, filt: IdentityFilter | None | str, detector: Any) -> dict:
     from lapdata.core.config import to_dict
     from lapdata.dataset.split import split_of
-    from lapdata.dataset.writer import plan_shards, write_dataset
+    from lapdata.dataset.writer import WriteConfig, plan_shards, write_dataset
 
     from lapdata.core import storage
 
@@ -408,9 +408,10 @@ def _run_synthetic(cfg: SynthConfig, backend: Backend | None, filt: IdentityFilt
               "id_filter": None if filt is None else {"model": filt.name, "threshold": filt.threshold},
               "framing": None if framer is None else framer.describe()}
     process = functools.partial(process_shard, cfg=cfg, backend=backend, filt=filt, framer=framer)
-    stats = write_dataset(out, tasks, process, workers=cfg.workers, part=cfg.part, config=json.loads(json.dumps(config, default=str)),
-                          image_ext=cfg.image_ext, quality=cfg.quality, progress=cfg.progress,
-                          engine=engine_of(cfg), model=True)
+    write = WriteConfig(workers=cfg.workers, part=cfg.part, config=json.loads(json.dumps(config, default=str)),
+                        image_ext=cfg.image_ext, quality=cfg.quality, progress=cfg.progress, engine=engine_of(cfg),
+                        model=True)
+    stats = write_dataset(out, tasks, process, write)
     try:
         sheet = write_contact_sheet(out, cfg.contact_identities, cfg.poses)
         stats["contact_sheet"] = None if sheet is None else (storage.remote_of(sheet) or str(sheet))

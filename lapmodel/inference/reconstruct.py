@@ -142,11 +142,11 @@ def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: 
     return LoadedFaces(images, kept_names, sources, rules, skipped, matrices)
 
 
-KNOWN_LAYOUTS = ((112, 112), (218, 178))  # (h, w) of ArcFace 112 crops and CelebA img_align_celeba (lapdata.faces.align)
-
-
 def _needs_detector_for(shape: tuple[int, ...], aligned: bool | None) -> bool:
-    return not aligned if aligned is not None else tuple(shape[:2]) not in KNOWN_LAYOUTS
+    """A known pre-aligned layout's size (``lapdata.faces.align.prealigned_layout``) needs no detector."""
+    from lapdata.faces.align import prealigned_layout
+
+    return not aligned if aligned is not None else prealigned_layout(shape[1], shape[0]) is None
 
 
 def _needs_detector(path: Path, aligned: bool | None) -> bool:
@@ -172,7 +172,7 @@ def crop_face(img: np.ndarray, size: int, aligned: bool | None, detector: Any) -
     from lapdata.faces import align as lfaces
 
     h, w = img.shape[:2]
-    if aligned or (aligned is None and (h, w) in KNOWN_LAYOUTS):
+    if aligned or (aligned is None and lfaces.prealigned_layout(w, h) is not None):
         return (*lfaces.crop_prealigned(img, size, "auto"), lfaces.prealigned_matrix("auto", w, h, size))
     pad = max(h, w) // 4
     found = detector(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
