@@ -29,26 +29,22 @@ min-images): a step that ends with an audit (parse-masks) checks them first.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from lapdata.dataset.audit import integrity as integrity
 from lapdata.dataset.audit import rows as rows
+from lapdata.dataset.audit import shards as shard_checks
 from lapdata.core import storage
 from lapdata.core.errors import LapError
 from lapdata.dataset.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
-from lapdata.dataset.sample import EXTRA_FIELDS, JSON, KEY, field_member, image_fault, image_member
-from lapdata.dataset.schema import NUM_IMAGES, NUM_SAMPLES, SHARD, SHARD_BYTES, SHARD_DIR, SHARD_PATH, SHARD_SHA256, SHARD_SPLIT
-from lapdata.dataset.reader import iter_tar_samples
-from lapdata.dataset.manifests import sha256_file
-
+from lapdata.dataset.schema import NUM_IMAGES, NUM_SAMPLES, SHARD, SHARD_BYTES, SHARD_DIR, SHARD_SPLIT
 
 
 @dataclass
@@ -64,16 +60,6 @@ class AuditReport:
     def to_json(self) -> dict:
         return {"dataset": self.root, "ok": self.ok, "num_faults": len(self.faults), "faults": self.faults,
                 "summary": self.summary}
-
-
-def _png_size(data: bytes) -> tuple[int, int] | None:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:
-        return None
 
 
 def _open(where: str) -> Path:
@@ -151,77 +137,104 @@ def carried_faults(root: str | Path) -> list[str]:
     return faults
 
 
-def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 1000) -> AuditReport:
-    """Audit the dataset at ``root``: a folder, or a URL (``s3://...``: its small files are mirrored into the
-    readers' staging folder, the tars streamed; ``lapdata.core.storage``)."""
-    where = str(root)
-    root = _open(where)
-    rep = AuditReport(where)
-    faults = rep.faults
+@dataclass
+class _Audit:
+    """What the checks of one audit share: the dataset, the fault sink, and what earlier checks read."""
+    root: Path
+    where: str
+    contents: bool
+    fault: Callable[[str], None]
+    rows: rows.Rows | None = None
+    tables: dict[str, Any] = field(default_factory=dict)
+    stats: dict | None = None
+    shard_docs: dict[str, Any] = field(default_factory=dict)
+    duplicates: dict[str, Any] = field(default_factory=dict)
+    found: np.ndarray | None = None  # photo rows found in a tar
+    images: int = 0
+    samples: int = 0
 
-    def fault(msg: str) -> None:
-        if len(faults) < max_faults:
-            faults.append(msg)
-        elif len(faults) == max_faults:
-            faults.append(f"... more faults not listed (limit {max_faults})")
 
-    if (root / "parse_commit.json").exists():  # lapdata.parsing.commit: a version is being copied in
-        fault(f"{where}: parse_commit.json is there, a parse-masks commit is in progress; rerun parse-masks on it")
-    for key, why in storage.refused_keys(root):  # a hostile or damaged bucket: never mirrored
-        fault(f"{where.rstrip('/')}/{key}: object key refused, it leads outside the dataset ({why})")
+def _check_in_progress(a: _Audit) -> None:
+    """No parse-masks commit half done (``lapdata.parsing.commit``); no object key refused by the mirror."""
+    if (a.root / "parse_commit.json").exists():
+        a.fault(f"{a.where}: parse_commit.json is there, a parse-masks commit is in progress; rerun parse-masks on it")
+    for key, why in storage.refused_keys(a.root):  # a hostile or damaged bucket: never mirrored
+        a.fault(f"{a.where.rstrip('/')}/{key}: object key refused, it leads outside the dataset ({why})")
 
-    # ------------------------------------------------------------------ manifests
-    r, tables = _tables(root, fault)
-    stats = _stats(root, fault)
-    if stats is not None:
-        integrity.check_run(stats, fault)
-        integrity.check_checksums(root, stats, fault)
-    shard_docs: dict[str, Any] = {}
-    for js in sorted((root / SHARD_DIR).glob("*.json")) if (root / SHARD_DIR).is_dir() else []:
+
+def _check_manifests(a: _Audit) -> None:
+    """The parquet manifests' schemas, stats.json, the run complete and the manifests' checksums."""
+    a.rows, a.tables = _tables(a.root, a.fault)
+    a.stats = _stats(a.root, a.fault)
+    if a.stats is not None:
+        integrity.check_run(a.stats, a.fault)
+        integrity.check_checksums(a.root, a.stats, a.fault)
+
+
+def _check_shard_jsons(a: _Audit) -> None:
+    """Every shard json reads and describes its own shard."""
+    for js in sorted((a.root / SHARD_DIR).glob("*.json")) if (a.root / SHARD_DIR).is_dir() else []:
         try:
             doc = json.loads(js.read_text(encoding="utf-8"))
         except (ValueError, OSError) as e:
-            fault(f"{js}: not valid JSON ({str(e)[:160]})")
+            a.fault(f"{js}: not valid JSON ({str(e)[:160]})")
             continue
-        if integrity.check_shard_json(root, js, doc, fault):
-            shard_docs[js.stem] = doc
-    dup_summary = integrity.check_duplicates(root, fault)
-    if r is None or "shards" not in tables:
-        rep.summary = {"photos": None}
-        return rep
-    integrity.check_photo_rows(root, root / "photos.parquet", sorted(shard_docs), fault)
-    rows.row_faults(r, fault)
+        if integrity.check_shard_json(a.root, js, doc, a.fault):
+            a.shard_docs[js.stem] = doc
 
-    # ------------------------------------------------------------------ shards
-    srows = tables["shards"].to_pylist()
-    listed = {x[SHARD] for x in srows}
-    on_disk = {p.stem for p in (root / SHARD_DIR).glob("*.json")} if (root / SHARD_DIR).is_dir() else set()
+
+def _check_duplicates(a: _Audit) -> None:
+    """Cross-split duplicates under ``lapdata.dataset.duplicates``' rule."""
+    a.duplicates = integrity.check_duplicates(a.root, a.fault)
+
+
+def _check_photo_rows(a: _Audit) -> None:
+    """photos.parquet = the shard parquets; its rows column-wise (``rows.row_faults``)."""
+    integrity.check_photo_rows(a.root, a.root / "photos.parquet", sorted(a.shard_docs), a.fault)
+    rows.row_faults(a.rows, a.fault)
+
+
+def _check_shards(a: _Audit) -> None:
+    """Finished shards all listed; each listed shard's files, bytes, checksum and (``contents``) samples."""
+    listed = {x[SHARD] for x in a.tables["shards"].to_pylist()}
+    on_disk = {p.stem for p in (a.root / SHARD_DIR).glob("*.json")} if (a.root / SHARD_DIR).is_dir() else set()
     for s in sorted(on_disk - listed):
-        fault(f"{SHARD_DIR}/{s}: finished on disk but not in shards.parquet (rerun the command to finalize)")
-    found = np.zeros(r.n, dtype=bool)  # photo rows found in a tar
-    n_images, n_samples = _check_shards(root, srows, r, contents, found, fault)
-    if contents:
-        per_shard = rows.ShardRows(r)
-        for name in sorted(listed):
-            if isinstance(name, str) and storage.exists(root / SHARD_DIR / f"{name}.tar"):
-                for i in [i for i in per_shard.rows(name) if not found[i]][:rows.LISTED]:
-                    fault(f"photos.parquet: photo {r.pid(i)} says {name}/{r.value('key', i)} view "
-                          f"{r.view_index[int(i)].as_py()} but it is not there")
-        unlisted = (r.codes["shard"] >= 0) & ~np.isin(r.codes["shard"], [r.code("shard", x) for x in listed])
-        for i in np.flatnonzero(unlisted)[:rows.LISTED]:
-            fault(f"photos.parquet: photo {r.pid(i)} is in shard {r.value('shard', i)}, which shards.parquet does "
-                  f"not list")
-        rows.class_count_faults(root / "photos.parquet", fault)
+        a.fault(f"{SHARD_DIR}/{s}: finished on disk but not in shards.parquet (rerun the command to finalize)")
+    a.found = np.zeros(a.rows.n, dtype=bool)
+    a.images, a.samples = shard_checks.check_shards(a.root, a.tables["shards"].to_pylist(), a.rows, a.contents,
+                                                    a.found, a.fault)
 
-    # ------------------------------------------------------------------ leakage, counts
-    splits = rows.leakage_faults(r, fault)
+
+def _check_rows_found(a: _Audit) -> None:
+    """(``contents``) every photo row that names a listed shard was found in its tar; no row names an unlisted
+    shard; class_counts well formed."""
+    if not a.contents:
+        return
+    r, listed = a.rows, {x[SHARD] for x in a.tables["shards"].to_pylist()}
+    per_shard = rows.ShardRows(r)
+    for name in sorted(listed):
+        if isinstance(name, str) and storage.exists(a.root / SHARD_DIR / f"{name}.tar"):
+            for i in [i for i in per_shard.rows(name) if not a.found[i]][:rows.LISTED]:
+                a.fault(f"photos.parquet: photo {r.pid(i)} says {name}/{r.value('key', i)} view "
+                        f"{r.view_index[int(i)].as_py()} but it is not there")
+    unlisted = (r.codes["shard"] >= 0) & ~np.isin(r.codes["shard"], [r.code("shard", x) for x in listed])
+    for i in np.flatnonzero(unlisted)[:rows.LISTED]:
+        a.fault(f"photos.parquet: photo {r.pid(i)} is in shard {r.value('shard', i)}, which shards.parquet does "
+                f"not list")
+    rows.class_count_faults(a.root / "photos.parquet", a.fault)
+
+
+def _summary(a: _Audit) -> dict[str, Any]:
+    """Leakage, counts and identities (their faults), and the report's summary."""
+    r, srows = a.rows, a.tables["shards"].to_pylist()
+    splits = rows.leakage_faults(r, a.fault)
     ok_by_id = rows.ok_per_identity(r)
-    sc = rows.count_faults(r, stats, ok_by_id, fault)
-    if "identities" in tables:
-        rows.identity_faults(r, tables["identities"], splits, ok_by_id, fault)
+    sc = rows.count_faults(r, a.stats, ok_by_id, a.fault)
+    if "identities" in a.tables:
+        rows.identity_faults(r, a.tables["identities"], splits, ok_by_id, a.fault)
     reasons = Counter({r.values["reason"][i]: int(k) for i, k in enumerate(
         np.bincount(r.codes["reason"][r.codes["reason"] >= 0], minlength=len(r.values["reason"])).tolist()) if k})
-    rep.summary = {
+    return {
         "photos": r.n,
         "status_counts": dict(sorted(sc.items())),
         "reason_counts": dict(sorted((k, v) for k, v in reasons.items() if k)),
@@ -231,143 +244,42 @@ def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 100
                                 for s in sorted({x for v in splits.values() for x in v})},
         "shards": len(srows),
         "shards_by_split": dict(sorted(Counter(x[SHARD_SPLIT] for x in srows).items())),
-        "samples": n_samples if contents else sum(x[NUM_SAMPLES] or 0 for x in srows),
-        "images": n_images if contents else sum(x[NUM_IMAGES] or 0 for x in srows),
+        "samples": a.samples if a.contents else sum(x[NUM_SAMPLES] or 0 for x in srows),
+        "images": a.images if a.contents else sum(x[NUM_IMAGES] or 0 for x in srows),
         "bytes": sum(x[SHARD_BYTES] or 0 for x in srows),
-        "contents_checked": contents,
-        **dup_summary,
+        "contents_checked": a.contents,
+        **a.duplicates,
     }
+
+
+# the audit, in order: the checks of any dataset folder, then those that need readable photos and shards manifests
+DATASET_CHECKS = (_check_in_progress, _check_manifests, _check_shard_jsons, _check_duplicates)
+ROW_CHECKS = (_check_photo_rows, _check_shards, _check_rows_found)
+
+
+def audit_dataset(root: str | Path, contents: bool = True, max_faults: int = 1000) -> AuditReport:
+    """Audit the dataset at ``root``: a folder, or a URL (``s3://...``: its small files are mirrored into the
+    readers' staging folder, the tars streamed; ``lapdata.core.storage``). Runs ``DATASET_CHECKS``, then, when
+    photos.parquet and shards.parquet are readable, ``ROW_CHECKS`` and the summary."""
+    where = str(root)
+    rep = AuditReport(where)
+
+    def fault(msg: str) -> None:
+        if len(rep.faults) < max_faults:
+            rep.faults.append(msg)
+        elif len(rep.faults) == max_faults:
+            rep.faults.append(f"... more faults not listed (limit {max_faults})")
+
+    a = _Audit(_open(where), where, contents, fault)
+    for check in DATASET_CHECKS:
+        check(a)
+    if a.rows is None or "shards" not in a.tables:
+        rep.summary = {"photos": None}
+        return rep
+    for check in ROW_CHECKS:
+        check(a)
+    rep.summary = _summary(a)
     return rep
-
-
-def _check_shards(root: Path, srows: list[dict], r: rows.Rows, contents: bool, found: np.ndarray, fault
-                  ) -> tuple[int, int]:
-    """Every shards.parquet row's tar: present with its json and parquet, its bytes and sha256; with ``contents``
-    every sample against the photo rows (``_check_tar``). Returns (images, samples) read."""
-    n_images = n_samples = 0
-    per_shard = rows.ShardRows(r) if contents else None
-    keys_seen: dict[str, str] = {}
-    for x in srows:
-        name = x[SHARD]
-        tar = integrity.tar_of(root, name, x[SHARD_PATH], fault)
-        if tar is None:
-            continue
-        if not storage.exists(tar):
-            fault(f"{storage.remote_of(tar) or tar}: shard in shards.parquet is missing")
-            continue
-        for ext in (".json", ".parquet"):
-            if not tar.with_suffix(ext).exists():
-                fault(f"{tar.with_suffix(ext)}: missing")
-        size = storage.size(tar)
-        if x[SHARD_BYTES] is not None and size != x[SHARD_BYTES]:
-            fault(f"{tar}: {size} bytes, shards.parquet says {x[SHARD_BYTES]}")
-        if x[SHARD_SHA256] is not None and sha256_file(tar) != x[SHARD_SHA256]:
-            fault(f"{tar}: sha256 does not match shards.parquet (tampered or rewritten)")
-        if per_shard is None:
-            continue
-        try:
-            ns, ni = _check_tar(tar, name, x[SHARD_SPLIT], r, per_shard.by_pid(name), keys_seen, found, fault)
-        except LapError as e:  # damaged tar (lapdata.dataset.reader names the file and the fault)
-            fault(str(e))
-            continue
-        except Exception as e:  # noqa: BLE001 - any unreadable tar is one fault
-            fault(f"{tar}: unreadable ({type(e).__name__}: {e})")
-            continue
-        if x[NUM_SAMPLES] is not None and ns != x[NUM_SAMPLES]:
-            fault(f"{tar}: {ns} samples, shards.parquet says {x[NUM_SAMPLES]}")
-        if x[NUM_IMAGES] is not None and ni != x[NUM_IMAGES]:
-            fault(f"{tar}: {ni} images, shards.parquet says {x[NUM_IMAGES]}")
-        n_images += ni
-        n_samples += ns
-    return n_images, n_samples
-
-
-def _check_tar(tar: Path, name: str, shard_split: str, r: rows.Rows, here: dict[str, int], keys_seen: dict[str, str],
-               found: np.ndarray, fault) -> tuple[int, int]:
-    """The samples of one tar against the rows of its shard (``here``: photo_id -> row). Returns (samples, views)."""
-    ns = ni = 0
-
-    def bad_sample(e: Exception) -> bool:  # a member over the size limit: that sample is skipped
-        fault(str(e))
-        return True
-
-    for d in iter_tar_samples(tar, handler=bad_sample):
-        ns += 1
-        k = d[KEY]
-        where = f"{name}/{k}"
-        if "." in k:
-            fault(f"{where}: key contains a dot")
-        if k in keys_seen:
-            fault(f"{where}: sample key also in shard {keys_seen[k]}")
-        keys_seen[k] = name
-        if JSON not in d:
-            fault(f"{where}: no json")
-            continue
-        try:
-            doc = json.loads(d[JSON])
-            views = doc["views"]
-        except (ValueError, KeyError) as e:
-            fault(f"{where}: bad json ({e})")
-            continue
-        if doc.get("split") != shard_split:
-            fault(f"{where}: split {doc.get('split')!r} in a {shard_split} shard")
-        expected = {JSON}
-        for i, vm in enumerate(views):
-            ni += 1
-            expected |= _check_view(d, where, i, vm, fault)
-            p = vm.get("photo_id")
-            if p is None:
-                fault(f"{where}: view {i} has no photo_id")
-                continue
-            row = here.get(str(p))
-            if row is None:
-                row = r.find(str(p))
-                if row is None:
-                    fault(f"{where}: view {i} photo {p} has no row in photos.parquet")
-                    continue
-            found[row] = True
-            if (r.value("shard", row), r.value("key", row), r.view_index[row].as_py()) != (name, k, i):
-                fault(f"{where}: view {i} photo {p}: manifest says shard={r.value('shard', row)} "
-                      f"key={r.value('key', row)} view_index={r.view_index[row].as_py()}")
-            if r.value("identity", row) != doc.get("identity"):
-                fault(f"{where}: photo {p} identity {r.value('identity', row)!r} but the sample is "
-                      f"{doc.get('identity')!r}")
-            if r.value("split", row) != shard_split:
-                fault(f"{where}: photo {p} split {r.value('split', row)!r} in a {shard_split} shard")
-            if r.value("parser", row) is not None and "seg" not in vm.get("fields", []):
-                fault(f"{where}: photo {p} was parsed ({r.value('parser', row)}) but its view has no seg")
-        extra = sorted(set(f for f in d if not f.startswith("__")) - expected)
-        if extra:
-            fault(f"{where}: fields not described by its json: {extra}")
-    return ns, ni
-
-
-def _check_view(d: dict, where: str, i: int, vm: dict, fault) -> set[str]:
-    """View ``i`` of a sample: its image (bytes = image_sha256) and listed fields present; returns its members."""
-    ext = vm.get("image_ext", "jpg")
-    img_field = image_member(i, ext)
-    members = {img_field}
-    data = d.get(img_field)
-    bad = image_fault(d, i, vm)
-    if bad is not None:
-        fault(f"{where}: {bad}")
-    if data is None:
-        return members
-    for fname in vm.get("fields", []):
-        if fname not in EXTRA_FIELDS:
-            fault(f"{where}: view {i} lists unknown field {fname!r}")
-            continue
-        fk = field_member(i, fname)
-        members.add(fk)
-        if fk not in d:
-            fault(f"{where}: view {i} field {fname} listed but {fk} missing")
-        elif fname in ("depth", "cdepth") and f"{fname}_range" not in vm:
-            fault(f"{where}: view {i} has {fname} but no {fname}_range")
-        elif fname == "seg":
-            ssz, isz = _png_size(d[fk]), _png_size(data)
-            if ssz is None or ssz != isz:
-                fault(f"{where}: view {i} seg size {ssz} differs from image size {isz}")
-    return members
 
 
 def print_report(rep: AuditReport, max_lines: int = 40) -> None:
