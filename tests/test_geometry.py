@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from lapdata.geometry import camera as G
-from lapdata.core.errors import LapError
 
 
 def test_intrinsics_values():
@@ -17,7 +16,7 @@ def test_intrinsics_values():
     assert torch.allclose(K, torch.tensor([[f, 0, 31.5], [0, f, 31.5], [0, 0, 1.0]]))
     K2 = G.intrinsics(60.0, (30, 50))
     assert K2[0, 2] == 24.5 and K2[1, 2] == 14.5 and K2[0, 0] == K2[1, 1]
-    with pytest.raises(LapError):
+    with pytest.raises(ValueError):
         G.intrinsics(0.0, 64)
 
 
@@ -50,7 +49,7 @@ def test_euler_single_axes_and_order():
     rz = G.euler_to_rotation(torch.tensor([[0, 0, 0.7]]))[0]
     assert torch.allclose(R, rz @ ry @ rx, atol=1e-6)
     assert torch.allclose(R @ R.T, torch.eye(3), atol=1e-6) and abs(torch.det(R).item() - 1) < 1e-6
-    with pytest.raises(LapError):
+    with pytest.raises(ValueError):
         G.euler_to_rotation(torch.zeros(3))
 
 
@@ -129,7 +128,7 @@ def test_look_at_and_object_to_camera():
     assert torch.allclose(tc[:2], torch.zeros(2), atol=1e-5) and tc[2] > 0
     up = R[0] @ torch.tensor([0.0, 1.0, 0.0])
     assert up[1] < 0  # world up is image up (camera -y)
-    with pytest.raises(LapError):
+    with pytest.raises(ValueError):
         G.look_at(torch.tensor([[0.0, 5.0, 0.0]]), torch.zeros(1, 3))
     v, f = G.cube_mesh(2.0)
     cam = G.object_to_camera(v[None] + 3.0, torch.zeros(1, 3), 10.0)
@@ -149,5 +148,5 @@ def test_mesh_primitives_and_normals():
     assert ((fn * centres).sum(-1) > 0).all()
     v, f = G.cube_mesh()
     assert f.shape == (12, 3) and v.abs().max() == 0.5
-    with pytest.raises(LapError):
+    with pytest.raises(ValueError):
         G.sphere_mesh(1, 3)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lapdata.geometry import camera as G
-from lapdata.core.errors import LapError
 from lapdata.geometry.raster import count_coverage, interpolate, rasterize, rasterize_face_ids
 
 
@@ -240,13 +239,13 @@ def test_interpolate_shapes_and_empty():
 
 def test_errors():
     v = torch.zeros(1, 3, 3)
-    with pytest.raises(LapError):
+    with pytest.raises(ValueError):
         rasterize(torch.zeros(3, 3), torch.tensor([[0, 1, 2]]), 4, 4)
-    with pytest.raises(LapError):
+    with pytest.raises(ValueError):
         rasterize(v, torch.tensor([[0, 1, 3]]), 4, 4)
-    with pytest.raises(LapError):
+    with pytest.raises(TypeError):
         rasterize(v, torch.tensor([[0.0, 1.0, 2.0]]), 4, 4)
-    with pytest.raises(LapError):
+    with pytest.raises(ValueError):
         rasterize(v, torch.tensor([[0, 1, 2]]), 0, 4)
 
 

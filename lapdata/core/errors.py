@@ -10,10 +10,14 @@ F = TypeVar("F", bound=Callable)
 
 
 class LapError(Exception):
-    """A fault that makes the whole run meaningless (bad path, wrong file, bad config).
+    """A fault of the user's input (bad path, wrong file, bad config, damaged data), never a bug of ours.
 
-    The CLI prints ``error: <message>`` on one line and exits with status 2.
-    Per-sample faults are *not* LapErrors: they are recorded as data (status/error columns).
+    The CLI prints ``error: <message>`` on one line and exits with status 2 (``cli_guard``). A programming error
+    (a tensor of the wrong shape passed between our own functions) raises ``ValueError``/``TypeError`` and keeps its
+    traceback. The per-sample faults of a shard (``lapdata.dataset.reader.SampleError``,
+    ``lapdata.dataset.sample.CorruptView``) are LapErrors too, so that one reaching the user names the shard and the
+    fault on one line; the readers give them to a handler that skips and counts them (``reader.SkipCounter``), and
+    the producers record them as data (status/error columns), never as a failed run.
     """
 
 

@@ -25,7 +25,6 @@ import math
 import torch
 from torch import Tensor
 
-from lapdata.core.errors import LapError
 
 # world with y up and z towards the viewer (OBJ / ICT-FaceKit / OpenGL) -> camera space (y down, z forward)
 Y_UP_TO_CAMERA = ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, -1.0))
@@ -41,7 +40,7 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
 def focal_length(fov_deg: float, size: int | tuple[int, int]) -> float:
     """Focal length in pixels: (W-1)/2 / tan(fov/2). ``size`` is S or (H, W)."""
     if not 0.0 < fov_deg < 180.0:
-        raise LapError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+        raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
     _, w = _hw(size)
     return (w - 1) / 2.0 / math.tan(math.radians(fov_deg) / 2.0)
 
@@ -66,7 +65,7 @@ def euler_to_rotation(angles: Tensor) -> Tensor:
     (Unsup3D's ``get_rotation_matrix``). Applied to column vectors: p' = R p.
     """
     if angles.dim() != 2 or angles.shape[-1] != 3:
-        raise LapError(f"euler_to_rotation: angles must be (B, 3), got {tuple(angles.shape)}")
+        raise ValueError(f"euler_to_rotation: angles must be (B, 3), got {tuple(angles.shape)}")
     rx, ry, rz = angles.unbind(-1)
     one, zero = torch.ones_like(rx), torch.zeros_like(rx)
     cx, sx, cy, sy, cz, sz = rx.cos(), rx.sin(), ry.cos(), ry.sin(), rz.cos(), rz.sin()
@@ -125,7 +124,7 @@ def depth_to_points(depth: Tensor, K: Tensor) -> Tensor:
     Pixel (i, j) with depth d goes to d * K^-1 (j, i, 1).
     """
     if depth.dim() != 3:
-        raise LapError(f"depth_to_points: depth must be (B, H, W), got {tuple(depth.shape)}")
+        raise ValueError(f"depth_to_points: depth must be (B, H, W), got {tuple(depth.shape)}")
     B, H, W = depth.shape
     K = K.to(depth)
     fx, fy = K[..., 0, 0].reshape(-1, 1, 1), K[..., 1, 1].reshape(-1, 1, 1)
@@ -222,7 +221,7 @@ def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> tuple[Tens
     y = -up - (-up * z).sum(-1, keepdim=True) * z
     y_norm = y.norm(dim=-1, keepdim=True)
     if bool((y_norm < 1e-8).any()):
-        raise LapError("look_at: the up vector is parallel to the viewing direction")
+        raise ValueError("look_at: the up vector is parallel to the viewing direction")
     y = y / y_norm
     x = torch.cross(y, z, dim=-1)
     R = torch.stack([x, y, z], 1)  # rows are the camera axes in world coordinates
@@ -277,7 +276,7 @@ def cube_mesh(size: float = 1.0, *, dtype: torch.dtype = torch.float32) -> tuple
 def sphere_mesh(rings: int = 32, segments: int = 64, radius: float = 1.0, *, dtype=torch.float32) -> tuple[Tensor, Tensor]:
     """UV sphere centred at the origin -> verts (2 + (rings-1) segments, 3), faces (2 segments (rings-1), 3) outward."""
     if rings < 2 or segments < 3:
-        raise LapError(f"sphere_mesh: need rings >= 2 and segments >= 3, got {rings}, {segments}")
+        raise ValueError(f"sphere_mesh: need rings >= 2 and segments >= 3, got {rings}, {segments}")
     theta = torch.arange(1, rings, dtype=torch.float64) * math.pi / rings  # polar angle of the inner rings
     phi = torch.arange(segments, dtype=torch.float64) * 2 * math.pi / segments
     t, p = torch.meshgrid(theta, phi, indexing="ij")

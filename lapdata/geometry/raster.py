@@ -39,7 +39,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lapdata.core.errors import LapError
 
 _KEY_EMPTY = torch.iinfo(torch.int64).max
 _LOW32 = 0xFFFFFFFF
@@ -68,19 +67,19 @@ class Fragments:
 
 def _check_inputs(verts: Tensor, faces: Tensor, height: int, width: int) -> None:
     if verts.dim() != 3 or verts.shape[-1] != 3:
-        raise LapError(f"rasterize: verts must be (B, V, 3), got {tuple(verts.shape)}")
+        raise ValueError(f"rasterize: verts must be (B, V, 3), got {tuple(verts.shape)}")
     if faces.dim() != 2 or faces.shape[-1] != 3:
-        raise LapError(f"rasterize: faces must be (F, 3), got {tuple(faces.shape)}")
+        raise ValueError(f"rasterize: faces must be (F, 3), got {tuple(faces.shape)}")
     if faces.dtype.is_floating_point or faces.dtype == torch.bool:
-        raise LapError(f"rasterize: faces must be an integer tensor, got {faces.dtype}")
+        raise TypeError(f"rasterize: faces must be an integer tensor, got {faces.dtype}")
     if not verts.dtype.is_floating_point:
-        raise LapError(f"rasterize: verts must be floating point, got {verts.dtype}")
+        raise TypeError(f"rasterize: verts must be floating point, got {verts.dtype}")
     if faces.device != verts.device:
-        raise LapError(f"rasterize: faces on {faces.device} but verts on {verts.device}")
+        raise ValueError(f"rasterize: faces on {faces.device} but verts on {verts.device}")
     if int(height) < 1 or int(width) < 1:
-        raise LapError(f"rasterize: image size must be positive, got {height}x{width}")
+        raise ValueError(f"rasterize: image size must be positive, got {height}x{width}")
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= verts.shape[1]):
-        raise LapError(f"rasterize: face indices must lie in [0, {verts.shape[1] - 1}]")
+        raise ValueError(f"rasterize: face indices must lie in [0, {verts.shape[1] - 1}]")
 
 
 def _ceil_log2(n: Tensor) -> Tensor:
@@ -309,7 +308,7 @@ def interpolate(attrs: Tensor, faces: Tensor, frags: Fragments) -> Tensor:
     if attrs.dim() == 2:
         attrs = attrs.unsqueeze(0).expand(B, -1, -1)
     if attrs.dim() != 3 or attrs.shape[0] != B:
-        raise LapError(f"interpolate: attrs must be (B={B}, V, C) or (V, C), got {tuple(attrs.shape)}")
+        raise ValueError(f"interpolate: attrs must be (B={B}, V, C) or (V, C), got {tuple(attrs.shape)}")
     C = attrs.shape[-1]
     vidx = faces.long()[frags.face_id.clamp(min=0)]  # (B, H, W, 3)
     a = torch.gather(attrs, 1, vidx.reshape(B, -1, 1).expand(-1, -1, C)).reshape(B, H, W, 3, C)

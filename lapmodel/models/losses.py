@@ -3,8 +3,8 @@
 Eq. 3 of LAP (Unsup3D's confidence-calibrated loss): with a predicted per-pixel scale sigma > 0, the photometric
 term is the negative log-likelihood of a Laplacian,  ``sqrt(2) * |I - I_hat| / sigma + log sigma``, and the
 perceptual term (VGG16 relu3_3 features) that of a Gaussian,  ``(F - F_hat)^2 / (2 sigma^2) + log sigma``.
-Both are averaged over a mask (pixels the reconstruction covers) times an optional per-pixel weight map (the LAP
-engineer passes RCL's M_re and hard-sample masks through ``weight``). ``eps`` is Unsup3D's 1e-7.
+Both are averaged over a mask (pixels the reconstruction covers) times an optional per-pixel weight map
+(``lapmodel.models.lap`` passes RCL's M_re and hard-sample masks through ``weight``). ``eps`` is Unsup3D's 1e-7.
 
 Shapes: images (B, C, H, W); confidence sigma (B, 1, H, W) (broadcast over channels); mask / weight (B, H, W) or
 (B, 1, H, W). Features (B, C, h, w) with the mask/weight average-pooled to (h, w).

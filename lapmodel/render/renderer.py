@@ -57,12 +57,12 @@ __all__ = [
 
 def _check_depth(depth: Tensor, name: str) -> None:
     if depth.dim() != 3:
-        raise LapError(f"renderer: {name} must be (B, H, W), got {tuple(depth.shape)}")
+        raise ValueError(f"renderer: {name} must be (B, H, W), got {tuple(depth.shape)}")
 
 
 def _check_view(view: Tensor, batch: int) -> None:
     if view.dim() != 2 or view.shape[1] != 6 or view.shape[0] != batch:
-        raise LapError(f"renderer: view must be (B={batch}, 6) [rx, ry, rz, tx, ty, tz], got {tuple(view.shape)}")
+        raise ValueError(f"renderer: view must be (B={batch}, 6) [rx, ry, rz, tx, ty, tz], got {tuple(view.shape)}")
 
 
 def view_to_rt(view: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,7 +71,7 @@ def view_to_rt(view: Tensor) -> tuple[Tensor, Tensor]:
     The view transform of a point p is R (p - c) + c + t with c = (0, 0, 1) (``ROTATION_CENTER``), like Unsup3D.
     """
     if view.dim() != 2 or view.shape[1] != 6:
-        raise LapError(f"renderer: view must be (B, 6) [rx, ry, rz, tx, ty, tz], got {tuple(view.shape)}")
+        raise ValueError(f"renderer: view must be (B, 6) [rx, ry, rz, tx, ty, tz], got {tuple(view.shape)}")
     return G.euler_to_rotation(view[:, :3]), view[:, 3:]
 
 
@@ -122,7 +122,7 @@ def _zbuf_nvdiffrast(verts: Tensor, faces: Tensor, H: int, W: int) -> Tensor:
             "licence, non-commercial); use backend='torch'"
         ) from None
     if verts.device.type != "cuda":
-        raise LapError(f"renderer backend 'nvdiffrast' needs CUDA tensors, got {verts.device}")
+        raise ValueError(f"renderer backend 'nvdiffrast' needs CUDA tensors, got {verts.device}")
     near, far = 0.1, 100.0  # only orders depths; the depth itself is interpolated from the vertices
     x, y, z = verts.float().unbind(-1)
     w = z
@@ -161,7 +161,7 @@ def render_depth(
     elif backend == "nvdiffrast":
         zbuf = _zbuf_nvdiffrast(verts, faces, H, W)
     else:
-        raise LapError(f"renderer: unknown backend {backend!r} (use 'torch' or 'nvdiffrast')")
+        raise ValueError(f"renderer: unknown backend {backend!r} (use 'torch' or 'nvdiffrast')")
     zbuf = torch.where(torch.isfinite(zbuf), zbuf, torch.full_like(zbuf, BACKGROUND_DEPTH))
     lo, hi = depth_range
     m = (hi - lo) / 2
@@ -198,7 +198,7 @@ def warp_canonical(canon: Tensor, grid: Tensor) -> Tensor:
     only shows within half a pixel of the canonical border.
     """
     if canon.dim() != 4 or grid.dim() != 4 or grid.shape[-1] != 2 or grid.shape[0] != canon.shape[0]:
-        raise LapError(f"warp_canonical: need canon (B, C, H, W) and grid (B, H, W, 2), got {tuple(canon.shape)}, {tuple(grid.shape)}")
+        raise ValueError(f"warp_canonical: need canon (B, C, H, W) and grid (B, H, W, 2), got {tuple(canon.shape)}, {tuple(grid.shape)}")
     return F.grid_sample(canon, grid.to(canon.dtype), mode="bilinear", padding_mode="border", align_corners=True)
 
 
@@ -216,7 +216,7 @@ def shade(albedo: Tensor, normal: Tensor, light: Tensor) -> tuple[Tensor, Tensor
     ``light`` is already mapped (ambient, diffuse >= 0), as the model's light network outputs after its activations.
     """
     if light.dim() != 2 or light.shape[1] != 4:
-        raise LapError(f"shade: light must be (B, 4) [ambient, diffuse, dx, dy], got {tuple(light.shape)}")
+        raise ValueError(f"shade: light must be (B, 4) [ambient, diffuse, dx, dy], got {tuple(light.shape)}")
     amb, dif = light[:, 0].view(-1, 1, 1, 1), light[:, 1].view(-1, 1, 1, 1)
     d = torch.cat([light[:, 2:4], torch.ones_like(light[:, :1])], 1)
     d = d / (d.pow(2).sum(1, keepdim=True) + 1e-7).sqrt()
@@ -279,7 +279,7 @@ def turntable(
     B, H, W = canon_depth.shape
     T = len(yaws)
     if T == 0:
-        raise LapError("turntable: need at least one yaw")
+        raise ValueError("turntable: need at least one yaw")
     view = torch.zeros(B * T, 6, dtype=canon_depth.dtype, device=canon_depth.device)
     view[:, 1] = torch.tensor(list(yaws), dtype=canon_depth.dtype, device=canon_depth.device).repeat(B)
     rep = lambda x: x.unsqueeze(1).expand(B, T, *x.shape[1:]).reshape(B * T, *x.shape[1:])  # noqa: E731
