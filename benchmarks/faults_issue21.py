@@ -138,7 +138,7 @@ def _(ws):
     r = ingest(folders(ws / "src"), url, env=env)
     from lapdata.core import storage
 
-    fs, _ = storage._fs(url)
+    fs, _ = storage.filesystem(url)
     victims = [ws / "PWNED.json", ws / "PWNED2.json"]
     fs.pipe_file(f"faults/{ws.name}/ds1/x/{'../' * 12}{str(victims[0]).lstrip('/')}", b"{}")
     fs.pipe_file(f"faults/{ws.name}/ds1/{victims[1]}", b"{}")

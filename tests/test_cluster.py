@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from lapdata.core import storage
+
+from lapdata.core import staging
 from lapdata.dataset.audit.run import audit_dataset
 from lapdata.ingest.config import IngestConfig
 from lapdata.ingest.run import run_ingest
@@ -71,7 +73,7 @@ def upload_tree(local: Path, url: str) -> None:
 
 
 def download_tree(url: str, local: Path) -> Path:
-    fs, base = storage._fs(url)
+    fs, base = storage.filesystem(url)
     for rel in storage.list_files(url):
         (local / rel).parent.mkdir(parents=True, exist_ok=True)
         fs.get_file(f"{base}/{rel}", str(local / rel))
@@ -317,7 +319,7 @@ def test_s3_parse_commit_killed_is_rolled_forward(env, photos, monkeypatch, loca
     rep = P.parse_masks(ds, P.ParseConfig(parser="landmarks", contact_sheet_views=0), progress=False)
     assert not storage.exists(storage.join(ds, commit.JOURNAL))
     assert audit_dataset(ds).ok and rep.dataset == ds
-    photos_rows = pq.read_table(storage.mount(ds) / "photos.parquet").to_pylist()
+    photos_rows = pq.read_table(staging.mount(ds) / "photos.parquet").to_pylist()
     assert any(r["parser"] == "landmarks" for r in photos_rows)
 
 

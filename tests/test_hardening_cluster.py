@@ -55,7 +55,7 @@ def test_hostile_bucket_keys_are_refused_by_audit_merge_and_parse(env, photos, t
     outside the staging folder (merge and parse-masks too)."""
     ds = f"s3://{BUCKET}/hostile/ds1"
     assert cli(*ingest_args(photos, ds)).returncode == 0
-    fs, _ = storage._fs(ds)
+    fs, _ = storage.filesystem(ds)
     victims = [tmp_path / "PWNED.json", tmp_path / "PWNED2.json"]
     fs.pipe_file(f"{BUCKET}/hostile/ds1/x/{'../' * 12}{str(victims[0]).lstrip('/')}", b"{}")
     fs.pipe_file(f"{BUCKET}/hostile/ds1/{victims[1]}", b"{}")  # ds1//tmp/...

@@ -15,7 +15,8 @@ from PIL import Image
 
 from lapdata.core.errors import LapError
 from lapdata.ingest.config import IngestConfig, summary_line
-from lapdata.ingest.run import hamming, phash, run_ingest
+from lapdata.faces.idfilter import hamming, phash
+from lapdata.ingest.run import run_ingest
 from lapdata.dataset.sample import decode_image, decode_sample
 from lapdata.dataset.reader import iter_samples, shard_urls
 from lapdata.dataset.manifests import read_dataset

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from lapdata.core import locks, storage
+
+from lapdata.core import staging
 from lapdata.core.errors import LapError
 
 fsspec = pytest.importorskip("fsspec", reason="the cluster extra (fsspec) is not installed")
@@ -112,8 +114,8 @@ def mem(tmp_path, monkeypatch):
     fs.pseudo_dirs.clear()
     fs.pseudo_dirs.append("")
     yield "memory://bucket/ds"
-    for root in [r for r in storage._MOUNTS if str(r).startswith(str(tmp_path))]:
-        storage.unmount(root)
+    for root in [r for r in storage.MOUNTS if str(r).startswith(str(tmp_path))]:
+        staging.unmount(root)
 
 
 def put_lease(url: str, **doc) -> None:
@@ -148,13 +150,13 @@ def test_a_reader_never_prunes_what_a_writer_staged(mem, tmp_path):
     with fsspec.open(mem + "/stats.json", "wb") as f:
         f.write(b"{}")
     with locks.writer_lock(mem, "lapdata ingest"):
-        root = storage.mount(mem)
+        root = staging.mount(mem)
         staged = root / "shards" / "train-000003.parquet"
         staged.parent.mkdir(parents=True, exist_ok=True)
         staged.write_bytes(b"being committed")
         audit_dataset(mem, contents=False)
         assert staged.read_bytes() == b"being committed"
-        assert storage.staging_dir(mem, reader=True) != root
+        assert staging.staging_dir(mem, reader=True) != root
 
 
 def test_hostile_keys_are_refused_counted_and_named(mem, tmp_path):
@@ -171,21 +173,21 @@ def test_hostile_keys_are_refused_counted_and_named(mem, tmp_path):
     refused = [f for f in rep.faults if "object key refused" in f]
     assert len(refused) == 3 and any("'..' in the path" in f for f in refused) and \
         any("absolute path" in f for f in refused) and any("empty component" in f for f in refused)
-    assert len(storage.refused_keys(storage.staging_dir(mem, reader=True))) == 3
+    assert len(staging.refused_keys(staging.staging_dir(mem, reader=True))) == 3
 
 
 def test_object_store_failures_are_one_line():
     """botocore / s3fs failures at the storage boundary: one LapError naming the URL (was a traceback)."""
     with pytest.raises(LapError, match=r"^s3://b/k: access denied by the object store \(PermissionError"):
-        with storage._store_errors("s3://b/k"):
+        with storage.store_errors("s3://b/k"):
             raise PermissionError("The AWS Access Key Id you provided does not exist in our records.")
     with pytest.raises(LapError, match=r"^s3://nobkt/k: the bucket does not exist"):
-        with storage._store_errors("s3://nobkt/k"):
+        with storage.store_errors("s3://nobkt/k"):
             raise FileNotFoundError("The specified bucket does not exist")
     with pytest.raises(FileNotFoundError):  # a missing key is the caller's to decide
-        with storage._store_errors("s3://b/k"):
+        with storage.store_errors("s3://b/k"):
             raise FileNotFoundError("b/k")
     botocore = pytest.importorskip("botocore.exceptions", reason="botocore is not installed")
     with pytest.raises(LapError, match=r"^s3://b/k: object store not reachable.*EndpointConnectionError"):
-        with storage._store_errors("s3://b/k"):
+        with storage.store_errors("s3://b/k"):
             raise botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:1")

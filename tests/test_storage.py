@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from lapdata.core import storage
+
+from lapdata.core import staging
 from lapdata.core.errors import LapError
 from lapdata.dataset.reader import iter_tar_samples, shard_urls
 
@@ -25,8 +27,8 @@ def mem(tmp_path, monkeypatch):
     fs.pseudo_dirs.clear()
     fs.pseudo_dirs.append("")
     yield "memory://bucket/ds"
-    for root in [r for r in storage._MOUNTS if str(r).startswith(str(tmp_path))]:
-        storage.unmount(root)
+    for root in [r for r in storage.MOUNTS if str(r).startswith(str(tmp_path))]:
+        staging.unmount(root)
 
 
 def put(url: str, data: bytes) -> None:
@@ -73,7 +75,7 @@ def test_mount_mirrors_small_files_and_streams_tars(mem):
     put(mem + "/stats.json", b"{}")
     put(mem + "/shards/train-000000.json", b'{"shard": "train-000000"}')
     put(mem + "/shards/train-000000.tar", tar_bytes({"k0": {"json": b'{"a": 1}', "000.jpg": b"x"}}))
-    root = storage.mount(mem)
+    root = staging.mount(mem)
     assert (root / "stats.json").read_bytes() == b"{}" and (root / "shards/train-000000.json").is_file()
     assert not (root / "shards/train-000000.tar").exists()  # never mirrored whole
     tar = root / "shards/train-000000.tar"
@@ -96,45 +98,45 @@ def test_mount_mirrors_small_files_and_streams_tars(mem):
 
 def test_sync_fetches_a_rewritten_object_of_the_same_size(mem):
     put(mem + "/shards/a.parquet", b"AAAA")
-    root = storage.mount(mem)
+    root = staging.mount(mem)
     assert (root / "shards/a.parquet").read_bytes() == b"AAAA"
     put(mem + "/shards/a.parquet", b"BBBB")  # same size, new content
-    storage.mount(mem)
+    staging.mount(mem)
     assert (root / "shards/a.parquet").read_bytes() == b"BBBB"
 
 
 def test_mount_prunes_what_the_remote_lost(mem):
     put(mem + "/a.json", b"1")
     put(mem + "/b.json", b"2")
-    root = storage.mount(mem)
+    root = staging.mount(mem)
     fsspec.filesystem("memory").rm("/bucket/ds/b.json")
-    storage.mount(mem)
+    staging.mount(mem)
     assert (root / "a.json").exists() and not (root / "b.json").exists()
 
 
 def test_push_order_and_tree(mem):
-    root = storage.mount(mem)
+    root = staging.mount(mem)
     (root / "shards").mkdir(parents=True)
     for ext in (".tar", ".parquet", ".json"):
         (root / "shards" / f"train-000000{ext}").write_bytes(ext.encode())
-    storage.push(root, [f"shards/train-000000{e}" for e in (".tar", ".parquet", ".json")])
+    staging.push(root, [f"shards/train-000000{e}" for e in (".tar", ".parquet", ".json")])
     assert not (root / "shards/train-000000.tar").exists()  # a committed tar leaves the staging folder
     assert storage.read_bytes(mem + "/shards/train-000000.tar") == b".tar"
     (root / "stats.json").write_text("{}")
     (root / "cache").mkdir()
     (root / "cache/model.npz").write_bytes(b"big")
-    assert storage.push_tree(root, skip=("cache/",)) == 1  # only stats.json is new
+    assert staging.push_tree(root, skip=("cache/",)) == 1  # only stats.json is new
     assert storage.exists(mem + "/stats.json") and not storage.exists(mem + "/cache/model.npz")
-    assert storage.push_tree(root, skip=("cache/",)) == 0  # nothing changed since
+    assert staging.push_tree(root, skip=("cache/",)) == 0  # nothing changed since
     (root / "shards/train-000000.parquet").write_bytes(b"changed")
-    assert storage.push_tree(root, skip=("cache/",)) == 1  # the changed file only
+    assert staging.push_tree(root, skip=("cache/",)) == 1  # the changed file only
     assert storage.read_bytes(mem + "/shards/train-000000.parquet") == b"changed"
 
 
 def test_unmounted_push_is_a_no_op(tmp_path):
     (tmp_path / "a").write_text("x")
-    storage.push(tmp_path, ["a"])
-    assert storage.push_tree(tmp_path) == 0 and storage.remote_of(tmp_path / "a") is None
+    staging.push(tmp_path, ["a"])
+    assert staging.push_tree(tmp_path) == 0 and storage.remote_of(tmp_path / "a") is None
     assert (tmp_path / "a").exists()
 
 
@@ -164,7 +166,7 @@ def test_local_engine_maps_in_order_of_completion():
 
 
 def test_storage_paths_under_a_mount(mem, tmp_path):
-    root = storage.mount(mem)
+    root = staging.mount(mem)
     assert storage.remote_of(root) == mem and storage.remote_of(root / "x/y") == mem + "/x/y"
     assert storage.remote_of(tmp_path / "elsewhere") is None
     assert isinstance(root, Path) and root.is_dir()

@@ -9,7 +9,8 @@ import torch
 
 from lapdata.core.errors import LapError
 from lapdata.synthetic.base import IdentityParams, Pose, SynthView, default_poses, frontal_index, identity_seed
-from lapdata.synthetic.build import IdentityFilter, SynthConfig, render_identity, run_synthetic
+from lapdata.synthetic.build import SynthConfig, render_identity, run_synthetic
+from lapdata.synthetic.frontal import IdentityFilter
 from lapdata.synthetic.procedural import ProceduralBackend, ProceduralConfig
 
 
@@ -193,7 +194,7 @@ def test_build_with_filter_writes_skipped_rows(tmp_path):
 def test_build_procedural_end_to_end(tmp_path):
     from lapdata.dataset.audit.run import audit_dataset
     from lapdata.dataset.sample import decode_sample
-    from lapdata.synthetic.build import _read_samples
+    from lapdata.synthetic.sheet import _read_samples
 
     out = tmp_path / "synth"
     cfg = SynthConfig(backend="procedural", out=str(out), identities=3, poses=3, size=32, id_filter="none",

@@ -203,7 +203,7 @@ def test_real_photos_at_ffhq_framing_are_written_like_ingest(tmp_path):
 def test_identity_filter_embeds_the_generated_view_with_its_detected_points(tmp_path):
     """The ArcFace/dlib filter aligns each view from the full-resolution generated image and the detected points
     (its own template, as insightface does), not from the written lap crop."""
-    from lapdata.synthetic.build import IdentityFilter
+    from lapdata.synthetic.frontal import IdentityFilter
 
     class Recorder:
         calls: list = []

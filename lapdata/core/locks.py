@@ -22,7 +22,7 @@ default 600 s after its last renewal, by the clocks of the machines) or when its
 effort (check, then write). Hidden keys are not part of the dataset (``lapdata.core.storage.hidden``).
 
 Locks are re-entrant within a process (a recipe step calling a writer that locks the same OUT). Readers (audit) take
-no lock; on an object store they mirror into their own staging folder (``storage.mount(url, reader=True)``).
+no lock; on an object store they mirror into their own staging folder (``staging.mount(url, reader=True)``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lapdata.core import storage
+
 from lapdata.core.errors import LapError
 
 LOCK_SUFFIX = ".lapdata-lock"  # on disk: .NAME.lapdata-lock beside the folder NAME

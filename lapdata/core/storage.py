@@ -4,26 +4,26 @@ Credentials and endpoints come from the filesystem library's own environment and
 (s3fs: ``AWS_ACCESS_KEY_ID`` / ``AWS_PROFILE`` / ``~/.aws``; an S3-compatible server: ``FSSPEC_S3_ENDPOINT_URL``;
 gcsfs: ``GOOGLE_APPLICATION_CREDENTIALS``). fsspec is imported only when a URL is used.
 
-Datasets on an object store are *mounted* (``mount(url)``): the small files (shard jsons and parquets, manifests,
+Datasets on an object store are *mounted* (``lapdata.core.staging.mount(url)``): the small files (shard jsons and parquets, manifests,
 run files, pictures) are mirrored into a local staging folder and the unchanged local code runs on it; shard tars are
 never mirrored whole: every tar reader opens them through ``open_read``, which streams the remote object when the
-local file is absent. Writers commit a shard with ``push``: the tar, then its parquet, then its json (the json's key
+local file is absent. Writers commit a shard with ``staging.push``: the tar, then its parquet, then its json (the json's key
 marks the shard finished, as its file does on disk; an object PUT is atomic, so a killed upload leaves no partial
 object). Staging: ``$LAPDATA_STAGING`` or ``~/.cache/lapdata/staging``, one folder per dataset URL for its writer
 (the holder of its lease, ``lapdata.core.locks``) and one for its readers (``mount(url, reader=True)``: audit, merge's
 parts), so a reader never prunes the files a running writer has staged and not committed yet.
 
 A listed key that would not land inside its staging folder (``a/../../x``, ``a//x``, an absolute path) is refused:
-never written, counted and named (a warning; ``refused_keys(root)``, an audit fault). Hidden keys (a component
+never written, counted and named (a warning; ``staging.refused_keys(root)``, an audit fault). Hidden keys (a component
 starting with a dot, e.g. the lease ``.lapdata-lease``) are not part of the dataset: never listed nor mirrored.
 
 Failures of the object store itself (wrong credentials, a missing bucket, an unreachable endpoint: the PermissionError,
 botocore/aiohttp exception families) are turned into one-line LapErrors naming the URL at this boundary
-(``_store_errors``); a missing key stays a FileNotFoundError for the caller to decide.
+(``store_errors``); a missing key stays a FileNotFoundError for the caller to decide.
 
-    root = mount("s3://bucket/lap/celeba")    # Path of the staging folder
-    open_read(root / "shards/train-000000.tar")   # streams s3://bucket/lap/celeba/shards/train-000000.tar
-    push(root, ["stats.json"])                # uploads the named files to the remote
+    root = staging.mount("s3://bucket/lap/celeba")    # Path of the staging folder
+    open_read(root / "shards/train-000000.tar")       # streams s3://bucket/lap/celeba/shards/train-000000.tar
+    staging.push(root, ["stats.json"])                # uploads the named files to the remote
 """
 
 from __future__ import annotations
@@ -35,15 +35,13 @@ import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterator
 
 from lapdata.core.atomic import atomic_path
 from lapdata.core.errors import LapError, require
-from lapdata.core.paths import escape_reason
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_MOUNTS: dict[Path, str] = {}  # staging folder -> dataset URL (this process)
-_REFUSED: dict[Path, list[tuple[str, str]]] = {}  # staging folder -> [(key, why refused)] of its last sync
+MOUNTS: dict[Path, str] = {}  # staging folder -> dataset URL (this process; lapdata.core.staging.mount adds)
 READ_BLOCK = 8 << 20  # fsspec read-ahead block: a few shard members per request
 
 
@@ -63,7 +61,7 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def _fs(url: str):
+def filesystem(url: str):
     fsspec = require("fsspec", "cluster")
     if url.startswith(("s3://", "s3a://")):
         require("s3fs", "cluster")  # fsspec's s3:// filesystem (a plugin: fsspec imports it by name)
@@ -99,7 +97,7 @@ def missing_bucket(e: BaseException) -> bool:
 
 
 @contextmanager
-def _store_errors(url: str) -> Iterator[None]:
+def store_errors(url: str) -> Iterator[None]:
     """Object-store failures inside the block -> one LapError naming ``url``: access denied (wrong or missing
     credentials), a missing bucket, an unreachable endpoint or any other client/transport error. A missing key
     (FileNotFoundError) and everything else pass through."""
@@ -122,7 +120,7 @@ def _store_errors(url: str) -> Iterator[None]:
 def remote_of(path: str | os.PathLike) -> str | None:
     """The URL of a file under a mounted staging folder (None when not mounted)."""
     p = Path(path).absolute()
-    for root, url in _MOUNTS.items():
+    for root, url in MOUNTS.items():
         if p == root or root in p.parents:
             rel = p.relative_to(root).as_posix()
             return url if rel == "." else join(url, rel)
@@ -142,9 +140,9 @@ def open_read(path: str | os.PathLike) -> IO[bytes]:
     where = _where(path)
     if not is_url(where):
         return open(where, "rb")
-    fs, p = _fs(where)
+    fs, p = filesystem(where)
     try:
-        with _store_errors(where):
+        with store_errors(where):
             return fs.open(p, "rb", block_size=READ_BLOCK)
     except (FileNotFoundError, LapError):
         raise
@@ -161,8 +159,8 @@ def exists(path: str | os.PathLike) -> bool:
     where = _where(path)
     if not is_url(where):
         return os.path.exists(where)
-    fs, p = _fs(where)
-    with _store_errors(where):
+    fs, p = filesystem(where)
+    with store_errors(where):
         return bool(fs.exists(p))
 
 
@@ -170,8 +168,8 @@ def size(path: str | os.PathLike) -> int:
     where = _where(path)
     if not is_url(where):
         return os.path.getsize(where)
-    fs, p = _fs(where)
-    with _store_errors(where):
+    fs, p = filesystem(where)
+    with store_errors(where):
         return int(fs.size(p))
 
 
@@ -192,16 +190,16 @@ def hidden(key: str) -> bool:
 
 def list_files(url: str) -> dict[str, int]:
     """Every object under ``url`` (recursive), hidden keys excepted: {relative key: size}."""
-    return {k: n for k, (n, _) in _listing(url).items() if not hidden(k)}
+    return {k: n for k, (n, _) in listing(url).items() if not hidden(k)}
 
 
-def _listing(url: str) -> dict[str, tuple[int, str]]:
+def listing(url: str) -> dict[str, tuple[int, str]]:
     """{relative key: (size, version signature)}: the signature (ETag, else modification time) changes when the
     object is rewritten, even with the same size."""
-    fs, p = _fs(url)
+    fs, p = filesystem(url)
     p = p.rstrip("/")
     try:
-        with _store_errors(url):
+        with store_errors(url):
             found = fs.find(p, detail=True)
     except FileNotFoundError:
         return {}
@@ -216,17 +214,17 @@ def _listing(url: str) -> dict[str, tuple[int, str]]:
 
 def glob(pattern: str) -> list[str]:
     """The URLs matching a glob pattern (``s3://b/ds/shards/train-*.tar``), sorted."""
-    fs, p = _fs(pattern)
+    fs, p = filesystem(pattern)
     first = min(i for i in (pattern.find(c) for c in "*?[") if i >= 0)
     base = pattern[: pattern.rfind("/", 0, first)]  # the pattern's folder before its first wildcard, as given
-    _, base_path = _fs(base)
-    with _store_errors(pattern):
+    _, base_path = filesystem(base)
+    with store_errors(pattern):
         return sorted(base + k[len(base_path.rstrip("/")):] for k in fs.glob(p))
 
 
 def upload(local: str | os.PathLike, url: str) -> None:
-    fs, p = _fs(url)
-    with _store_errors(url):
+    fs, p = filesystem(url)
+    with store_errors(url):
         fs.put_file(str(local), p)
 
 
@@ -238,9 +236,9 @@ def put_bytes(url: str, data: bytes, *, create: bool = False, if_match: str | No
     """Write one object. ``create``: only if it does not exist (S3: a conditional PUT, ``If-None-Match: *``);
     ``if_match``: only if its current version signature (``signature``) is this one (S3: ``If-Match``; other
     filesystems: compared, then written: best effort). Conflict when the condition fails."""
-    fs, p = _fs(url)
+    fs, p = filesystem(url)
     s3 = url.startswith(("s3://", "s3a://"))
-    with _store_errors(url):
+    with store_errors(url):
         if if_match is not None:
             if not s3:
                 if signature(url) != if_match:
@@ -261,8 +259,8 @@ def put_bytes(url: str, data: bytes, *, create: bool = False, if_match: str | No
 
 def signature(url: str) -> str | None:
     """The version signature of one object (its ETag, else its modification time); None when it does not exist."""
-    fs, p = _fs(url)
-    with _store_errors(url):
+    fs, p = filesystem(url)
+    with store_errors(url):
         try:
             v = fs.info(p)
         except FileNotFoundError:
@@ -288,15 +286,15 @@ def transfer(src: str, dst: str, link: bool = False) -> None:
     elif src.split("://")[0] == dst.split("://")[0]:
         copy(src, dst)
     else:
-        fs, p = _fs(dst)
-        with _store_errors(dst), open_read(src) as f, fs.open(p, "wb") as g:
+        fs, p = filesystem(dst)
+        with store_errors(dst), open_read(src) as f, fs.open(p, "wb") as g:
             shutil.copyfileobj(f, g, 1 << 20)
 
 
 def remove(url: str, recursive: bool = False) -> None:
-    fs, p = _fs(url)
+    fs, p = filesystem(url)
     try:
-        with _store_errors(url):
+        with store_errors(url):
             fs.rm(p, recursive=recursive)
     except FileNotFoundError:
         pass
@@ -304,159 +302,7 @@ def remove(url: str, recursive: bool = False) -> None:
 
 def copy(src: str, dst: str) -> None:
     """Server-side copy of one object (same filesystem)."""
-    fs, s = _fs(src)
-    _, d = _fs(dst)
-    with _store_errors(dst):
+    fs, s = filesystem(src)
+    _, d = filesystem(dst)
+    with store_errors(dst):
         fs.copy(s, d)
-
-
-# ------------------------------------------------------------------------------------------------------ mounts
-
-
-def staging_dir(url: str, reader: bool = False) -> Path:
-    """The local staging folder of a dataset URL (``$LAPDATA_STAGING``/<hash>-<name>): its writer's, or with
-    ``reader`` its readers' (``...-<name>.read``), which never holds a file a writer staged."""
-    base = Path(os.environ.get("LAPDATA_STAGING") or Path.home() / ".cache" / "lapdata" / "staging")
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1])[:40] or "root"
-    folder = f"{hashlib.sha256(url.rstrip('/').encode()).hexdigest()[:12]}-{name}" + (".read" if reader else "")
-    return (base / folder).absolute()
-
-
-def mount(url: str, staging: str | os.PathLike | None = None, *, pull: bool = True, reader: bool = False) -> Path:
-    """Mirror the small files of the dataset at ``url`` into a staging folder (tars are read remotely) and register
-    it; returns the staging folder. Local files the remote no longer has are removed (the remote is the truth).
-    A writer mounts under its lease (``lapdata.core.locks.writer_lock``); a command that only reads mounts with
-    ``reader`` (its own folder: the prune never touches what a running writer staged)."""
-    url = url.rstrip("/")
-    root = Path(staging).absolute() if staging else staging_dir(url, reader)
-    root.mkdir(parents=True, exist_ok=True)
-    _MOUNTS[root] = url
-    if pull:
-        sync_down(root, prune=True)
-    return root
-
-
-def unmount(root: str | os.PathLike) -> None:
-    _MOUNTS.pop(Path(root).absolute(), None)
-
-
-STATE = ".lapdata-sync.json"  # in a staging folder: {relative name: [local stamp, remote signature] as last synced}
-
-
-def _state(root: Path) -> dict[str, list]:
-    import json
-
-    try:
-        return json.loads((root / STATE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_state(root: Path, state: dict[str, list]) -> None:
-    import json
-
-    with atomic_path(root / STATE) as tmp:
-        tmp.write_text(json.dumps(state, sort_keys=True))
-
-
-def _local_files(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
-def _stamp(p: Path) -> str:
-    """A local file's version (size and modification time): compared, never hashed, so a mount of a large dataset
-    does not read its files."""
-    st = p.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def key_escape(root: Path, key: str) -> str | None:
-    """Why a listed key would not be a file inside the staging folder ``root`` (``lapdata.core.paths.escape_reason``:
-    absolute, ``..``, symlinked out; here also an empty component, ``a//b`` or ``a/``), or None."""
-    if any(c == "" for c in key.split("/")[1:]) or key.endswith("/"):
-        return "empty component in the key"
-    return escape_reason(root, key)
-
-
-def refused_keys(root: str | os.PathLike) -> list[tuple[str, str]]:
-    """The keys the last sync of the mount at ``root`` refused: [(key, why)] (never written anywhere)."""
-    return list(_REFUSED.get(Path(root).absolute(), []))
-
-
-def sync_down(root: str | os.PathLike, prune: bool = False) -> int:
-    """Download the non-tar objects of the mount at ``root`` that are missing locally or differ from what was last
-    seen; with ``prune`` (when mounting) delete local files the remote lacks (tars excepted: a local tar is a
-    staged shard being committed). Keys that would land outside ``root`` are refused (``refused_keys``, one
-    warning naming the first), hidden keys skipped. Returns files fetched."""
-    root = Path(root).absolute()
-    url = _MOUNTS[root]
-    listing = _listing(url)
-    refused = [(k, why) for k in sorted(listing) if (why := key_escape(root, k)) is not None]
-    _REFUSED[root] = refused
-    if refused:
-        from lapdata.core.logs import get_logger, warn_once
-
-        warn_once(get_logger("lapdata.core.storage"),
-                  f"{url}: {len(refused)} object key(s) refused, they would be written outside the staging folder "
-                  f"(e.g. {url}/{refused[0][0]}: {refused[0][1]}); the dataset is damaged or tampered with")
-    bad = {k for k, _ in refused}
-    remote = {k: v for k, v in listing.items() if k not in bad and not hidden(k)}
-    state = _state(root)
-    fetched = 0
-    fs, base = _fs(url)
-    for rel, (n, sig) in sorted(remote.items()):
-        if rel.endswith(".tar"):
-            continue
-        dst = root / rel
-        seen = state.get(rel)
-        if dst.is_file() and dst.stat().st_size == n and seen and seen[1] == sig and _stamp(dst) == seen[0]:
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with _store_errors(join(url, rel)), atomic_path(dst) as tmp:
-            fs.get_file(f"{base.rstrip('/')}/{rel}", str(tmp))
-        state[rel] = [_stamp(dst), sig]
-        fetched += 1
-    for rel in _local_files(root) if prune else []:
-        if rel not in remote and not rel.endswith(".tar"):
-            (root / rel).unlink()
-            state.pop(rel, None)
-    _save_state(root, {k: v for k, v in state.items() if k in remote or not prune})
-    return fetched
-
-
-def push(root: str | os.PathLike, names: Iterable[str], *, drop_tars: bool = True, url: str | None = None) -> None:
-    """Upload the named files (relative to ``root``) to its remote, in the given order; with ``drop_tars`` a
-    pushed tar's local copy is deleted (staging keeps only the small files). ``url`` for a process that did not
-    mount ``root`` (a worker: it records nothing)."""
-    root = Path(root).absolute()
-    mounted = _MOUNTS.get(root)
-    url = url or mounted
-    if url is None:
-        return
-    state = _state(root) if mounted else None
-    for rel in names:
-        local = root / rel
-        upload(local, join(url, rel))
-        if rel.endswith(".tar"):
-            if drop_tars:
-                local.unlink()
-        elif state is not None:  # its new remote signature is unknown here: the next sync fetches it once
-            state[rel] = [_stamp(local), None]
-    if state is not None:
-        _save_state(root, state)
-
-
-def push_tree(root: str | os.PathLike, last: Iterable[str] = ("stats.json",), skip: Iterable[str] = ()) -> int:
-    """Upload every local file of the mount at ``root`` that differs from its remote copy as last seen (tars always:
-    a staged tar is not committed yet), the ``last`` names after all others (stats.json: a finished dataset's last
-    key); names starting with a ``skip`` prefix stay local (e.g. a backend's cache). Returns files pushed."""
-    root = Path(root).absolute()
-    if root not in _MOUNTS:
-        return 0
-    state = _state(root)
-    files = [n for n in _local_files(root) if not n.startswith(tuple(skip))]
-    changed = [n for n in files if n.endswith(".tar") or (state.get(n) or [None])[0] != _stamp(root / n)]
-    late = [n for n in last if n in changed]
-    push(root, [n for n in changed if n not in late] + late)
-    return len(changed)

@@ -30,6 +30,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lapdata.core import atomic, storage
+
+from lapdata.core import staging
 from lapdata.dataset.manifests import DUPLICATES as DUPLICATES_FILE
 from lapdata.dataset.manifests import (write_json, finalize_dataset, manifest_checksums, read_dataset,
                         read_shard_json)
@@ -130,7 +132,7 @@ def rewrite_shard(out: Path, name: str, drops: dict[str, dict], quality: int = 9
         storage.remove(storage.join(remote, SHARD_DIR, f"{name}.json"))
     write_shard(out, ShardTask(name, doc[SHARD_SPLIT], ()), ShardResult(samples, rows), quality=quality,
                 seconds=float(doc.get(SECONDS) or 0.0))
-    storage.push(out, [f"{SHARD_DIR}/{name}{ext}" for ext in (".tar", ".parquet", ".json")])
+    staging.push(out, [f"{SHARD_DIR}/{name}{ext}" for ext in (".tar", ".parquet", ".json")])
 
 
 def duplicate_pairs(t: dict, max_distance: int) -> list[dict]:

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lapdata.core import storage
+
+from lapdata.core import staging
 from lapdata.dataset.duplicates import record_duplicates
 from lapdata.core.engine import EngineConfig, map_unordered
 from lapdata.core.errors import LapError
@@ -59,9 +61,9 @@ def merge_datasets(dirs: Sequence[str | Path], out: str | Path, link: bool = Fal
 
 def _merge(dirs: Sequence[str | Path], out: str | Path, link: bool, engine: EngineConfig, workers: int) -> dict:
     out_url = str(out).rstrip("/") if storage.is_url(out) else None
-    out = storage.mount(out_url) if out_url else Path(out)
+    out = staging.mount(out_url) if out_url else Path(out)
     urls = [str(d).rstrip("/") if storage.is_url(d) else None for d in dirs]
-    srcs = [storage.mount(u, reader=True) if u else Path(d) for u, d in zip(urls, dirs)]
+    srcs = [staging.mount(u, reader=True) if u else Path(d) for u, d in zip(urls, dirs)]
     for d, u in zip(srcs, urls):
         if not (d / SHARD_DIR).is_dir():
             raise LapError(f"{u or d}: not a lapdata dataset (no {SHARD_DIR}/ folder)")
@@ -106,7 +108,7 @@ def _merge(dirs: Sequence[str | Path], out: str | Path, link: bool, engine: Engi
     for _ in map_unordered(_copy_shard, jobs, engine=engine, workers=workers):
         pass
     if out_url:
-        storage.sync_down(out)  # the small files the jobs copied
+        staging.sync_down(out)  # the small files the jobs copied
     extra: list[dict] = []
     if unsharded:
         t = pa.concat_tables(unsharded)
@@ -127,5 +129,5 @@ def _merge(dirs: Sequence[str | Path], out: str | Path, link: bool, engine: Engi
     distance, least = ((config or {}).get(k) for k in ("phash_distance", "min_images"))
     stats = record_duplicates(out, stats, distance if isinstance(distance, int) else 4,
                               least if isinstance(least, int) else 1, quality=(config or {}).get("quality") or 95)
-    storage.push_tree(out)  # a dataset URL: the manifests, stats.json last
+    staging.push_tree(out)  # a dataset URL: the manifests, stats.json last
     return stats

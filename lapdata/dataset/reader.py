@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image
 
 from lapdata.core import storage
+
 from lapdata.core.errors import LapError
 from lapdata.dataset.sample import KEY, URL, decode_image, view_faults
 from lapdata.dataset.schema import SHARD_DIR
@@ -231,7 +232,7 @@ def shard_names(folder: str | Path) -> set[str]:
 def finished_shards(folder: str | Path, split: str | None = None) -> list[str]:
     """Paths (URLs for a URL) of the finished .tar shards in shard folder FOLDER, of ``split`` (every split when
     None), sorted by name. The one rule of what a finished shard is: the writer commits a shard's tar, then its
-    parquet, then its stats .json (``storage.push``), so a tar is finished when its .json is beside it. (A mounted
+    parquet, then its stats .json (``staging.push``), so a tar is finished when its .json is beside it. (A mounted
     dataset URL's staging folder holds the jsons; its tars exist remotely: ``storage.exists``.)"""
     prefix = f"{split}-" if split else ""
     if storage.is_url(folder):

@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from lapdata.core import storage
+
+from lapdata.core import staging
 from lapdata.core.atomic import atomic_path
 from lapdata.core.engine import (EngineConfig, exit_if_orphaned, fault_exit_once, map_unordered,
                                  warn_if_multinode)
@@ -282,7 +284,7 @@ def _run_task(process: Callable[[ShardTask], ShardResult], job: ShardJob) -> dic
         stats = write_shard(job.out_dir, task, result, image_ext=job.image_ext, quality=job.quality,
                             seconds=time.perf_counter() - t0)
         if job.remote:
-            storage.push(job.out_dir, [f"{SHARD_DIR}/{task.name}{ext}" for ext in (".tar", ".parquet", ".json")],
+            staging.push(job.out_dir, [f"{SHARD_DIR}/{task.name}{ext}" for ext in (".tar", ".parquet", ".json")],
                          url=job.remote)
         return {"ok": True, "stats": stats}
     except Exception as e:  # the shard fails, the run goes on; rerun retries it
@@ -352,7 +354,7 @@ def write_dataset(
     ``process`` must be a picklable top-level function or functools.partial when workers > 1 (spawn start method).
     ``extra_rows`` (PHOTOS rows that belong to no shard) are kept by part 0 only, so merged parts count each once.
     ``warm``: loads the jobs' model once per engine worker (with ``cfg.model``: Ray runs the jobs in an actor pool).
-    When ``out_dir`` is a mounted staging folder (``lapdata.core.storage.mount``), each job commits its shard to the
+    When ``out_dir`` is a mounted staging folder (``lapdata.core.staging.mount``), each job commits its shard to the
     remote dataset and the remote's finished shards are what is skipped.
     Returns the stats dict written to DIR/stats.json (plus ``failed``: list of {shard, error} of this run).
     """
@@ -371,7 +373,7 @@ def write_dataset(
     finally:
         progress.close()
     if remote:  # the small files of the shards the workers committed (a cluster's workers wrote on their nodes)
-        storage.sync_down(out)
+        staging.sync_down(out)
     run = {
         "planned_shards": len(tasks),
         "part": list(cfg.part),

@@ -49,11 +49,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lapdata.core import storage
+from lapdata.core import staging, storage
 from lapdata.dataset.duplicates import record_duplicates
 from lapdata.core.engine import engine_of
 from lapdata.core.errors import LapError
 from lapdata.ingest.config import CONTENT_KEYS, IngestConfig, check_out, config_doc, source_doc
+from lapdata.ingest.models import default_threshold, embedder_name, get_detector, get_embedder, id_filter_scores
 from lapdata.core.locks import writer_lock
 from lapdata.sources.photos import PhotoRejected, PhotoTooLarge, decode_photo, max_file_bytes
 from lapdata.dataset.sample import IdentitySample, View, encode_image, sample_key
@@ -63,70 +64,6 @@ from lapdata.dataset.split import SplitConfig, load_split_manifest, split_of
 from lapdata.dataset.writer import ShardResult, ShardTask, WriteConfig, plan_shards, write_dataset
 from lapdata.dataset.resume import check_same_source
 
-
-
-# ------------------------------------------------------------------------------------------- the face models
-# lapdata.faces.detectors / lapdata.faces.embed are used through these functions: imported lazily (dlib and
-# onnxruntime load only in the workers that need them), one model per process.
-
-_CACHE: dict[tuple, Any] = {}
-
-
-def get_detector(kind: str, model: str | None):
-    key = ("det", kind, model)
-    if key not in _CACHE:
-        from lapdata.faces import detectors
-
-        if kind == "dlib":
-            _CACHE[key] = detectors.DlibDetector()
-        elif kind == "insightface":
-            if not model:
-                raise LapError("--detector insightface needs --det-model PATH (an insightface SCRFD .onnx file)")
-            _CACHE[key] = detectors.InsightFaceDetector(model)
-        else:
-            raise LapError(f"unknown detector {kind!r} (dlib or insightface)")
-    return _CACHE[key]
-
-
-def get_embedder(model: str | None):
-    key = ("emb", model)
-    if key not in _CACHE:
-        from lapdata.faces import embed
-
-        _CACHE[key] = embed.ArcFaceEmbedder(model) if model else embed.DlibEmbedder()
-    return _CACHE[key]
-
-
-def embedder_name(model: str | None) -> str:
-    return f"arcface:{Path(model).name}" if model else "dlib"
-
-
-def default_threshold(model: str | None) -> float:
-    """Cosine-to-centre threshold of the embedder (``centre_threshold`` of lapdata.faces.embed's ArcFace or dlib
-    embedder, calibrated in docs/id-threshold.md)."""
-    from lapdata.faces import embed
-
-    return float((embed.ArcFaceEmbedder if model else embed.DlibEmbedder).centre_threshold)
-
-
-def id_filter_scores(emb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) unit embeddings of one identity -> keep (N,) bool, scores (N,) cosine to the robust centre
-    (lapdata.faces.idfilter.identity_filter: medoid start, closest-half refinement; small identities are not filtered)."""
-    from lapdata.faces.idfilter import identity_filter
-
-    r = identity_filter(emb, threshold)
-    return np.asarray(r.keep, bool), np.asarray(r.scores, np.float32)
-
-
-def phash(image: np.ndarray) -> int:
-    """64-bit DCT perceptual hash (lapdata.faces.idfilter.phash)."""
-    from lapdata.faces.idfilter import phash as _phash
-
-    return int(_phash(image))
-
-
-def hamming(a: int, b: int) -> int:
-    return bin(int(a) ^ int(b)).count("1")
 
 
 # ------------------------------------------------------------------------------------------------ per photo
@@ -255,7 +192,7 @@ def process_identity(identity: str, split: str, records: Sequence[PhotoRecord], 
     preps = [prepare_photo(r, split, cfg) for r in records]
     ok = [p for p in preps if p.row["status"] == STATUS_OK]
     # duplicates: exact (sha256) then near (phash) inside the identity; the first photo (input order) is kept
-    from lapdata.faces.idfilter import DuplicateIndex
+    from lapdata.faces.idfilter import DuplicateIndex, phash
 
     index = DuplicateIndex(cfg.phash_distance)
     kept: list[Prepared] = []
@@ -379,7 +316,7 @@ def run_ingest(cfg: IngestConfig) -> dict:
 
 def _run_ingest(cfg: IngestConfig) -> dict:
     t0 = time.perf_counter()
-    out = storage.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out)
+    out = staging.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out)
     if cfg.detector == "insightface" and not cfg.det_model:
         raise LapError("--detector insightface needs --det-model PATH (an insightface SCRFD .onnx file)")
     for p, what in ((cfg.det_model, "detector model"), (cfg.id_model, "identity model"),
@@ -395,7 +332,7 @@ def _run_ingest(cfg: IngestConfig) -> dict:
     if cfg.id_filter and cfg.id_model:
         get_embedder(cfg.id_model)
     check_same_source(out, {**config_doc(cfg), "source": source_doc(cfg, groups, extra, counts)}, CONTENT_KEYS)
-    storage.push(out, ["ingest.json"])  # a dataset URL: the run's identity is there before any shard
+    staging.push(out, ["ingest.json"])  # a dataset URL: the run's identity is there before any shard
     est = max(1, cfg.size * cfg.size * 3 // 8)  # rough JPEG q95 bytes per face crop
     tasks = plan_shards(groups, cfg.samples_per_shard, max_shard_bytes=cfg.shard_bytes,
                         size_of=lambda recs: est * len(recs))
@@ -411,5 +348,5 @@ def _run_ingest(cfg: IngestConfig) -> dict:
         from lapdata.dataset.manifests import write_json
 
         write_json(out / "stats.json", {k: v for k, v in stats.items() if k != "failed"})
-    storage.push_tree(out)  # a dataset URL: the manifests, stats.json last (the shards are there already)
+    staging.push_tree(out)  # a dataset URL: the manifests, stats.json last (the shards are there already)
     return stats

@@ -54,34 +54,29 @@ import json
 import os
 import shutil
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
-import numpy as np
-
-from lapdata.core import atomic, storage
+from lapdata.core import atomic, staging, storage
 from lapdata.core.device import resolve_device
 from lapdata.core.engine import ENGINE_FIELDS, EngineConfig, engine_of
 from lapdata.core.errors import LapError
 from lapdata.core.locks import writer_lock
 from lapdata.dataset.manifests import MANIFESTS, shard_stats
-from lapdata.dataset.sample import KEY, decode_sample, sample_json
-from lapdata.dataset.schema import SHARD, SHARD_DIR, SHARD_PATH, SHARD_SPLIT, STATUS_ERROR, STATUS_OK
-from lapdata.dataset.reader import iter_tar_samples
+from lapdata.dataset.schema import SHARD, SHARD_DIR, SHARD_SPLIT
 from lapdata.dataset.writer import ShardTask, WriteConfig, write_dataset
 from lapdata.parsing import commit
+from lapdata.parsing import report as report_mod
+from lapdata.parsing.report import CONTACT_SHEET, HISTOGRAM
 from lapdata.parsing.commit import COMPLETE_FILE, TMP_SUFFIX, drop_old, finish_swap, swap_paths
-from lapdata.parsing.labels import colorize, read_label_order
+from lapdata.parsing.labels import read_label_order
 from lapdata.parsing.landmarks import LandmarkParserConfig
-from lapdata.parsing.masks import RCLMaskConfig, label_to_masks_np
-from lapdata.parsing.shard import _one_line, process_shard
+from lapdata.parsing.masks import RCLMaskConfig
+from lapdata.parsing.shard import process_shard
 
 ParserName = Literal["auto", "bisenet", "landmarks", "ground-truth"]
 CONFIG_FILE = "parse_config.json"
-CONTACT_SHEET = "parse_contact_sheet.png"
-HISTOGRAM = "parse_face_fraction.png"
 DEFAULT_MIN_FACE_FRACTION = 0.25
 
 
@@ -173,93 +168,6 @@ def get_parser(name: str, cfg: ParseConfig):
     return p
 
 
-# ------------------------------------------------------------------------------------------------ pictures
-
-
-def contact_sheet(items: Sequence[tuple[np.ndarray, np.ndarray, str]], path: str | Path,
-                  masks: RCLMaskConfig = RCLMaskConfig(), tile: int = 128, groups_per_row: int = 3) -> None:
-    """PNG grid (`lapdata.core.pictures.image_grid`): for each (image, seg, caption): photo (caption under it) | label
-    map over the photo | label map | M_re (grey), ``groups_per_row`` views a row."""
-    from PIL import Image
-
-    from lapdata.core.pictures import image_grid, save_png
-
-    if not items:
-        return
-    rows: list[list[np.ndarray]] = []
-    caps: list[list[str | None]] = []
-    for k, (img, seg, cap) in enumerate(items):
-        if k % groups_per_row == 0:
-            rows.append([])
-            caps.append([])
-        im = np.array(Image.fromarray(img).resize((tile, tile), Image.BILINEAR))
-        sg = np.array(Image.fromarray(seg).resize((tile, tile), Image.NEAREST))
-        col = colorize(sg)
-        _, m_re = label_to_masks_np(sg, masks)
-        rows[-1] += [im, (0.55 * im + 0.45 * col).astype(np.uint8), col, (m_re * 255).astype(np.uint8)]
-        caps[-1] += [cap, None, None, None]
-    heads = ["photo", "labels on photo", "labels", "M_re"] * min(len(items), groups_per_row)
-    save_png(path, image_grid(rows, col_labels=heads, captions=caps))
-
-
-def face_fraction_figure(fractions: Sequence[float], threshold: float, path: str | Path, title: str = "") -> None:
-    """Histogram PNG of face fractions with the hard-sample threshold."""
-    from lapdata.core.pictures import new_figure, save_figure
-
-    f = np.asarray(fractions, dtype=float)
-    fig, (ax,) = new_figure(1, 6, 3.2)
-    ax.hist(f, bins=np.linspace(0, 1, 51), color="#4477aa")
-    ax.axvline(threshold, color="#cc3311", ls="--", label=f"min_face_fraction {threshold:g}")
-    ax.set_xlabel("face fraction (RCL face-group pixels / all pixels)")
-    ax.set_ylabel("views")
-    ax.set_title(title or f"{len(f)} views, {int((f < threshold).sum())} hard", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-
-
-def _sheet_items(dataset: Path, n: int, max_shards: int = 4) -> list[tuple[np.ndarray, np.ndarray, str]]:
-    """Up to n views for the contact sheet from the first ``max_shards`` shards: identities taken in turn (one view
-    each per round, spread over their views), about a quarter of the slots for hard views when there are any."""
-    if n <= 0:
-        return []
-    shards = shard_stats(dataset)[:max_shards]
-    cands: dict[str, list[tuple[str, str, int, bool]]] = {}  # identity -> (tar, key, view, hard)
-    for st in shards:
-        for d in iter_tar_samples(dataset / st[SHARD_PATH]):
-            doc = sample_json(d)
-            for i, m in enumerate(doc["views"]):
-                if "seg" in m.get("fields", []):
-                    cands.setdefault(doc["identity"], []).append((st[SHARD_PATH], d[KEY], i, bool(m.get("hard"))))
-    hard = [c for cs in cands.values() for c in cs if c[3]]
-    hard = hard[:: max(1, len(hard) // max(1, n // 4))][: n // 4]
-    easy_by_id = {k: [c for c in cs if not c[3]] for k, cs in cands.items()}
-    easy: list = []
-    rnd = 0
-    while len(easy) < n - len(hard) and any(len(v) > rnd for v in easy_by_id.values()):
-        for k in sorted(easy_by_id):
-            v = easy_by_id[k]
-            if len(v) > rnd:
-                step = max(1, len(v) // 8)
-                easy.append(v[(rnd * step) % len(v)])
-        rnd += 1
-    chosen = hard + easy[: n - len(hard)]
-    want: dict[tuple[str, str], list[int]] = {}
-    for path, key, i, _ in chosen:
-        want.setdefault((path, key), []).append(i)
-    got: dict[tuple[str, str, int], tuple] = {}
-    for path in sorted({c[0] for c in chosen}):
-        for d in iter_tar_samples(dataset / path):
-            idx = want.get((path, d[KEY]))
-            if not idx:
-                continue
-            for i, v in zip(idx, decode_sample(d, views=idx, fields=("image", "seg")).views):
-                m = v.meta
-                cap = f"{m.get('parser', '?')} f={m.get('face_fraction', 0):.2f}" + (" HARD" if m.get("hard") else "")
-                got[(path, d[KEY], i)] = (v.image, v.seg, cap)
-    return [got[(p, k, i)] for p, k, i, _ in chosen if (p, k, i) in got]
-
-
 # ------------------------------------------------------------------------------------------------ the step
 
 
@@ -289,26 +197,6 @@ def _copy_extras(root: Path, tmp: Path) -> None:
             shutil.copy2(p, dst)
 
 
-def _summary(table, cfg: ParseConfig) -> dict:
-    d = table.to_pydict()
-    parsed = [i for i, p in enumerate(d["parser"]) if p is not None and d["status"][i] == STATUS_OK]
-    ff = np.array([d["face_fraction"][i] for i in parsed], dtype=float)
-    errors = Counter(d["reason"][i] for i in range(len(d["status"])) if d["status"][i] == STATUS_ERROR and
-                     d["reason"][i] in ("parse_failed", "no_image", "bad_sample", "corrupt_image"))
-    kept_failed = sum(1 for i in parsed if (d["hard_reason"][i] or "").startswith("parse_failed"))
-    if kept_failed:
-        errors["parse_failed_kept_hard"] = kept_failed
-    pct = {f"p{q}": round(float(np.percentile(ff, q)), 4) for q in (1, 5, 25, 50, 75, 95, 99)} if len(ff) else {}
-    return {
-        "views_parsed": len(parsed),
-        "by_parser": dict(Counter(d["parser"][i] for i in parsed)),
-        "hard": int(sum(bool(d["hard"][i]) for i in parsed)),
-        "parse_errors": dict(errors),
-        "face_fraction": {"mean": round(float(ff.mean()), 4) if len(ff) else None, **pct},
-        "min_face_fraction": cfg.min_face_fraction,
-    }
-
-
 def parse_masks(root: str | Path, cfg: ParseConfig = ParseConfig(), progress: bool = True) -> ParseReport:
     """Parse every view of dataset ``root`` and swap in the new version with label maps (see module doc). The run
     holds the dataset's writer lock (``lapdata.core.locks``); a dataset whose audit must fail at the end (faults no parse
@@ -328,11 +216,13 @@ def _refuse_carried(root: Path, where: str) -> None:
                        f"audit {where}; a dataset lapdata ingest wrote is repaired by rerunning that ingest)")
 
 
-def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseReport:
-    url = str(root).rstrip("/") if storage.is_url(root) else None
+def _prepare(root: str | Path, url: str | None, cfg: ParseConfig) -> tuple[Path, Path, Path | None, list[ShardTask]]:
+    """The dataset (a URL: its staging mounts, an interrupted commit finished first; a folder: an interrupted swap
+    finished first), its new version's folder and the old version's name, its shards; refused here, before any
+    work, when it cannot be parsed."""
     if url:  # an object store: staging mounts of URL and URL.parse-tmp, committed by a journal (parsing.commit)
         commit.finish_commit(url)
-        root, tmp, old = storage.mount(url), storage.mount(url + TMP_SUFFIX), None
+        root, tmp, old = staging.mount(url), staging.mount(url + TMP_SUFFIX), None
     else:
         root = Path(root).expanduser().absolute()
         tmp, old = swap_paths(root)
@@ -347,7 +237,12 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
     _refuse_carried(root, url or str(root))
     if cfg.weights and cfg.model_parser == "bisenet":  # a wrong weight file is one clear line, before any work
         get_parser("bisenet", cfg)
-    ident = cfg.identity_doc()
+    return root, tmp, old, tasks
+
+
+def _start_version(root: Path, tmp: Path, url: str | None, ident: dict) -> None:
+    """The new version's folder: resumed when it holds a parse with the same options, else started over; its
+    parse_config.json and the dataset's other files."""
     if tmp.exists() and any(not p.name.startswith(".") for p in tmp.iterdir()):  # (a mount: its sync state)
         prev = None
         try:
@@ -361,9 +256,14 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
                 storage.remove(url + TMP_SUFFIX, recursive=True)
     tmp.mkdir(parents=True, exist_ok=True)
     atomic.write_json(tmp / CONFIG_FILE, ident, indent=1, sort_keys=True)
-    storage.push(tmp, [CONFIG_FILE])
+    staging.push(tmp, [CONFIG_FILE])
     _copy_extras(root, tmp)
 
+
+def _write_version(root: Path, tmp: Path, url: str | None, tasks: list[ShardTask], cfg: ParseConfig,
+                   progress: bool) -> dict:
+    """Every shard parsed into the new version (the writer resumes finished ones); its stats.json config is the
+    dataset's with the parse options added."""
     prev_stats = {}
     if (root / "stats.json").exists():
         try:
@@ -371,49 +271,49 @@ def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseRep
         except ValueError:
             prev_stats = {}
     config = dict(prev_stats.get("config") or {})
-    config["parse_masks"] = ident
+    config["parse_masks"] = cfg.identity_doc()
     process = functools.partial(process_shard, src_dir=url or str(root), cfg=cfg, parsers=get_parser)
     write = WriteConfig(workers=cfg.workers, config=config, image_ext="jpg", progress=progress, engine=engine_of(cfg),
                         model=cfg.model_parser is not None)
-    stats = write_dataset(tmp, tasks, process, write, warm=functools.partial(warm_parser, cfg))
-    report = ParseReport(url or str(root), cfg.parser, failed_shards=stats.get("failed", []))
-    from lapdata.dataset.manifests import read_dataset
+    return write_dataset(tmp, tasks, process, write, warm=functools.partial(warm_parser, cfg))
 
-    table = read_dataset(tmp)
-    summary = _summary(table, cfg)
-    report.stats = {**summary, "photos": stats.get("photos"), "status_counts": stats.get("status_counts"),
-                    "shards": stats.get("shards"), "images": stats.get("images")}
-    if report.failed_shards:
-        return report
-    # pictures of the new version
-    try:
-        contact_sheet(_sheet_items(tmp, cfg.contact_sheet_views), tmp / CONTACT_SHEET, cfg.masks)
-        report.contact_sheet = storage.join(url, CONTACT_SHEET) if url else str(root / CONTACT_SHEET)
-        d = table.to_pydict()
-        ff = [f for f, p, s in zip(d["face_fraction"], d["parser"], d["status"]) if p is not None and s == STATUS_OK]
-        if ff:
-            face_fraction_figure(ff, cfg.min_face_fraction, tmp / HISTOGRAM, f"{root.name}: {len(ff)} views, "
-                                 f"{summary['hard']} under {cfg.min_face_fraction:g}")
-    except Exception as e:  # pictures never fail the run
-        print(f"warning: contact sheet not written ({_one_line(e)})")
-    from lapdata.dataset.audit.run import audit_dataset
 
-    rep = audit_dataset(tmp)
-    report.audit_faults = list(rep.faults)
-    if rep.faults:
-        return report
+def _commit(root: Path, tmp: Path, old: Path | None, url: str | None, report: ParseReport, cfg: ParseConfig) -> None:
+    """The audited new version in place of the old: on an object store through the journal (``parsing.commit``),
+    on disk the two-rename swap."""
     atomic.write_json(tmp / COMPLETE_FILE, {"stats": report.stats,
                                             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1)
     if url:
-        storage.push_tree(tmp)
+        staging.push_tree(tmp)
         commit.commit(url, url + TMP_SUFFIX, keep_old=cfg.keep_old)
-        storage.unmount(tmp)
+        staging.unmount(tmp)
         shutil.rmtree(tmp)
-        storage.mount(url)  # the staging mirror of the committed version
-        report.swapped = True
-        return report
-    os.replace(root, old)
-    os.replace(tmp, root)
-    drop_old(root, cfg.keep_old)
+        staging.mount(url)  # the staging mirror of the committed version
+    else:
+        os.replace(root, old)
+        os.replace(tmp, root)
+        drop_old(root, cfg.keep_old)
     report.swapped = True
+
+
+def _parse_masks(root: str | Path, cfg: ParseConfig, progress: bool) -> ParseReport:
+    from lapdata.dataset.audit.run import audit_dataset
+    from lapdata.dataset.manifests import read_dataset
+
+    url = str(root).rstrip("/") if storage.is_url(root) else None
+    root, tmp, old, tasks = _prepare(root, url, cfg)
+    _start_version(root, tmp, url, cfg.identity_doc())
+    stats = _write_version(root, tmp, url, tasks, cfg, progress)
+    report = ParseReport(url or str(root), cfg.parser, failed_shards=stats.get("failed", []))
+    table = read_dataset(tmp)
+    figures = report_mod.summary(table, cfg)
+    report.stats = {**figures, "photos": stats.get("photos"), "status_counts": stats.get("status_counts"),
+                    "shards": stats.get("shards"), "images": stats.get("images")}
+    if report.failed_shards:
+        return report
+    if report_mod.pictures(tmp, table, cfg, f"{root.name}: ", figures["hard"]):
+        report.contact_sheet = storage.join(url, CONTACT_SHEET) if url else str(root / CONTACT_SHEET)
+    report.audit_faults = list(audit_dataset(tmp).faults)
+    if not report.audit_faults:
+        _commit(root, tmp, old, url, report, cfg)
     return report

@@ -26,26 +26,26 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 
 from lapdata.core.errors import LapError
 from lapdata.faces.align import MAX_CROP_SIZE
 from lapdata.core.locks import writer_lock
-from lapdata.dataset.sample import IdentitySample, View, decode_sample, encode_image, sample_key
+from lapdata.dataset.sample import IdentitySample, View, encode_image, sample_key
 from lapdata.dataset.schema import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
-from lapdata.dataset.reader import RawSample, iter_tar_samples
 
 from lapdata.core.device import resolve_device
 from lapdata.core.engine import EngineConfig, engine_of
 
-from lapdata.synthetic.base import Backend, Pose, SynthView, default_poses, frontal_index, identity_seed
+from lapdata.synthetic.base import Backend, Pose, default_poses, identity_seed
 from lapdata.synthetic.framing import FramedView, ViewFramer, make_framer
+from lapdata.synthetic.frontal import IdentityFilter, filter_views
+from lapdata.synthetic.sheet import write_contact_sheet
 
 BACKENDS = ("procedural", "ict", "stylegan", "diffusers")
 REASON_ID = "id_similarity"
@@ -164,33 +164,6 @@ def _asdict(cfg: SynthConfig) -> dict[str, Any]:
     return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
-class IdentityFilter:
-    """The paper's frontal-view filter around an embedder (``lapdata.faces.embed``: ``__call__(aligned crops)`` and
-    optionally ``embed_image(image, [landmarks])``): views whose cosine to the frontal view is below
-    ``threshold`` are dropped. Views with landmarks are aligned from them (the 3D backends' projected landmarks;
-    the detected ones on a generated view, ``lapdata.synthetic.framing``); others are embedded as they are."""
-
-    def __init__(self, embedder, threshold: float, name: str):
-        self.embedder = embedder
-        self.threshold = float(threshold)
-        self.name = name
-
-    def embed(self, views: Sequence[SynthView]) -> np.ndarray:
-        out = []
-        for v in views:
-            if v.landmarks is not None and hasattr(self.embedder, "embed_image"):
-                e = self.embedder.embed_image(v.image, [np.asarray(v.landmarks, np.float64)])
-            else:
-                e = self.embedder([np.ascontiguousarray(v.image)])
-            out.append(np.asarray(e, np.float32).reshape(-1))
-        return np.stack(out)
-
-    def __call__(self, views: Sequence[SynthView], frontal: int) -> tuple[np.ndarray, np.ndarray]:
-        from lapdata.faces.idfilter import frontal_view_filter
-
-        return frontal_view_filter(self.embed(views), frontal, self.threshold)
-
-
 def make_filter(cfg: SynthConfig) -> IdentityFilter | None:
     kind = cfg.id_filter
     if kind == "auto":
@@ -266,21 +239,6 @@ def _round(x: Any, nd: int = 4) -> Any:
     return np.round(np.asarray(x, np.float64), nd).tolist()
 
 
-def _filter_views(filt: IdentityFilter | None, views: Sequence[SynthView], poses: Sequence[Pose],
-                  ok: Sequence[int]) -> tuple[int, np.ndarray, np.ndarray, str | None]:
-    """The frontal-view identity filter over the views ``ok`` (indices of views with a face) -> (frontal index,
-    keep (P,) bool, cosine (P,) float32 (NaN: not scored), id_model) over all P views."""
-    P = len(views)
-    keep, sims = np.zeros(P, bool), np.full(P, np.nan, np.float32)
-    front = ok[frontal_index([poses[k] for k in ok])]
-    if filt is None:
-        keep[list(ok)] = True
-        return front, keep, sims, None
-    k_ok, s_ok = filt([views[k] for k in ok], list(ok).index(front))
-    keep[list(ok)], sims[list(ok)] = k_ok, s_ok
-    return front, keep, sims, filt.name
-
-
 def render_identity(
     cfg: SynthConfig, backend: Backend, filt: IdentityFilter | None, identity: str, split: str, index: int,
     framer: ViewFramer | None = None,
@@ -310,7 +268,7 @@ def render_identity(
     written = [f.view if isinstance(f, FramedView) else v for v, f in zip(views, framed)]
     if ok:
         embedded = [f.source if isinstance(f, FramedView) else v for v, f in zip(views, framed)]
-        front, keep, sims, id_model = _filter_views(filt, embedded, poses, ok)
+        front, keep, sims, id_model = filter_views(filt, embedded, poses, ok)
     rows, kept = [], []
     for k, (v, p, f) in enumerate(zip(written, poses, framed)):
         pid = f"{identity}-{k:02d}"
@@ -391,9 +349,9 @@ def _run_synthetic(cfg: SynthConfig, backend: Backend | None, filt: IdentityFilt
     from lapdata.dataset.split import split_of
     from lapdata.dataset.writer import WriteConfig, plan_shards, write_dataset
 
-    from lapdata.core import storage
+    from lapdata.core import staging, storage
 
-    out = storage.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out).expanduser()
+    out = staging.mount(cfg.out) if storage.is_url(cfg.out) else Path(cfg.out).expanduser()
     if backend is None:
         backend = make_backend(cfg, cache_dir=out / "cache")
     if isinstance(filt, str):
@@ -418,47 +376,8 @@ def _run_synthetic(cfg: SynthConfig, backend: Backend | None, filt: IdentityFilt
     except Exception as e:  # noqa: BLE001 - a picture must not fail the run
         stats["contact_sheet"] = None
         stats["contact_sheet_error"] = f"{type(e).__name__}: {e}"
-    storage.push_tree(out, skip=("cache/",))  # a dataset URL: the manifests and pictures (the shards are there)
+    staging.push_tree(out, skip=("cache/",))  # a dataset URL: the manifests and pictures (the shards are there)
     return stats
-
-
-# ------------------------------------------------------------------------------------------------ contact sheet
-
-
-def _read_samples(tar_path: Path, limit: int) -> list[RawSample]:
-    """The first ``limit`` raw samples of a shard (``lapdata.dataset.reader.iter_tar_samples``)."""
-    return list(itertools.islice(iter_tar_samples(tar_path), max(0, limit)))
-
-
-def write_contact_sheet(out_dir: str | Path, identities: int = 6, poses: int = 15, thumb: int = 96) -> Path | None:
-    """DIR/contact_sheet.png (`lapdata.core.pictures.image_grid`): up to ``identities`` identities (rows, named) x their
-    kept views (columns, in yaw order, the yaw under each), each followed by a row of its depth maps
-    (`lapdata.core.pictures.depth_colors`) when the shards have them (``poses`` is no longer needed: each row shows what
-    it has). Returns the path (None: no shards)."""
-    from lapdata.core.pictures import depth_colors, image_grid, save_png
-
-    out = Path(out_dir)
-    shards = sorted((p.with_suffix(".tar") for p in (out / "shards").glob("*.json")),
-                    key=lambda p: (not p.name.startswith("train"), p.name))
-    samples = []
-    for s in shards:
-        samples.extend(_read_samples(s, identities - len(samples)))
-        if len(samples) >= identities:
-            break
-    if not samples:
-        return None
-    rows, labels, caps = [], [], []
-    for d in samples:
-        s = decode_sample(d, fields=("image", "depth"))
-        order = sorted(range(len(s.views)), key=lambda i: s.views[i].meta.get("pose", [0])[0])
-        rows.append([s.views[i].image for i in order])
-        labels.append(s.identity)
-        caps.append([f"yaw {s.views[i].meta.get('pose', [0])[0]:+.0f}" for i in order])
-        if any(v.depth is not None for v in s.views):
-            rows.append([None if s.views[i].depth is None else depth_colors(s.views[i].depth) for i in order])
-            labels.append("depth")
-            caps.append([])
-    return save_png(out / "contact_sheet.png", image_grid(rows, row_labels=labels, captions=caps, cell=thumb))
 
 
 def summary_line(stats: dict, out: str | Path) -> str:
@@ -476,7 +395,3 @@ def summary_line(stats: dict, out: str | Path) -> str:
     if failed:
         line += f"; {len(failed)} shards FAILED (rerun to retry): {failed[0]['shard']}: {failed[0]['error']}"
     return line
-
-
-__all__ = ["SynthConfig", "run_synthetic", "make_backend", "make_filter", "IdentityFilter", "render_identity",
-           "process_shard", "write_contact_sheet", "identity_name", "summary_line"]

@@ -42,6 +42,7 @@ from lapdata.dataset.audit import integrity as integrity
 from lapdata.dataset.audit import rows as rows
 from lapdata.dataset.audit import shards as shard_checks
 from lapdata.core import storage
+from lapdata.core import staging
 from lapdata.core.errors import LapError
 from lapdata.dataset.schema import IDENTITIES, PHOTOS, SHARDS, check_schema
 from lapdata.dataset.schema import NUM_IMAGES, NUM_SAMPLES, SHARD, SHARD_BYTES, SHARD_DIR, SHARD_SPLIT
@@ -64,7 +65,7 @@ class AuditReport:
 
 def _open(where: str) -> Path:
     """The dataset folder of ``where`` (a URL: its readers' staging mirror); LapError when it is no dataset."""
-    root = storage.mount(where, reader=True) if storage.is_url(where) else Path(where)
+    root = staging.mount(where, reader=True) if storage.is_url(where) else Path(where)
     if not root.exists():
         raise LapError(f"{root}: dataset folder does not exist")
     if not root.is_dir():
@@ -158,7 +159,7 @@ def _check_in_progress(a: _Audit) -> None:
     """No parse-masks commit half done (``lapdata.parsing.commit``); no object key refused by the mirror."""
     if (a.root / "parse_commit.json").exists():
         a.fault(f"{a.where}: parse_commit.json is there, a parse-masks commit is in progress; rerun parse-masks on it")
-    for key, why in storage.refused_keys(a.root):  # a hostile or damaged bucket: never mirrored
+    for key, why in staging.refused_keys(a.root):  # a hostile or damaged bucket: never mirrored
         a.fault(f"{a.where.rstrip('/')}/{key}: object key refused, it leads outside the dataset ({why})")
 
 
