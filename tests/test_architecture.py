@@ -1,4 +1,5 @@
-"""The layout the ARCHITECTURE.md files promise: no import cycles, layers imported one way, modules under 500 lines.
+"""The layout the ARCHITECTURE.md files promise: no import cycles, each package's layers imported one way, modules
+under 400 lines and functions under 80.
 
 Imports are read from the source (``ast``), module level and inside functions alike, so a lazy import that closes a
 cycle counts too.
@@ -13,11 +14,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("lapdata", "lapmodel")
-MAX_LINES = 500
+MAX_LINES = 400  # a module
+MAX_FUNCTION_LINES = 80  # a function or method, decorators excluded
 
-# lapmodel's layers, top (imported by everything below it in the list) to bottom; see lapmodel/ARCHITECTURE.md
-LAYERS = [("config",), ("render",), ("models",), ("io",), ("viz",), ("training",), ("inference",),
-          ("evaluation",), ("recipes",), ("commands", "cli", "__main__", "__init__")]
+# each package's layers, top (imported by everything below it in the list) to bottom; see its ARCHITECTURE.md
+LAYERS = {
+    "lapdata": [("core",), ("geometry",), ("faces",), ("dataset",), ("sources",), ("parsing",), ("synthetic",),
+                ("ingest",), ("commands", "cli", "__main__", "__init__")],
+    "lapmodel": [("config",), ("render",), ("models",), ("io",), ("viz",), ("training",), ("inference",),
+                 ("evaluation",), ("recipes",), ("commands", "cli", "__main__", "__init__")],
+}
+# lapdata's top level: only its subpackages and its entry points
+LAPDATA_TOP = {"__init__.py", "__main__.py", "cli.py"}
+
+# TEMPORARY (issue 20): lapmodel's modules and functions over the limits on this branch, split on the lapmodel
+# branch of the same issue (the Model protocol, training's set-up out of the loop, evaluation in steps). The lead
+# deletes this list at the merge; nothing may be added to it, and lapdata has none.
+LAPMODEL_OVERSIZED = {
+    "lapmodel.inference.reconstruct",  # module, 479 lines
+    "lapmodel.evaluation.evaluate",  # module, 485 lines
+    "lapmodel.evaluation.evaluate.evaluate_model",  # 128 lines
+    "lapmodel.training.train._train",  # 219 lines
+}
 
 
 def module_name(path: Path) -> str:
@@ -93,11 +111,40 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
 
 
 def layer(mod: str) -> int:
+    pkg = mod.split(".")[0]
     sub = mod.split(".")[1] if "." in mod else "__init__"
-    for i, names in enumerate(LAYERS):
+    for i, names in enumerate(LAYERS[pkg]):
         if sub in names:
             return i
-    raise AssertionError(f"{mod}: its subpackage {sub!r} is in no layer of LAYERS (lapmodel/ARCHITECTURE.md)")
+    raise AssertionError(f"{mod}: its subpackage {sub!r} is in no layer of LAYERS[{pkg!r}] ({pkg}/ARCHITECTURE.md)")
+
+
+def layer_violations(g: dict[str, set[str]], pkg: str) -> list[str]:
+    """Imports inside ``pkg`` from a lower layer to a higher one."""
+    return sorted(f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})" for m, ts in g.items()
+                  if m.startswith(pkg + ".") or m == pkg for t in ts
+                  if t.startswith(pkg + ".") and layer(t) > layer(m))
+
+
+def long_functions(path: Path, name: str) -> dict[str, int]:
+    """{module.function (or module.Class.method): lines} of the functions in ``path`` longer than
+    MAX_FUNCTION_LINES (from ``def`` to the last line of the body)."""
+    out: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = child.end_lineno - child.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    out[f"{prefix}.{child.name}"] = n
+                visit(child, f"{prefix}.{child.name}")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}.{child.name}")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(path.read_text(), str(path)), name)
+    return out
 
 
 def test_cycle_finder_finds_a_planted_cycle():
@@ -124,22 +171,49 @@ def test_lapdata_never_imports_lapmodel():
     assert not bad, bad
 
 
-def test_lapmodel_layers_are_imported_one_way():
-    bad = []
-    for m, ts in graph().items():
-        if not m.startswith("lapmodel"):
-            continue
-        for t in ts:
-            if t.startswith("lapmodel") and t != "lapmodel" and layer(t) > layer(m):
-                bad.append(f"{m} (layer {layer(m)}) imports {t} (layer {layer(t)})")
-    assert not bad, "\n".join(sorted(bad))
+def test_layer_check_finds_a_planted_violation():
+    g = {"lapdata.core.errors": {"lapdata.dataset.sample"}, "lapdata.dataset.sample": {"lapdata.core.errors"}}
+    assert layer_violations(g, "lapdata") == [
+        "lapdata.core.errors (layer 0) imports lapdata.dataset.sample (layer 3)"]
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_layers_are_imported_one_way(pkg):
+    bad = layer_violations(graph(), pkg)
+    assert not bad, "\n".join(bad)
+
+
+def test_lapdata_top_level_holds_only_subpackages_and_entry_points():
+    top = {p.name for p in (REPO / "lapdata").glob("*.py")}
+    assert top == LAPDATA_TOP, f"modules at lapdata's top level: {sorted(top - LAPDATA_TOP)}"
+
+
+def test_function_size_check_finds_a_long_function(tmp_path):
+    src = tmp_path / "m.py"
+    body = "".join(f"        x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    src.write_text(f"def short():\n    pass\n\n\nclass C:\n    def long(self):\n{body}")
+    assert long_functions(src, "m") == {"m.C.long": MAX_FUNCTION_LINES + 1}
 
 
 @pytest.mark.parametrize("pkg", PACKAGES)
 def test_modules_are_small(pkg):
     big = {module_name(p): n for p in (REPO / pkg).rglob("*.py")
-           if (n := len(p.read_text().splitlines())) > MAX_LINES}
+           if (n := len(p.read_text().splitlines())) > MAX_LINES and module_name(p) not in LAPMODEL_OVERSIZED}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+@pytest.mark.parametrize("pkg", PACKAGES)
+def test_functions_are_short(pkg):
+    long = {f: n for p in sorted((REPO / pkg).rglob("*.py")) for f, n in long_functions(p, module_name(p)).items()
+            if f not in LAPMODEL_OVERSIZED}
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_the_temporary_list_names_only_real_offenders():
+    """LAPMODEL_OVERSIZED may only shrink: an entry that is no longer over the limit must leave it."""
+    real = {module_name(p) for p in (REPO / "lapmodel").rglob("*.py") if len(p.read_text().splitlines()) > MAX_LINES}
+    real |= {f for p in (REPO / "lapmodel").rglob("*.py") for f in long_functions(p, module_name(p))}
+    assert LAPMODEL_OVERSIZED <= real, f"no longer over the limits: {sorted(LAPMODEL_OVERSIZED - real)}"
 
 
 def test_every_module_is_in_the_architecture_file():
