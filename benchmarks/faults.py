@@ -21,23 +21,24 @@ import os
 import pickle
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the repository: the test builders (tests/builders.py) are shared with the tests
+from tests.builders import (flip_first_jpeg, huge_png, jpeg_bytes, make_aligned_folders, pattern,  # noqa: E402
+                            rewrite_parquet)
+
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
@@ -111,25 +112,9 @@ def cli_rss(*args: str, prog: str = "lapdata", timeout: float = 300) -> Run:
 # ------------------------------------------------------------------------------------------------ inputs
 
 
-def pattern(seed: int, size: int = 112) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC))
-
-
-def jpeg(arr: np.ndarray, quality: int = 95) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def folders(root: Path, n_ids: int = 3, per_id: int = 6, seed: int = 0) -> Path:
-    for i in range(n_ids):
-        d = root / f"person{i}"
-        d.mkdir(parents=True, exist_ok=True)
-        for j in range(per_id):
-            (d / f"{j}.jpg").write_bytes(jpeg(pattern(seed + 1000 * i + j)))
-    return root
+    """The catalogue's photo source: ``person{i}/{j}.jpg``, the test builders' aligned folders without faults."""
+    return make_aligned_folders(root, n_ids, per_id, faults=False, seed=seed)
 
 
 def count_inputs(root: Path) -> int:
@@ -174,23 +159,6 @@ def audit_faults(r: Run) -> list[str]:
         return []
 
 
-def rewrite_parquet(p: Path, column: str, row: int, value) -> None:
-    t = pq.read_table(p)
-    vals = t.column(column).to_pylist()
-    vals[row] = value
-    i = t.schema.get_field_index(column)
-    pq.write_table(t.set_column(i, t.schema.field(i), pa.array(vals, t.schema.field(i).type)), p)
-
-
-def flip_first_jpeg(tar: Path) -> None:
-    with tarfile.open(tar) as tf:
-        m = next(m for m in tf if m.name.endswith(".jpg"))
-    data = bytearray(tar.read_bytes())
-    mid = m.offset_data + m.size // 2
-    data[mid : mid + 16] = bytes(255 - b for b in data[mid : mid + 16])
-    tar.write_bytes(bytes(data))
-
-
 class _Zeros(io.RawIOBase):
     """``n`` zero bytes as a stream, never held in memory."""
 
@@ -213,17 +181,6 @@ def add_zero_member(tar: Path, size: int) -> None:
         ti = tarfile.TarInfo("zzbig-0000-000.bin")
         ti.size = size
         tf.addfile(ti, io.BufferedReader(_Zeros(size)))
-
-
-def huge_png(path: Path, w: int, h: int) -> None:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (w + 1)
-    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
 # ------------------------------------------------------------------------------------------------ the catalogue
@@ -324,9 +281,9 @@ def _(ws):
     os.mkdir(bad)
     for j in range(6):
         with open(bad + f"/{j}.jpg".encode(), "wb") as f:
-            f.write(jpeg(pattern(9000 + j)))
+            f.write(jpeg_bytes(pattern(9000 + j)))
     with open(os.fsencode(src / "person0") + b"/\xff.jpg", "wb") as f:
-        f.write(jpeg(pattern(9100)))
+        f.write(jpeg_bytes(pattern(9100)))
     out = ws / "out"
     r1, r2 = ingest(src, out), ingest(src, out)
     rs = rows(out)
@@ -389,8 +346,8 @@ def _(ws):
     for k, name in enumerate((names[0], b)):
         (src / name).mkdir(parents=True)
         for j in range(6):
-            (src / name / f"{j}.jpg").write_bytes(jpeg(pattern(100 * k + j)))
-    (src / b / "copy.jpg").write_bytes(jpeg(pattern(0), quality=70))
+            (src / name / f"{j}.jpg").write_bytes(jpeg_bytes(pattern(100 * k + j)))
+    (src / b / "copy.jpg").write_bytes(jpeg_bytes(pattern(0), quality=70))
     out = ws / "out"
     r = ingest(src, out)
     a = audit(out)
@@ -644,7 +601,7 @@ def _(ws):
     ck = ws / "evil.pt"
     marker = ws / "PWNED"
     ck.write_bytes(pickle.dumps({"format": "lapmodel", "model": _Evil(marker), "config": {}}))
-    (ws / "p.jpg").write_bytes(jpeg(pattern(1)))
+    (ws / "p.jpg").write_bytes(jpeg_bytes(pattern(1)))
     r = cli("reconstruct", ws / "p.jpg", "--checkpoint", ck, "--out", ws / "o", "--device", "cpu", prog="lapmodel")
     return f"rc {r.rc}: {r.last_error()[:60]}; payload ran: {marker.exists()}", r.one_line_error and \
         not marker.exists(), 0

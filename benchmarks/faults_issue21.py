@@ -3,7 +3,7 @@
 Run them through the catalogue (``python benchmarks/faults.py --only 21.``). As there, each case builds its input in
 its own temp folder and runs ``lapdata`` / ``lapmodel`` as subprocesses. Bucket cases run on a local S3 server the
 harness starts once (moto's server mode on 127.0.0.1, dummy credentials and ``FSSPEC_S3_ENDPOINT_URL`` in the
-children's environment, as tests/test_cluster.py does); wrong credentials on a second server that checks them; Ray
+children's environment, as the tests' cluster fixture does, tests/lapdata/core/conftest.py); wrong credentials on a second server that checks them; Ray
 cases against a local Ray cluster the harness starts (``ray.init`` on this machine's CPUs) or addresses with no Ray.
 """
 
@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,9 +22,9 @@ from pathlib import Path
 from PIL import Image
 
 from faults import (BASE, REPO, TINY, _ckpt, _one_line_case, audit, audit_faults, case, cli, cli_rss, dataset,
-                    folders, ingest, jpeg, pattern, rows)
+                    folders, ingest, rows)
+from tests.builders import auth_s3_server, jpeg_bytes, pattern  # faults put the repository on sys.path
 
-sys.path.insert(0, str(REPO))
 SPLITS = ("train", "val", "test")
 _S3: dict[str, str] = {}
 
@@ -65,8 +64,8 @@ def leaky(root: Path) -> tuple[Path, str]:
     for k, name in enumerate((names[0], b, "person90", "person91")):
         (root / name).mkdir(parents=True)
         for j in range(3):
-            (root / name / f"{j}.jpg").write_bytes(jpeg(pattern(100 * k + j)))
-    (root / b / "copy.jpg").write_bytes(jpeg(pattern(0), quality=70))
+            (root / name / f"{j}.jpg").write_bytes(jpeg_bytes(pattern(100 * k + j)))
+    (root / b / "copy.jpg").write_bytes(jpeg_bytes(pattern(0), quality=70))
     return root, max((names[0], b), key=lambda n: SPLITS.index(split_of(n, 0, (0.75, 0.125, 0.125))))
 
 
@@ -308,26 +307,10 @@ def _(ws):
 # ------------------------------------------------------------------------------------------------ 5: store failures
 
 
-def _auth_server() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    code = ("import time\nfrom moto.server import ThreadedMotoServer\n"
-            f"ThreadedMotoServer(ip_address='127.0.0.1', port={port}, verbose=False).start()\ntime.sleep(600)\n")
-    p = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"})
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    return p, f"http://127.0.0.1:{port}"
-
-
 @case("21.5 wrong credentials: audit, ingest, train on s3://", "exit 2 one line each, naming the URL")
 def _(ws):
     env = s3()
-    server, endpoint = _auth_server()
+    server, endpoint = auth_s3_server()
     url = "s3://faults/any/ds"
     env["FSSPEC_S3_ENDPOINT_URL"] = endpoint
     try:

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.builders import shared_path
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LAP_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def shared_path(*parts: str) -> Path:
-    """Path under ../shared/data, or pytest.skip with the reason when it is absent."""
-    p = SHARED_DATA.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"shared data not available: {p} is absent (see ../shared/README.md)")
-    return p
 
 
 @pytest.fixture

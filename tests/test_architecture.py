@@ -11,8 +11,8 @@ import ast
 from pathlib import Path
 
 import pytest
+from tests.builders import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("lapdata", "lapmodel")
 MAX_LINES = 400  # a module
 MAX_FUNCTION_LINES = 80  # a function or method, decorators excluded

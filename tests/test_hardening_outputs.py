@@ -16,14 +16,13 @@ from typer.testing import CliRunner
 from lapdata.dataset.audit.run import audit_dataset
 from lapdata.core.errors import LapError
 from lapdata.ingest.run import run_ingest
-from test_ingest import cfg, make_aligned_folders
-from test_reconstruct import StandIn
+from tests.builders import StandIn, ingest_cfg, make_aligned_folders
 
 
 @pytest.fixture
 def dataset(tmp_path) -> Path:
     out = tmp_path / "ds"
-    run_ingest(cfg(make_aligned_folders(tmp_path / "src", n_ids=6, per_id=3, faults=False), out, samples_per_shard=1,
+    run_ingest(ingest_cfg(make_aligned_folders(tmp_path / "src", n_ids=6, per_id=3, faults=False), out, samples_per_shard=1,
                    min_images=1))
     return out
 
@@ -112,9 +111,9 @@ def test_numbers_out_of_range_are_one_line(tmp_path):
 
     src = tmp_path / "src"
     with pytest.raises(LapError, match=r"--phash-distance 99: must be in 0\.\.15"):
-        cfg(src, tmp_path / "o", phash_distance=99)
+        ingest_cfg(src, tmp_path / "o", phash_distance=99)
     with pytest.raises(LapError, match=r"--size 100000: must be in 16\.\.4096"):
-        cfg(src, tmp_path / "o", size=100000)
+        ingest_cfg(src, tmp_path / "o", size=100000)
     with pytest.raises(LapError, match=r"size in 8\.\.4096 \(100000\)"):
         ReconstructConfig(("a.jpg",), "x.pt", str(tmp_path / "r"), size=100000)
     for sets, want in ((["model.nf=0"], "model: nf 0 must be >= 1"),
@@ -147,7 +146,7 @@ def test_a_zero_byte_shard_json_is_written_again(dataset):
     with pytest.raises(LapError, match=r"unreadable shard stats \(0 bytes\); rerun the command that wrote the"):
         read_shard_json(js)
     src = dataset.parent / "src"
-    st = run_ingest(cfg(src, dataset, samples_per_shard=1, min_images=1))
+    st = run_ingest(ingest_cfg(src, dataset, samples_per_shard=1, min_images=1))
     assert st["run"]["written"] == 1 and json.loads(js.read_text())["shard"] == js.stem
     assert audit_dataset(dataset).ok
 
@@ -156,7 +155,7 @@ def test_out_inside_the_source_is_refused(tmp_path):
     """An --out inside the source folder could never be resumed (the rerun read the dataset as photos)."""
     src = make_aligned_folders(tmp_path / "src", n_ids=2, per_id=2, faults=False)
     with pytest.raises(LapError, match="--out is inside the source folder"):
-        run_ingest(cfg(src, src / "lap", min_images=1))
+        run_ingest(ingest_cfg(src, src / "lap", min_images=1))
     assert not (src / "lap").exists()
 
 
