@@ -743,8 +743,9 @@ def _(ws):
     r = train(ws, ds, "o", "--steps", "4", "--log-every", "1")
     logs = [json.loads(x) for x in (ws / "o" / "log.jsonl").read_text().splitlines()] if r.rc == 0 else []
     n = max((x.get("skipped_samples", 0) for x in logs), default=0)
-    one = dataset(ws, "one", n_ids=1)
-    flip_first_jpeg(sorted((one / "shards").glob("*.tar"))[0])
+    one = ws / "one"  # one identity, in the train split (training never reads a dataset's val/test shards)
+    assert ingest(folders(ws / "one-src", n_ids=1), one, "--fractions", "1,0,0").rc == 0
+    flip_first_jpeg(sorted((one / "shards").glob("train-*.tar"))[0])
     bad = cli("train", "--config", "unsup3d", "--shards", one, "--out", ws / "o2", *TINY, prog="lapmodel", timeout=120)
     ok = r.rc == 0 and n >= 1 and bad.one_line_error and "without a readable sample" in bad.err
     return f"rc {r.rc}, skipped_samples {n}; all corrupt: rc {bad.rc}", ok, 0

@@ -109,8 +109,12 @@ def expand_shards(shards: str | Sequence[str]) -> list[str]:
                 _warn_unfinished(p if d != p else p.parent)
                 found = finished_shards(d, "train")
                 names = shard_names(d)
-                if not found and not any(n.endswith((".json", ".parquet")) for n in names):
+                lapdata_folder = any(n.endswith((".json", ".parquet")) for n in names)
+                if not found and not lapdata_folder:
                     found = [str(d / n) for n in sorted(names) if n.endswith(".tar")]  # tars of another tool
+                if not found and lapdata_folder:  # its val/test shards are held out: never trained on
+                    raise LapError(f"{p}: no finished train shards in this folder (expected shards/train-*.tar with "
+                                   f"its .json)")
                 if not found:
                     raise LapError(f"{p}: no .tar shards in this folder")
                 out.extend(found)

@@ -174,6 +174,10 @@ def test_expand_shards_takes_finished_shards_only(tmp_path):
     assert D.expand_shards(str(tmp_path / "d")) == [urls[0]]
     assert shard_urls(tmp_path / "d", "train") == finished_shards(d, "train") == [urls[0]]
     assert finished_shards(d, "val") == []
+    Path(urls[0]).rename(d / "test-000000.tar")  # its only finished shard held out: never trained on
+    Path(urls[0]).with_suffix(".json").rename(d / "test-000000.json")
+    with pytest.raises(LapError, match="no finished train shards"):
+        D.expand_shards(str(tmp_path / "d"))
 
 
 def test_bad_set_config(tmp_path):
