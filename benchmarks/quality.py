@@ -420,11 +420,16 @@ def kept_checkpoints(phases: list[tuple[Path, int]]) -> list[tuple[int, Path]]:
     """[(images seen, checkpoint)] over consecutive training folders, each with its views per step."""
     out, base = [], 0
     for folder, per_step in phases:
-        cks = sorted((folder / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
-        for ck in cks:
-            out.append((base + int(ck.stem.split("-")[1]) * per_step, ck))
+        cks = [(int(p.stem.split("-")[1]), p) for p in (folder / "checkpoints").glob("step-*.pt")]
+        log = folder / "log.jsonl"
+        if (folder / "last.pt").is_file() and log.is_file():  # the phase's end, when it is not a kept step
+            last = int(json.loads(log.read_text().splitlines()[-1])["step"])
+            if last not in {s for s, _ in cks}:
+                cks.append((last, folder / "last.pt"))
+        for step, ck in sorted(cks):
+            out.append((base + step * per_step, ck))
         if cks:
-            base += int(cks[-1].stem.split("-")[1]) * per_step
+            base += max(cks)[0] * per_step
     return out
 
 

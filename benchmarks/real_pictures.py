@@ -35,8 +35,18 @@ def shape_views(depth: torch.Tensor, fov: float, depth_range: tuple[float, float
     d = depth[None].float()
     normal = renderer.depth_to_normal(d, fov)
     _, grey = renderer.shade(torch.full((1, 3, *depth.shape), 0.8), normal, torch.tensor([SHAPE_LIGHT]))
-    fr = renderer.turntable(d, grey.clamp(0, 1), [math.radians(y) for y in YAWS], fov_deg=fov, depth_range=depth_range)
+    b = max(1, depth.shape[-1] // 24)  # the map's rim is stretched when turned: paint it the background's white
+    grey = grey.clamp(0, 1)
+    grey[..., :b, :] = grey[..., -b:, :] = grey[..., :, :b] = grey[..., :, -b:] = 1.0
+    fr = renderer.turntable(d, grey, [math.radians(y) for y in YAWS], fov_deg=fov, depth_range=depth_range,
+                            background=1.0)
     return [pictures.to_uint8(f) for f in fr[0].clamp(0, 1)]
+
+
+def _label(path: str) -> str:
+    """A row's name: the photo's stem, or its folder's when the stem is a number (collections name photos 0.jpg...)."""
+    p = Path(path)
+    return p.parent.name if p.stem.isdigit() else p.stem
 
 
 def main() -> None:
@@ -59,7 +69,7 @@ def main() -> None:
         rows.append([pictures.to_uint8(faces.images[i]), pictures.depth_colors(rec.recon_depth[i], m),
                      pictures.normal_colors(rec.canon_normal[i]),
                      *shape_views(rec.canon_depth[i], rec.fov_deg, rec.depth_range)])
-    labels = a.labels if a.labels and len(a.labels) == len(rows) else faces.names
+    labels = a.labels if a.labels and len(a.labels) == len(rows) else [_label(p) for p in faces.sources]
     grid = pictures.image_grid(rows, row_labels=labels, cell=a.cell,
                                col_labels=["photo (crop)", "depth, photo's view", "normals", *[f"shape {y:+.0f}°" for y in YAWS]])
     out = Path(a.out)

@@ -155,7 +155,9 @@ def config_values(cls: type, values: dict[str, Any]) -> dict[str, Any]:
         if f.name not in values:
             continue
         v = values[f.name]
-        tp, _ = _unwrap_optional(hints[f.name])
+        tp, optional = _unwrap_optional(hints[f.name])
+        if v is None and not optional:
+            continue  # a repeatable option not given (click's None): the field's own default
         if get_origin(tp) is tuple and isinstance(v, list):
             v = tuple(v)
         elif get_origin(tp) is tuple and isinstance(v, str):

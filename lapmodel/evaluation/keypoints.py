@@ -63,8 +63,8 @@ def orient_z(points: np.ndarray) -> np.ndarray:
     if k not in LAYOUTS:
         return points
     nose, outline = LAYOUTS[k]
-    gap = np.nanmean(points[:, list(outline), 2], axis=1) - points[:, nose, 2]  # > 0: nose nearer (larger = farther)
-    gap = gap[np.isfinite(gap)]
+    found = np.isfinite(points[:, list(outline), 2]).all(1) & np.isfinite(points[:, nose, 2])  # photos with no face: NaN
+    gap = points[found][:, list(outline), 2].mean(1) - points[found, nose, 2]  # > 0: nose nearer (larger = farther)
     if len(gap) and np.median(gap) < 0:
         points = points.copy()
         points[..., 2] *= -1

@@ -23,8 +23,9 @@ from lapmodel.recipes.steps import StepContext, out_of, read_marker, step_output
 
 
 def run_pack(step: StepConfig, ctx: StepContext) -> dict:
-    """args: checkpoint, evaluations (evaluate step names whose eval.json the card quotes), data (lines: the
-    training data and their licences), licence (of the weights), title; out (default OUT/pack)."""
+    """args: checkpoint, evaluations (evaluate step names whose eval.json the card quotes), train_steps (the train
+    steps that made this checkpoint; default all), data (lines: the training data and their licences), licence (of
+    the weights), title, why (a paragraph: why this checkpoint); out (default OUT/pack)."""
     a = step.args
     out = out_of(step, ctx, "pack")
     dst = pack_checkpoint(a["checkpoint"], out / "default.pt")
@@ -33,11 +34,11 @@ def run_pack(step: StepConfig, ctx: StepContext) -> dict:
     return {"checkpoint": str(dst), "card": str(out / "MODEL_CARD.md"), "mb": round(dst.stat().st_size / 2**20, 2)}
 
 
-def _training_rows(ctx: StepContext) -> tuple[list[str], float]:
+def _training_rows(ctx: StepContext, names: list[str] | None) -> tuple[list[str], float]:
     rows, cpu = [], 0.0
     for s in ctx.cfg.steps:
         m = read_marker(ctx.out, s.name)
-        if s.kind != "train" or m.get("status") != "done":
+        if s.kind != "train" or m.get("status") != "done" or (names is not None and s.name not in names):
             continue
         c = float(m.get("cpu_seconds", 0.0))
         cpu += c
@@ -47,6 +48,12 @@ def _training_rows(ctx: StepContext) -> tuple[list[str], float]:
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
+
+
+def _under_out(path: str, out: Path) -> str:
+    """``path`` shown as OUT/... when it lies in the run's folder."""
+    p, o = Path(path).resolve(), Path(out).resolve()
+    return f"OUT/{p.relative_to(o)}" if p.is_relative_to(o) else str(path)
 
 
 def _eval_lines(ctx: StepContext, names: list[str]) -> list[str]:
@@ -59,6 +66,7 @@ def _eval_lines(ctx: StepContext, names: list[str]) -> list[str]:
             continue
         doc = json.loads(ej.read_text())
         rows = doc.get("rows") or {}
+        name = f"{name}` of `{_under_out(s.args.get('checkpoint', '?'), ctx.out)}"
         if rows.get("model", {}).get("side", {}).get("n"):
             m, f, mf = rows["model"], rows["flat"], rows.get("mean_face", {})
             lines.append(f"- `{name}` (synthetic, held-out identities, {m['side']['n']} views): SIDE "
@@ -69,7 +77,7 @@ def _eval_lines(ctx: StepContext, names: list[str]) -> list[str]:
         if kp:
             r = kp["rows"]
             lines.append(f"- `{name}` (real photos, {kp['counts']['scored']} photos of {kp['counts']['identities']} "
-                         f"held-out identities, {kp['source']}): keypoint depth correlation "
+                         f"held-out identities, {Path(kp['source']).name}): keypoint depth correlation "
                          f"**{r['model']['kp_corr']['mean']:.3f}** mean / {r['model']['kp_corr']['median']:.3f} median "
                          f"(mean template {r['mean_template']['kp_corr']['mean']:.3f}, untrained prior "
                          f"{r['prior']['kp_corr']['mean']:.3f}); DepthNet score {r['model']['depthnet']['table3_scale']:.1f}"
@@ -82,7 +90,7 @@ def model_card(ctx: StepContext, a: dict[str, Any], packed: Path) -> str:
     doc = load_checkpoint(packed)
     cfg = checkpoint_config(doc)
     m = cfg.model
-    rows, cpu = _training_rows(ctx)
+    rows, cpu = _training_rows(ctx, a.get("train_steps"))
     n_params = sum(v.numel() for v in doc["model"].values())
     return "\n".join([
         f"# {a.get('title', 'lapmodel default model')}",
@@ -94,6 +102,7 @@ def model_card(ctx: StepContext, a: dict[str, Any], packed: Path) -> str:
         "",
         f"**Licence of the weights: {a.get('licence', 'see the data below')}.**",
         "",
+        *([a["why"], ""] if a.get("why") else []),
         "## Data",
         *[f"- {d}" for d in a.get("data", [])],
         "",

@@ -85,3 +85,17 @@ def test_bad_tuple_is_a_one_line_error():
         config_values(ToyConfig, {"part": "1/2/3"})
     with pytest.raises(LapError, match="not a list of int"):
         config_values(ToyConfig, {"part": "a,b"})
+
+
+@dataclass(frozen=True)
+class ListConfig:
+    names: tuple[str, ...] = ()        # a repeatable option
+    only: tuple[str, ...] | None = None
+
+
+def test_a_repeatable_option_not_given_keeps_the_fields_default():
+    """click answers None for a repeatable option that is not given; a tuple field keeps its own default (()),
+    an Optional one gets None (``lapmodel evaluate --keypoints`` without ``--identities`` once crashed on this)."""
+    assert config_values(ListConfig, {"names": None, "only": None}) == {"only": None}
+    assert ListConfig(**config_values(ListConfig, {"names": None})).names == ()
+    assert config_values(ListConfig, {"names": ["a", "b"]}) == {"names": ("a", "b")}
