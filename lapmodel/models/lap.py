@@ -36,15 +36,13 @@ from torch import Tensor, nn
 
 from lapdata.core.errors import LapError
 
+from lapmodel.config import LAP_STAGES
 from lapmodel.models import photogeo
 from lapmodel.models.aggregate import Aggregator
 from lapmodel.models.photogeo import RenderOut
 from lapmodel.models.networks import ConfNet, Encoder
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.models.refine import Refiner
-
-STAGES = ("aggregate", "personalize", "finetune")
-
 
 def process_depth(raw: Tensor, cfg) -> Tensor:
     """Raw depth (B, 1, S, S) or (B, S, S) -> canonical depth (B, S, S) (``photogeo.map_depth``, prior included)."""
@@ -135,8 +133,8 @@ class LAPModel(nn.Module):
     # ----------------------------------------------------------------------------------------- stages
 
     def set_stage(self, stage: str) -> None:
-        if stage not in STAGES:
-            raise LapError(f"unknown LAP stage {stage!r}: use one of {list(STAGES)}")
+        if stage not in LAP_STAGES:
+            raise LapError(f"unknown LAP stage {stage!r}: use one of {list(LAP_STAGES)}")
         if stage != "aggregate" and self.refiner is None:
             raise LapError(f"stage {stage!r} needs the refiner, but model.lap.refiner is false")
         self.stage = stage
