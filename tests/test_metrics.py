@@ -169,6 +169,7 @@ class _DepthModel(torch.nn.Module):
     """Stand-in: looks the input up and returns its true depth (``mode='true'``) or a wrong one."""
 
     image_size = S
+    accepts_sets = True
 
     def __init__(self, table: dict, mode: str = "true"):
         super().__init__()
@@ -238,8 +239,7 @@ def test_evaluate_single_image_model_and_identity(tmp_path):
     url, table = _write_shards(tmp_path / "shards", identities=2, views=2)
 
     class Single(_DepthModel):
-        def reconstruct(self, images):  # no as_set
-            return super().reconstruct(images)
+        accepts_sets = False
 
     import importlib.util
 

@@ -38,6 +38,7 @@ from lapdata.core import pictures
 from lapmodel.evaluation import metrics
 from lapmodel.evaluation.baselines import MeanFace, canon_spread
 from lapmodel.evaluation.evalset import EvalSet, iter_evalsets, set_order
+from lapmodel.models.model import Model
 from lapmodel.models.outputs import Reconstruction
 
 METRIC_KEYS = ("side", "mad", "ssim", "depth_corr", "id_cos")
@@ -100,7 +101,7 @@ class Embedder:
             return
         try:
             self.fn = embed.ArcFaceEmbedder(id_model) if id_model else embed.DlibEmbedder()
-            self.name = getattr(self.fn, "name", type(self.fn).__name__)
+            self.name = self.fn.name
         except LapError:
             raise
         except Exception as e:  # model files missing, dlib broken, ...
@@ -235,7 +236,7 @@ class EvalResult:
 
 
 def evaluate_model(
-    model: Any,
+    model: Model,
     evalsets: Iterable[EvalSet],
     out_dir: str | os.PathLike,
     *,
@@ -254,7 +255,7 @@ def evaluate_model(
     takes ``as_set``): for each N in ``set_sizes``, N views of an identity (the first N of `set_order`) are
     reconstructed together and scored on those N views; the same identities (those with >= max(N) views) serve every N.
     """
-    from lapmodel.inference.reconstruct import model_accepts_sets, run_model
+    from lapmodel.inference.reconstruct import run_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +263,7 @@ def evaluate_model(
     embedder = Embedder(id_model) if identity else None
     if embedder is not None and embedder.error:
         notes.append(embedder.error)
-    accepts_sets = model_accepts_sets(model)
+    accepts_sets = model.accepts_sets
     set_sizes = sorted({int(n) for n in set_sizes if int(n) >= 1})
     if set_sizes and not accepts_sets:
         notes.append("set-size curve skipped: the model reconstructs single images (no as_set)")
@@ -444,13 +445,12 @@ class EvaluateConfig:
                            "keypoints)")
 
 
-def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progress: bool = True) -> EvalResult:
+def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Model | None = None, progress: bool = True) -> EvalResult:
     """The `lapmodel evaluate` command's work: load the checkpoint, evaluate on the shards and / or the keypoint
     photos, write ``eval.json`` (the keypoint protocol under its ``keypoints`` key), return.
 
     ``model``: evaluate this model instead of loading ``cfg.checkpoint`` (tests, benchmarks)."""
     from lapdata.core.device import resolve_device
-    from lapmodel.inference.reconstruct import model_image_size
 
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise LapError(f"{cfg.out}: --out is a file, not a folder")
@@ -467,7 +467,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, *, model: Any | None = None, progre
 
         # LapError naming the file when missing or not a checkpoint
         model = load_model(resolve_checkpoint(cfg.checkpoint), device=resolve_device(cfg.device))
-    s = cfg.size or model_image_size(model)
+    s = cfg.size or model.image_size
     result = EvalResult(rows={})
     if cfg.shards:
         sets = iter_evalsets(list(cfg.shards), s, max_identities=cfg.max_identities)

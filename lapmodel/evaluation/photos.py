@@ -44,6 +44,7 @@ from lapmodel.evaluation import metrics
 from lapmodel.evaluation.baselines import canon_spread
 from lapmodel.evaluation.evalset import set_order
 from lapmodel.evaluation.keypoints import KeypointSet
+from lapmodel.models.model import Model
 
 CURVE_PHOTOS = 60  # photos per identity for the set-size curve (a multiple of lcm(1..6))
 
@@ -178,7 +179,7 @@ def draw_points(img: np.ndarray, xy: np.ndarray, z: np.ndarray) -> np.ndarray:
     return out
 
 
-def _identity_maps(model: Any, batch: PhotoBatch, rec, sets: bool, max_set: int = 6) -> Tensor:
+def _identity_maps(model: Model, batch: PhotoBatch, rec, sets: bool, max_set: int = 6) -> Tensor:
     """(I, S, S) one canonical depth per identity: a set model aggregates its first ``max_set`` photos, otherwise
     the mean of its photos' single-photo maps."""
     from lapmodel.inference.reconstruct import run_model
@@ -193,7 +194,7 @@ def _identity_maps(model: Any, batch: PhotoBatch, rec, sets: bool, max_set: int 
     return torch.stack(maps)
 
 
-def set_size_curve(model: Any, batch: PhotoBatch, set_sizes: Sequence[int]) -> dict[str, Any]:
+def set_size_curve(model: Model, batch: PhotoBatch, set_sizes: Sequence[int]) -> dict[str, Any]:
     """{N: kp_corr summary} of the photos reconstructed in disjoint sets of N of one identity (same photos every N)."""
     from lapmodel.inference.reconstruct import run_model
 
@@ -209,11 +210,11 @@ def set_size_curve(model: Any, batch: PhotoBatch, set_sizes: Sequence[int]) -> d
     return out
 
 
-def evaluate_photos(model: Any, kps: KeypointSet, out_dir: str | Path, *, size: int, aligned: bool | None = None,
+def evaluate_photos(model: Model, kps: KeypointSet, out_dir: str | Path, *, size: int, aligned: bool | None = None,
                     set_sizes: Sequence[int] = (), batch_size: int = 32, examples: int = 8) -> dict[str, Any]:
     """The real-photo protocol (module doc) on ``kps``; writes ``keypoints.csv`` (per photo) and ``examples.png``
     into ``out_dir`` and returns the ``keypoints`` section of eval.json."""
-    from lapmodel.inference.reconstruct import model_accepts_sets, run_model
+    from lapmodel.inference.reconstruct import run_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +228,7 @@ def evaluate_photos(model: Any, kps: KeypointSet, out_dir: str | Path, *, size: 
     prior = metrics.sample_at_points(pd.expand(len(gt), -1, -1), pm.expand(len(gt), -1, -1), batch.points[..., :2])
     gtc = gt - gt.nanmean(1, keepdim=True)
     template = gtc.nanmean(0, keepdim=True).expand_as(gt)
-    sets = model_accepts_sets(model)
+    sets = model.accepts_sets
     doc: dict[str, Any] = {
         "source": kps.source, "keypoints_per_photo": kps.num_points,
         "counts": {"photos": len(kps), "scored": len(batch.files), "skipped": len(batch.skipped),

@@ -17,7 +17,6 @@ plus ``out_dir/summary.png`` (one row per photo) and ``out_dir/reconstruct.json`
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from lapdata.core.errors import LapError
 from lapdata.faces.align import MAX_CROP_SIZE
 from lapdata.core.paths import plain_name
 from lapmodel.io import export
+from lapmodel.models.model import Model
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.viz.pictures import turntable_frames
 
@@ -202,47 +202,23 @@ def _lap_framed(points5: np.ndarray, side: int, tol: float = 0.12) -> bool:
     return abs(scale - 1) < tol and float(np.abs(centre).max()) < tol / 2 * side and rot < 8
 
 
-def model_accepts_sets(model: Any) -> bool:
-    """True when ``model.reconstruct`` takes ``as_set`` (the LAP model)."""
-    try:
-        return "as_set" in inspect.signature(model.reconstruct).parameters
-    except (TypeError, ValueError, AttributeError):
-        return False
+def _model_device(model: Model) -> torch.device:
+    """Where the model's weights are (the CPU for a model without parameters)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
-def model_image_size(model: Any, default: int = 64) -> int:
-    """The model's input side S (``model.image_size`` or ``model.config.image_size`` / ``.model.image_size``)."""
-    for path in ("image_size", "config.image_size", "config.model.image_size", "cfg.image_size", "cfg.model.image_size"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, int):
-            return obj
-    return default
-
-
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")
-
-
-def run_model(model: Any, images: Tensor, as_set: bool = False, batch_size: int = 16,
+def run_model(model: Model, images: Tensor, as_set: bool = False, batch_size: int = 16,
               progress: bool = False) -> Reconstruction:
     """``model.reconstruct`` over batches (or once for the whole set), results on the CPU.
 
     images (B, 3, S, S) in [0, 1] -> Reconstruction with B rows.
     """
-    if as_set and not model_accepts_sets(model):
+    if as_set and not model.accepts_sets:
         raise LapError("--as-set needs a model that aggregates photo sets (a LAP checkpoint); this one reconstructs "
                        "single images")
     dev = _model_device(model)
-    if hasattr(model, "eval"):
-        model.eval()
+    model.eval()
     chunks = [images] if as_set else [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     outs: list[Reconstruction] = []
     it: Iterable = chunks
@@ -253,8 +229,7 @@ def run_model(model: Any, images: Tensor, as_set: bool = False, batch_size: int 
     with torch.no_grad():
         for x in it:
             x = x.to(dev)
-            rec = model.reconstruct(x, as_set=True) if as_set else model.reconstruct(x)
-            outs.append(rec)
+            outs.append(model.reconstruct(x, as_set=as_set))
     return cat_reconstructions(outs, len(images))
 
 
@@ -338,7 +313,7 @@ def summary_row(image: Tensor, rec: Reconstruction, i: int) -> list[np.ndarray]:
 
 
 def reconstruct_images(
-    model: Any,
+    model: Model,
     images: Tensor,
     out_dir: str | os.PathLike,
     names: Sequence[str],
@@ -412,7 +387,7 @@ class ReconstructConfig:
                            f"({self.turntable}), size in 8..{MAX_CROP_SIZE} ({self.size})")
 
 
-def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progress: bool = True,
+def reconstruct_paths(cfg: ReconstructConfig, *, model: Model | None = None, progress: bool = True,
                       chunk: int = 256) -> dict[str, Any]:
     """The `lapmodel reconstruct` command: load the checkpoint, crop the faces, reconstruct, write, report.
 
@@ -433,9 +408,9 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
 
         checkpoint = resolve_checkpoint(checkpoint)
         model = load_model(checkpoint, device=resolve_device(cfg.device))
-    if as_set and not model_accepts_sets(model):
+    if as_set and not model.accepts_sets:
         raise LapError(f"{checkpoint}: --as-set needs a LAP checkpoint (this model reconstructs single images)")
-    s = size or model_image_size(model)
+    s = size or model.image_size
     files = expand_paths(paths)
     names = _unique_names(files)
     # a set is reconstructed in one call; otherwise photos stream through in chunks (bounded memory)

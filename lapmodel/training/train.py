@@ -1,9 +1,9 @@
 """Training loop, top to bottom (nanoGPT style): one function, `train(cfg)`, generic over the models.
 
-A model is an nn.Module with ``forward(batch: Batch) -> output`` and ``loss(output, batch) -> (loss, logs)``;
-optionally ``trainable_parameters(stage)``, ``compile_networks()``, a ``step`` attribute (the loop sets it) and
-``picture_panels(output, n)`` for the picture grids (else `lapmodel.viz.pictures` draws LAP's and Unsup3D-re's).
-``build_model(cfg)`` is the one place that maps ``cfg.model.kind`` to a class.
+A model is a ``lapmodel.models.model.Model``: ``forward(batch: Batch) -> output``, ``loss(output, batch) -> (loss,
+logs)``, ``trainable_parameters()``, ``compile_networks()``, ``perceptual`` and a ``step`` attribute (the loop sets
+it); `lapmodel.viz.pictures` draws the picture grids of its output. ``build_model(cfg)`` is the one place that maps
+``cfg.model.kind`` to a class.
 
 Runs on CPU, one GPU, or many under torchrun (DDP: gloo on CPU, nccl on GPU; the batch is split over ranks).
 Everything a run writes is under ``cfg.out``::
@@ -126,7 +126,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
 def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
            log: Callable[[str], None]) -> TrainResult:
     # -- a stage given on the command line is recorded in the config (so checkpoints rebuild that stage)
-    if stage is not None and hasattr(cfg.model, "lap"):
+    if stage is not None:
         cfg = replace(cfg, model=replace(cfg.model, lap=replace(cfg.model.lap, stage=stage)))
 
     # -- distributed, device, precision
@@ -153,13 +153,10 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     model = build_model(cfg).to(device)
-    if getattr(model, "vgg", "absent") is None and cfg.model.lam_perc > 0 and cfg.perceptual == "auto":
+    if model.perceptual is None and cfg.model.lam_perc > 0 and cfg.perceptual == "auto":
         say("note: the perceptual loss is off (no vgg_weights: give torchvision's vgg16-397923af.pth for the paper's "
             "VGG16; perceptual: mobilenet, the packaged MobileNetV2, measured worse: BENCHMARKS.md)")
-    if stage is not None and hasattr(model, "set_stage"):
-        model.set_stage(stage)
-    params = model.trainable_parameters(stage) if hasattr(model, "trainable_parameters") else \
-        [p for p in model.parameters() if p.requires_grad]
+    params = model.trainable_parameters()  # (a LAP model is built at cfg.model.lap.stage)
     adam = torch.optim.AdamW if cfg.optim.weight_decay_mode == "decoupled" else torch.optim.Adam
     opt = adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -199,10 +196,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
 
     raw_model = model
     if cfg.compile:
-        if hasattr(model, "compile_networks"):
-            model.compile_networks()
-        else:
-            model.compile()
+        model.compile_networks()
     if world > 1:
         with warnings.catch_warnings():  # broadcast_buffers is deprecated in new torch, still the way to say "no sync"
             warnings.simplefilter("ignore", FutureWarning)
