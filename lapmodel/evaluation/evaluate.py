@@ -40,6 +40,7 @@ from lapmodel.evaluation.baselines import MeanFace, canon_spread
 from lapmodel.evaluation.evalset import EvalSet, iter_evalsets, set_order
 from lapmodel.models.model import Model
 from lapmodel.models.outputs import Reconstruction
+from lapmodel.viz.curves import Curve, curves_png
 
 METRIC_KEYS = ("side", "mad", "ssim", "depth_corr", "id_cos")
 METRIC_LABELS = {
@@ -374,11 +375,11 @@ def _write_json(path: Path, doc: Any) -> None:
 def plot_set_size(set_res: dict[int, dict[str, dict[str, float]]], path: str | os.PathLike) -> Path | None:
     """Metrics against the set size N (the paper's Fig. 7a): one panel per metric that has values, mean +- std."""
     ns = sorted(set_res)
-    panels = {METRIC_LABELS[k]: [pictures.Curve("", ns, [set_res[n][k]["mean"] for n in ns],
-                                                yerr=[set_res[n][k]["std"] for n in ns], fmt="o-")]
+    panels = {METRIC_LABELS[k]: [Curve("", ns, [set_res[n][k]["mean"] for n in ns],
+                                       yerr=[set_res[n][k]["std"] for n in ns], fmt="o-")]
               for k in METRIC_KEYS if any(set_res[n][k]["n"] > 0 for n in ns)}
-    return pictures.curves_png(path, panels, xlabel="images in the set (N)", title="Quality against set size",
-                               xticks=ns, legend=False, width=3.2, height=3.0, dpi=110)
+    return curves_png(path, panels, xlabel="images in the set (N)", title="Quality against set size",
+                      xticks=ns, legend=False, width=3.2, height=3.0, dpi=110)
 
 
 def format_table(result: EvalResult, title: str = "evaluation"):

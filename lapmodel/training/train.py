@@ -49,7 +49,8 @@ from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint, set_rng_sta
 from lapmodel.config import TrainConfig
 from lapmodel.io.data import Batch, count_samples, data_position, expand_shards, make_loader
 from lapmodel.models.build import build_model
-from lapmodel.viz.pictures import loss_curve_png, training_picture
+from lapmodel.viz.curves import loss_curve_png
+from lapmodel.viz.pictures import training_picture
 
 
 LOG = get_logger("train")

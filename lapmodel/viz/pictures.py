@@ -3,8 +3,7 @@ renderer). Everything they draw goes through `lapdata.core.pictures` (the one de
 
 `picture_panels(model, output)` -> named panels (k, 3, S, S) in [0, 1], one per column of the training picture
 grid (`picture_grid`, also sent to TensorBoard), chosen by the output's type: the LAP model's (``LAPOutput``) or
-Unsup3D-re's (``Unsup3DOutput``). Depth panels are coloured
-like every depth picture (`lapdata.core.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
+Unsup3D-re's (``Unsup3DOutput``). Depth panels are coloured like every depth picture (`lapdata.core.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
 """
 
 from __future__ import annotations
@@ -154,11 +153,3 @@ def turntable_frames(canon_depth: Any, canon_image: Any, n_frames: int = 24, max
     fr = torch.cat(list(fr), dim=-1) if shape else fr[0]  # side by side: (T, C, H, B*W)
     return np.stack([pictures.to_uint8(f) for f in fr.clamp(0, 1)])
 
-
-def loss_curve_png(log_path: Any, png: Any) -> Any:
-    """A run's ``log.jsonl`` -> ``png``: every logged ``loss*`` term against step in one panel (None: no rows)."""
-    rows = pictures.read_jsonl(log_path)
-    keys = sorted({k for r in rows for k in r if k.startswith("loss")})
-    curves = [pictures.Curve(k, [r["step"] for r in rows if k in r], [r[k] for r in rows if k in r],
-                             lw=2.0 if k == "loss" else 1.0) for k in keys]
-    return pictures.curves_png(png, {"loss": curves}, width=7.0, height=4.0)
