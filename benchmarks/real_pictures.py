@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lapdata.core import pictures  # noqa: E402
-from lapmodel.inference.reconstruct import load_faces, run_model  # noqa: E402
+from lapmodel.inference.faces import load_faces  # noqa: E402
+from lapmodel.inference.reconstruct import run_model  # noqa: E402
 from lapmodel.io.checkpoint import load_model  # noqa: E402
 from lapmodel.io.pretrained import resolve_checkpoint  # noqa: E402
 from lapmodel.render import renderer  # noqa: E402

@@ -15,7 +15,8 @@ from lapdata.core import pictures
 from lapdata.core.errors import LapError
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
-from lapmodel.inference.reconstruct import ReconstructConfig, load_faces, reconstruct_images, reconstruct_paths
+from lapmodel.inference.faces import load_faces
+from lapmodel.inference.reconstruct import ReconstructConfig, reconstruct_images, reconstruct_paths
 
 
 def sphere_depth(b: int, s: int) -> torch.Tensor:

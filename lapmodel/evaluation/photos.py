@@ -1,6 +1,6 @@
 """Depth on real photos: the keypoint depth-correlation protocol of Unsup3D's and LAP's Table 3 (3DFAW, DepthNet).
 
-Per photo: the face is cropped exactly as ``lapmodel reconstruct`` crops it (``inference.reconstruct.load_files``:
+Per photo: the face is cropped exactly as ``lapmodel reconstruct`` crops it (``inference.faces.load_files``:
 a pre-aligned rule or detection + alignment), and the photo's 3D keypoints (``evaluation.keypoints``) go through
 that same photo -> crop matrix (x, y; z scaled by the same factor). The model's depth in the photo's own view
 (``Reconstruction.recon_depth``, where the re-render has a surface) is sampled at the keypoints' (x, y) and compared
@@ -73,7 +73,7 @@ def map_points(matrix: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def crop_photos(kps: KeypointSet, size: int, aligned: bool | None = None, detector: Any = None) -> PhotoBatch:
     """Crop every annotated photo of ``kps`` as reconstruct does and map its keypoints into the crop. Photos with no
     keypoints (NaN rows), missing, unreadable or without a detected face are skipped with a reason."""
-    from lapmodel.inference.reconstruct import load_files
+    from lapmodel.inference.faces import load_files
 
     has = np.isfinite(kps.points).all(-1).all(-1)
     skipped = [{"path": str(f), "reason": "no keypoints"} for f, h in zip(kps.files, has) if not h]
