@@ -118,7 +118,7 @@ class _Tally:
     mean_face: MeanFace = field(default_factory=MeanFace)
     canon_ids: list[Tensor] = field(default_factory=list)  # per identity: its views' mean canonical depth
     canon_views: list[Tensor] = field(default_factory=list)  # up to 4 views per identity
-    per_id_curve: list[tuple[int, dict[int, dict[str, list[float]]]]] = field(default_factory=list)  # (views, {N: scores})
+    per_id_curve: list[tuple[int, dict[int, dict[str, list[float]]]]] = field(default_factory=list)  # (views, {N: ..})
     ex_rows: list[list[Any]] = field(default_factory=list)  # rows of examples.png
     counts: dict[str, int] = field(default_factory=lambda: {"identities": 0, "views": 0, "views_with_gt": 0})
     fov_deg: float = 10.0  # the last identity's camera (the shards', else the model's): the mean face's

@@ -1,7 +1,8 @@
 """Reconstruct faces from photos with a trained model and write every output a person looks at.
 
-Pipeline: paths (files or folders) -> `lapmodel.inference.faces.load_faces` (aligned crops via `lapdata.faces.align.crop_prealigned`, or
-photos detected + aligned with `DlibDetector` / `largest_face` / `align_face`, as `lapdata` does) ->
+Pipeline: paths (files or folders) -> `lapmodel.inference.faces.load_faces` (aligned crops via
+`lapdata.faces.align.crop_prealigned`, or photos detected + aligned with `DlibDetector` / `largest_face` /
+`align_face`, as `lapdata` does) ->
 `reconstruct_images(model, images, out_dir, names)` (batched ``model.reconstruct``; ``as_set=True`` aggregates the
 whole set into one identity with a LAP model) -> per photo ``out_dir/<name>/``:
 

@@ -45,6 +45,7 @@ from lapmodel.models.networks import ConfNet, Encoder
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.models.refine import Refiner
 
+
 def process_depth(raw: Tensor, cfg) -> Tensor:
     """Raw depth (B, 1, S, S) or (B, S, S) -> canonical depth (B, S, S) (``photogeo.map_depth``, prior included)."""
     return photogeo.map_depth(raw, cfg)
@@ -254,8 +255,9 @@ class LAPModel(nn.Module, Model):
     def _render_loss(self, r: RenderOut, images: Tensor, conf: Tensor, conf_perc: Tensor, weight: Tensor | None,
                      prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
         """``photogeo.reconstruction_loss`` of one RenderOut against the input views."""
-        return photogeo.reconstruction_loss(r, images, self.cfg, conf=conf, conf_perc=conf_perc, perceptual=self.perceptual,
-                                            lam_flip=self.flip_weight(), weight=weight, prefix=prefix)
+        return photogeo.reconstruction_loss(r, images, self.cfg, conf=conf, conf_perc=conf_perc,
+                                            perceptual=self.perceptual, lam_flip=self.flip_weight(), weight=weight,
+                                            prefix=prefix)
 
     def loss(self, out: LAPOutput, batch=None) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss of the stage and a dict of detached scalars to log."""

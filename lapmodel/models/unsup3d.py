@@ -134,7 +134,8 @@ class Unsup3D(nn.Module, Model):
                                recon_depth=out.recon_depth, mask=out.recon_mask, recon_flip=out.recon_image_flip,
                                recon_depth_flip=out.recon_depth_flip)
         total, logs = photogeo.reconstruction_loss(r, out.images, self.cfg, conf=out.conf_l1, conf_perc=out.conf_perc,
-                                                   perceptual=self.perceptual, lam_flip=self.flip_weight(), weight=weight)
+                                                   perceptual=self.perceptual, lam_flip=self.flip_weight(),
+                                                   weight=weight)
         logs = {("loss_" + k): v for k, v in logs.items()}
         logs["loss"] = total.detach()
         return total, logs

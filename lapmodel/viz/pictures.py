@@ -3,7 +3,8 @@ renderer). Everything they draw goes through `lapdata.core.pictures` (the one de
 
 `picture_panels(model, output)` -> named panels (k, 3, S, S) in [0, 1], one per column of the training picture
 grid (`picture_grid`, also sent to TensorBoard), chosen by the output's type: the LAP model's (``LAPOutput``) or
-Unsup3D-re's (``Unsup3DOutput``). Depth panels are coloured like every depth picture (`lapdata.core.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
+Unsup3D-re's (``Unsup3DOutput``). Depth panels are coloured like every depth picture
+(`lapdata.core.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
 """
 
 from __future__ import annotations
