@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lapmodel.config import LAP_STAGES
+
 REFERENCE = {"tf32": 1337.0, "bf16": 1732.0}
 
 
@@ -103,7 +105,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 cuda, 3 cpu)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--precision", nargs="+", default=None, help="fp32 | tf32 | bf16 (default: tf32 bf16 on cuda)")
-    ap.add_argument("--stages", nargs="+", default=["aggregate", "personalize", "finetune"])
+    ap.add_argument("--stages", nargs="+", default=list(LAP_STAGES))
     ap.add_argument("--vgg", default=None, help="vgg16-397923af.pth: perceptual loss on (as the paper)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--shards", default=None, help="use these shards instead of writing temporary ones")

@@ -5,7 +5,7 @@ autocast, with contiguous and channels_last tensors: images per CPU-second of on
     OMP_NUM_THREADS=1 python benchmarks/bench_precision.py --kinds lap --size 128 --nf 64
 
 CPU time (``time.process_time``) of the steps after a warm-up, so a loaded machine gives the same figure. What
-``precision: auto`` picks on this machine is printed last (``lapmodel.training.train.autocast_dtype``).
+``precision: auto`` picks on this machine is printed last (``lapmodel.training.setup.autocast_dtype``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from lapdata.core.config import load_config  # noqa: E402
 from lapmodel.config import TrainConfig  # noqa: E402
 from lapmodel.io.data import Batch  # noqa: E402
 from lapmodel.models.build import build_model  # noqa: E402
-from lapmodel.training.train import autocast_dtype  # noqa: E402
+from lapmodel.training.setup import autocast_dtype  # noqa: E402
 
 
 def step_rate(kind: str, size: int, nf: int, batch: int, precision: str, channels_last: bool, steps: int) -> float:

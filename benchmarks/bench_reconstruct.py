@@ -62,11 +62,11 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
 
-    from lapmodel.inference.reconstruct import model_image_size, reconstruct_images
+    from lapmodel.inference.reconstruct import reconstruct_images
 
     dev = torch.device(a.device)
     model = build(a.kind, a.size, a.checkpoint, a.device)
-    s = model_image_size(model, a.size)
+    s = model.image_size
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     rows = []
     for b in [int(x) for x in a.batches.split(",")]:

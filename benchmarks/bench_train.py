@@ -28,7 +28,7 @@ from lapdata.dataset.sample import IdentitySample, View, encode_sample, sample_k
 from lapmodel.render import renderer
 from lapmodel.config import DataConfig, ModelConfig
 from lapmodel.io.data import expand_shards, make_loader
-from lapmodel.training.train import autocast_dtype
+from lapmodel.training.setup import autocast_dtype
 from lapmodel.models.unsup3d import Unsup3D
 
 

@@ -243,7 +243,7 @@ LAP_SMALL = {"model.lap.refine_nf": 16, "data.fields": ["image", "seg"], "data.m
 
 def rung0(args) -> list[dict[str, Any]]:
     """Direct optimisation: a free depth map, known albedo / lights / views, fitted through the renderer."""
-    from lapmodel.evaluation import evaluate as E
+    from lapmodel.evaluation import scores as E
     from lapmodel.evaluation.evalset import iter_evalsets
     from lapmodel.models import photogeo
     from lapmodel.config import ModelConfig
@@ -254,7 +254,7 @@ def rung0(args) -> list[dict[str, Any]]:
     torch.manual_seed(args.seed)
     # ground truth: the identity's frontal depth (filled with its far value off the face), a random smooth albedo
     k = int(torch.stack([v for v in es.depth]).isfinite().flatten(1).sum(1).argmax())  # the view with most face
-    gt = E._fill_nan(es.depth[k:k + 1].double(), es.mask[k:k + 1]).float().clamp(0.9, 1.1)
+    gt = E.fill_nan(es.depth[k:k + 1].double(), es.mask[k:k + 1]).float().clamp(0.9, 1.1)
     n = 15
     views = torch.zeros(n, 6)
     views[:, 1] = torch.linspace(-math.radians(40), math.radians(40), n)

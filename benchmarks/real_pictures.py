@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lapdata.core import pictures  # noqa: E402
-from lapmodel.inference.reconstruct import load_faces, model_image_size, run_model  # noqa: E402
+from lapmodel.inference.faces import load_faces  # noqa: E402
+from lapmodel.inference.reconstruct import run_model  # noqa: E402
 from lapmodel.io.checkpoint import load_model  # noqa: E402
 from lapmodel.io.pretrained import resolve_checkpoint  # noqa: E402
 from lapmodel.render import renderer  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--cell", type=int, default=128)
     a = ap.parse_args()
     model = load_model(resolve_checkpoint(a.checkpoint))
-    faces = load_faces(a.photos, model_image_size(model))
+    faces = load_faces(a.photos, model.image_size)
     for sk in faces.skipped:
         print(f"skipped {sk['path']}: {sk['reason']}")
     with torch.no_grad():

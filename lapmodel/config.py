@@ -7,15 +7,15 @@ Defaults are defined once, here. Load with::
 
 Sections: ``model`` (ModelConfig: network sizes, camera, depth/view/light ranges, loss weights), ``data``
 (DataConfig: shards and the streaming loader), ``optim`` (OptimConfig: Adam), and the top-level run settings
-(TrainConfig: steps, batch, precision, intervals, output folder). The LAP model adds its own fields by small
-additive edits (``model.kind: lap`` and its sections).
+(TrainConfig: steps, batch, precision, intervals, output folder). The LAP model's own fields are ``model.lap``
+(LAPConfig, used with ``model.kind: lap``) and ``stages`` (its curriculum per stage, ``LAP_STAGES``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from lapdata.core.errors import LapError
 from lapdata.core.paths import plain_name  # a phase's name is its folder
@@ -33,20 +33,21 @@ def _check(section: str, checks: list[tuple[bool, str]]) -> None:
             raise LapError(f"{section}: {msg}")
 
 
-MODEL_KINDS = ("unsup3d", "lap")  # "lap": lapmodel/models/lap.py (LAP engineer)
+MODEL_KINDS = ("unsup3d", "lap")  # "lap": lapmodel/models/lap.py
 IMAGE_SIZES = (64, 128, 256)
 
 
-# ------------------------------------------------------------------------------------- LAP (LAP engineer, additive)
+# ------------------------------------------------------------------------------------- LAP
 
-LAP_STAGES = ("aggregate", "personalize", "finetune")
+LAPStage = Literal["aggregate", "personalize", "finetune"]  # the LAP training stages, in order (lapmodel/models/lap.py)
+LAP_STAGES: tuple[str, ...] = get_args(LAPStage)
 
 
 @dataclass(frozen=True)
 class LAPConfig:
     """The LAP model's own fields (``model.lap``; used when ``model.kind: lap``)."""
 
-    stage: Literal["aggregate", "personalize", "finetune"] = "aggregate"  # set by `lapmodel train --stage`
+    stage: LAPStage = "aggregate"        # set by `lapmodel train --stage`
     adaptive: bool = True                # adaptive (softmax) aggregation; false = plain mean (ablation)
     rcl: bool = True                     # Relaxed Consistency Loss with M_re masks; false = plain Eq. 3 (ablation)
     rcl_masks: RCLMaskConfig = field(default_factory=RCLMaskConfig)  # M / M_re class groups (lapdata.parsing)
@@ -104,6 +105,8 @@ class StageConfig:
 
 @dataclass(frozen=True)
 class StagesConfig:
+    """One StageConfig per LAP stage (the fields are ``LAP_STAGES``, in order)."""
+
     aggregate: StageConfig = field(default_factory=StageConfig)
     personalize: StageConfig = field(default_factory=StageConfig)
     finetune: StageConfig = field(default_factory=StageConfig)

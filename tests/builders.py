@@ -295,13 +295,14 @@ class StandIn(torch.nn.Module):
     """Single-image model: a sphere for every face."""
 
     image_size = 16
+    accepts_sets = False
 
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.calls: list[int] = []
 
-    def reconstruct(self, images: torch.Tensor) -> Reconstruction:
+    def reconstruct(self, images: torch.Tensor, as_set: bool = False) -> Reconstruction:
         self.calls.append(len(images))
         return fake_reconstruction(images)
 

@@ -33,9 +33,10 @@ def dataset(tmp_path) -> Path:
 def test_reconstruct_names_are_distinct_and_never_leave_out(tmp_path):
     """x.png was named x_1 beside x_1.jpg (one overwrote the other) and '...jpg' (stem '..') wrote its outputs into
     the parent of --out."""
-    from lapmodel.inference.reconstruct import ReconstructConfig, _unique_names, reconstruct_paths
+    from lapmodel.inference.faces import unique_names
+    from lapmodel.inference.reconstruct import ReconstructConfig, reconstruct_paths
 
-    names = _unique_names([Path(p) for p in ("x.png", "x.jpg", "x_1.jpg", "...jpg", "a b.jpg", "X.png", "set.jpg")])
+    names = unique_names([Path(p) for p in ("x.png", "x.jpg", "x_1.jpg", "...jpg", "a b.jpg", "X.png", "set.jpg")])
     assert names[:3] == ["x", "x_1", "x_1_1"] and len({n.casefold() for n in names}) == 7
     assert all("/" not in n and n not in (".", "..", "set") and not n.startswith(".") for n in names)
     from PIL import Image

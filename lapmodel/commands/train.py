@@ -6,7 +6,7 @@ Works under torchrun: `torchrun --nproc-per-node 8 -m lapmodel train ...` (DDP, 
 from __future__ import annotations
 
 import os
-from typing import List, Literal, Optional
+from typing import List, Optional
 
 import typer
 
@@ -28,7 +28,7 @@ TOP_LEVEL = ("out", "init", "device", "steps", "epochs", "batch", "precision", "
 
 
 def register(app: typer.Typer) -> None:
-    from lapmodel.config import LAP_STAGES, TrainConfig
+    from lapmodel.config import LAPStage, TrainConfig
 
     def train_cmd(*, config: str, shards: Optional[List[str]], resume: bool, stage: Optional[str],
                   sets: Optional[List[str]], progress: bool, **fields) -> None:
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
                help="shards: paths, brace patterns ('d/train-{000000..000099}.tar'), globs or a dataset folder "
                     "(repeatable; default: data.shards of the config)"),
         option("resume", bool, False, "--resume", help="continue from OUT/last.pt (reproduces the run)"),
-        option("stage", Optional[Literal[LAP_STAGES]], None, "--stage",
+        option("stage", Optional[LAPStage], None, "--stage",
                help="LAP training stage (default: model.lap.stage of the config)"),
         option("sets", Optional[List[str]], None, "--set", help="override any config field: KEY=VALUE, dotted keys "
                "(repeatable), e.g. --set optim.lr=2e-4"),

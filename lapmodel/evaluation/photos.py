@@ -1,6 +1,6 @@
 """Depth on real photos: the keypoint depth-correlation protocol of Unsup3D's and LAP's Table 3 (3DFAW, DepthNet).
 
-Per photo: the face is cropped exactly as ``lapmodel reconstruct`` crops it (``inference.reconstruct.load_files``:
+Per photo: the face is cropped exactly as ``lapmodel reconstruct`` crops it (``inference.faces.load_files``:
 a pre-aligned rule or detection + alignment), and the photo's 3D keypoints (``evaluation.keypoints``) go through
 that same photo -> crop matrix (x, y; z scaled by the same factor). The model's depth in the photo's own view
 (``Reconstruction.recon_depth``, where the re-render has a surface) is sampled at the keypoints' (x, y) and compared
@@ -44,6 +44,7 @@ from lapmodel.evaluation import metrics
 from lapmodel.evaluation.baselines import canon_spread
 from lapmodel.evaluation.evalset import set_order
 from lapmodel.evaluation.keypoints import KeypointSet
+from lapmodel.models.model import Model
 
 CURVE_PHOTOS = 60  # photos per identity for the set-size curve (a multiple of lcm(1..6))
 
@@ -72,7 +73,7 @@ def map_points(matrix: np.ndarray, pts: np.ndarray) -> np.ndarray:
 def crop_photos(kps: KeypointSet, size: int, aligned: bool | None = None, detector: Any = None) -> PhotoBatch:
     """Crop every annotated photo of ``kps`` as reconstruct does and map its keypoints into the crop. Photos with no
     keypoints (NaN rows), missing, unreadable or without a detected face are skipped with a reason."""
-    from lapmodel.inference.reconstruct import load_files
+    from lapmodel.inference.faces import load_files
 
     has = np.isfinite(kps.points).all(-1).all(-1)
     skipped = [{"path": str(f), "reason": "no keypoints"} for f, h in zip(kps.files, has) if not h]
@@ -178,7 +179,7 @@ def draw_points(img: np.ndarray, xy: np.ndarray, z: np.ndarray) -> np.ndarray:
     return out
 
 
-def _identity_maps(model: Any, batch: PhotoBatch, rec, sets: bool, max_set: int = 6) -> Tensor:
+def _identity_maps(model: Model, batch: PhotoBatch, rec, sets: bool, max_set: int = 6) -> Tensor:
     """(I, S, S) one canonical depth per identity: a set model aggregates its first ``max_set`` photos, otherwise
     the mean of its photos' single-photo maps."""
     from lapmodel.inference.reconstruct import run_model
@@ -193,7 +194,7 @@ def _identity_maps(model: Any, batch: PhotoBatch, rec, sets: bool, max_set: int 
     return torch.stack(maps)
 
 
-def set_size_curve(model: Any, batch: PhotoBatch, set_sizes: Sequence[int]) -> dict[str, Any]:
+def set_size_curve(model: Model, batch: PhotoBatch, set_sizes: Sequence[int]) -> dict[str, Any]:
     """{N: kp_corr summary} of the photos reconstructed in disjoint sets of N of one identity (same photos every N)."""
     from lapmodel.inference.reconstruct import run_model
 
@@ -209,11 +210,11 @@ def set_size_curve(model: Any, batch: PhotoBatch, set_sizes: Sequence[int]) -> d
     return out
 
 
-def evaluate_photos(model: Any, kps: KeypointSet, out_dir: str | Path, *, size: int, aligned: bool | None = None,
+def evaluate_photos(model: Model, kps: KeypointSet, out_dir: str | Path, *, size: int, aligned: bool | None = None,
                     set_sizes: Sequence[int] = (), batch_size: int = 32, examples: int = 8) -> dict[str, Any]:
     """The real-photo protocol (module doc) on ``kps``; writes ``keypoints.csv`` (per photo) and ``examples.png``
     into ``out_dir`` and returns the ``keypoints`` section of eval.json."""
-    from lapmodel.inference.reconstruct import model_accepts_sets, run_model
+    from lapmodel.inference.reconstruct import run_model
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +228,7 @@ def evaluate_photos(model: Any, kps: KeypointSet, out_dir: str | Path, *, size: 
     prior = metrics.sample_at_points(pd.expand(len(gt), -1, -1), pm.expand(len(gt), -1, -1), batch.points[..., :2])
     gtc = gt - gt.nanmean(1, keepdim=True)
     template = gtc.nanmean(0, keepdim=True).expand_as(gt)
-    sets = model_accepts_sets(model)
+    sets = model.accepts_sets
     doc: dict[str, Any] = {
         "source": kps.source, "keypoints_per_photo": kps.num_points,
         "counts": {"photos": len(kps), "scored": len(batch.files), "skipped": len(batch.skipped),

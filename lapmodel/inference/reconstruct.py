@@ -1,7 +1,8 @@
 """Reconstruct faces from photos with a trained model and write every output a person looks at.
 
-Pipeline: paths (files or folders) -> `load_faces` (aligned crops via `lapdata.faces.align.crop_prealigned`, or
-photos detected + aligned with `DlibDetector` / `largest_face` / `align_face`, as `lapdata` does) ->
+Pipeline: paths (files or folders) -> `lapmodel.inference.faces.load_faces` (aligned crops via
+`lapdata.faces.align.crop_prealigned`, or photos detected + aligned with `DlibDetector` / `largest_face` /
+`align_face`, as `lapdata` does) ->
 `reconstruct_images(model, images, out_dir, names)` (batched ``model.reconstruct``; ``as_set=True`` aggregates the
 whole set into one identity with a LAP model) -> per photo ``out_dir/<name>/``:
 
@@ -17,9 +18,8 @@ plus ``out_dir/summary.png`` (one row per photo) and ``out_dir/reconstruct.json`
 
 from __future__ import annotations
 
-import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -32,217 +32,30 @@ from lapdata.core.atomic import write_json
 from lapdata.core.errors import LapError
 from lapdata.faces.align import MAX_CROP_SIZE
 from lapdata.core.paths import plain_name
+from lapmodel.inference.faces import RESERVED, expand_paths, load_files, needs_detector, unique_names
 from lapmodel.io import export
+from lapmodel.models.model import Model
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.viz.pictures import turntable_frames
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+def _model_device(model: Model) -> torch.device:
+    """Where the model's weights are (the CPU for a model without parameters)."""
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
-@dataclass
-class LoadedFaces:
-    """Face crops ready for the model: images (B, 3, S, S) float in [0, 1]; names unique per photo; ``matrices``
-    the (2, 3) photo -> crop transform of each crop (pixel centres at integers), so that points annotated on the
-    photo (keypoint evaluation) land where the model sees them."""
-
-    images: Tensor
-    names: list[str]
-    sources: list[str]
-    rules: list[str]
-    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
-    matrices: list[np.ndarray] = field(default_factory=list)
-
-
-def expand_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files and folders (their images, sorted, not recursive) -> image files. A missing path is a LapError."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file())
-            if not files:
-                raise LapError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTS)})")
-            out.extend(files)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise LapError(f"{p}: no such file or folder")
-    if not out:
-        raise LapError("no input images given")
-    return out
-
-
-RESERVED = ("set",)  # out/set/ holds an --as-set reconstruction
-
-
-def _unique_names(paths: Sequence[Path]) -> list[str]:
-    """One output folder name per photo, all distinct (also on a case-insensitive disk) and never a path: the
-    stem as a plain name (``lapdata.core.paths.plain_name``: '...jpg' or 'a b.jpg' never lead out of --out), then
-    '_1', '_2', ... until it is free (``x.png`` -> x, ``x.jpg`` -> x_1, ``x_1.jpg`` -> x_1_1)."""
-    names: list[str] = []
-    taken = {r.casefold() for r in RESERVED}
-    for p in paths:
-        base = plain_name(p.stem or "image")
-        name, k = base, 0
-        while name.casefold() in taken:
-            k += 1
-            name = f"{base}_{k}"
-        taken.add(name.casefold())
-        names.append(name)
-    return names
-
-
-def load_faces(
-    paths: Sequence[str | os.PathLike],
-    size: int,
-    aligned: bool | None = None,
-    detector: Any | None = None,
-) -> LoadedFaces:
-    """Read photos and crop faces the way `lapdata` does.
-
-    aligned=True: every file is an aligned crop (`crop_prealigned(rule="auto")`: ArcFace 112 px, CelebA aligned,
-    or already lap-framed -> centre square + resize). aligned=False: detect the largest face (dlib) and align it
-    to the lap template. aligned=None (auto): see ``crop_face``.
-    Unreadable files and photos without a face are skipped and listed in ``skipped`` (the run goes on).
-    """
-    files = expand_paths(paths)
-    return load_files(files, _unique_names(files), size, aligned, detector)
-
-
-def load_files(files: Sequence[Path], names: Sequence[str], size: int, aligned: bool | None = None,
-               detector: Any | None = None) -> LoadedFaces:
-    """`load_faces` for an explicit list of image files and their output names."""
-    from PIL import Image, ImageOps
-
-    from lapdata.faces import detectors as ldetectors
-
-    crops, kept_names, sources, rules, skipped, matrices = [], [], [], [], [], []
-    for path, name in zip(files, names):
-        try:
-            with Image.open(path) as im:
-                img = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # phone photos: apply EXIF rotation
-        except Exception as e:  # unreadable, truncated, decompression bomb, ...: skip and count
-            skipped.append({"path": str(path), "reason": f"unreadable image ({type(e).__name__}: {e})"})
-            continue
-        if detector is None and _needs_detector_for(img.shape, aligned):
-            detector = ldetectors.DlibDetector()
-        got = crop_face(img, size, aligned, detector)
-        if isinstance(got, str):
-            skipped.append({"path": str(path), "reason": got})
-            continue
-        crop, rule, matrix = got
-        crops.append(crop)
-        matrices.append(matrix)
-        kept_names.append(name)
-        sources.append(str(path))
-        rules.append(rule)
-    if crops:
-        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
-    else:
-        images = torch.zeros(0, 3, size, size)
-    return LoadedFaces(images, kept_names, sources, rules, skipped, matrices)
-
-
-def _needs_detector_for(shape: tuple[int, ...], aligned: bool | None) -> bool:
-    """A known pre-aligned layout's size (``lapdata.faces.align.prealigned_layout``) needs no detector."""
-    from lapdata.faces.align import prealigned_layout
-
-    return not aligned if aligned is not None else prealigned_layout(shape[1], shape[0]) is None
-
-
-def _needs_detector(path: Path, aligned: bool | None) -> bool:
-    """Whether ``path`` goes to the face detector (see ``crop_face``; unreadable: no)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:
-        return False
-    return _needs_detector_for((h, w), aligned)
-
-
-def crop_face(img: np.ndarray, size: int, aligned: bool | None, detector: Any) -> tuple[np.ndarray, str, np.ndarray] | str:
-    """One photo (H, W, 3) uint8 -> (crop (S, S, 3), rule, (2, 3) photo -> crop matrix), or the reason it has none.
-
-    aligned=True: a pre-aligned crop (``lapdata.faces.align.crop_prealigned`` 'auto'). aligned=False: the most confident
-    of the large detected faces, aligned to the lap template. aligned=None: the known pre-aligned layouts (ArcFace 112, CelebA 178x218) by
-    their rule; any other photo is detected (on a padded copy, so a face that fills the frame is found) and aligned,
-    except that a square photo whose face already sits where the lap template puts it (an aligned crop such as
-    LAP's / Unsup3D's demo faces) is only resized; a square photo with no face found is taken as an aligned crop."""
-    from lapdata.faces import align as lfaces
-
-    h, w = img.shape[:2]
-    if aligned or (aligned is None and lfaces.prealigned_layout(w, h) is not None):
-        return (*lfaces.crop_prealigned(img, size, "auto"), lfaces.prealigned_matrix("auto", w, h, size))
-    pad = max(h, w) // 4
-    found = detector(np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
-    big = max((f.area for f in found), default=0.0)
-    # the most confident of the large faces (a patch or a poster is a weak, often equally large, detection)
-    face = max((f for f in found if f.area >= 0.5 * big), key=lambda f: f.score, default=None)
-    if face is None:
-        if aligned is None and h == w:
-            return (*lfaces.crop_prealigned(img, size, "resize"), lfaces.prealigned_matrix("resize", w, h, size))
-        return "no face found"
-    pts = face.points5() - pad
-    if aligned is None and h == w and _lap_framed(pts, w):
-        return (*lfaces.crop_prealigned(img, size, "resize"), lfaces.prealigned_matrix("resize", w, h, size))
-    crop, info = lfaces.align_points(img, pts, size)
-    return crop, info["rule"], np.asarray(info["matrix"], np.float64)
-
-
-def _lap_framed(points5: np.ndarray, side: int, tol: float = 0.12) -> bool:
-    """Whether the 5 points of a square photo already sit on the lap template (scale within ``tol``, shift within
-    ``tol / 2`` of the side, rotation within 8 degrees): the photo is an aligned crop."""
-    from lapdata.faces import align as lfaces
-
-    m = lfaces.estimate_similarity(points5, lfaces.lap_template(side))
-    scale = float(np.hypot(m[0, 0], m[1, 0]))
-    rot = abs(float(np.degrees(np.arctan2(m[1, 0], m[0, 0]))))
-    centre = lfaces.transform_points(m, np.array([[side / 2 - 0.5, side / 2 - 0.5]]))[0] - (side / 2 - 0.5)
-    return abs(scale - 1) < tol and float(np.abs(centre).max()) < tol / 2 * side and rot < 8
-
-
-def model_accepts_sets(model: Any) -> bool:
-    """True when ``model.reconstruct`` takes ``as_set`` (the LAP model)."""
-    try:
-        return "as_set" in inspect.signature(model.reconstruct).parameters
-    except (TypeError, ValueError, AttributeError):
-        return False
-
-
-def model_image_size(model: Any, default: int = 64) -> int:
-    """The model's input side S (``model.image_size`` or ``model.config.image_size`` / ``.model.image_size``)."""
-    for path in ("image_size", "config.image_size", "config.model.image_size", "cfg.image_size", "cfg.model.image_size"):
-        obj = model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-        except AttributeError:
-            continue
-        if isinstance(obj, int):
-            return obj
-    return default
-
-
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")
-
-
-def run_model(model: Any, images: Tensor, as_set: bool = False, batch_size: int = 16,
+def run_model(model: Model, images: Tensor, as_set: bool = False, batch_size: int = 16,
               progress: bool = False) -> Reconstruction:
     """``model.reconstruct`` over batches (or once for the whole set), results on the CPU.
 
     images (B, 3, S, S) in [0, 1] -> Reconstruction with B rows.
     """
-    if as_set and not model_accepts_sets(model):
+    if as_set and not model.accepts_sets:
         raise LapError("--as-set needs a model that aggregates photo sets (a LAP checkpoint); this one reconstructs "
                        "single images")
     dev = _model_device(model)
-    if hasattr(model, "eval"):
-        model.eval()
+    model.eval()
     chunks = [images] if as_set else [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     outs: list[Reconstruction] = []
     it: Iterable = chunks
@@ -253,8 +66,7 @@ def run_model(model: Any, images: Tensor, as_set: bool = False, batch_size: int 
     with torch.no_grad():
         for x in it:
             x = x.to(dev)
-            rec = model.reconstruct(x, as_set=True) if as_set else model.reconstruct(x)
-            outs.append(rec)
+            outs.append(model.reconstruct(x, as_set=as_set))
     return cat_reconstructions(outs, len(images))
 
 
@@ -338,7 +150,7 @@ def summary_row(image: Tensor, rec: Reconstruction, i: int) -> list[np.ndarray]:
 
 
 def reconstruct_images(
-    model: Any,
+    model: Model,
     images: Tensor,
     out_dir: str | os.PathLike,
     names: Sequence[str],
@@ -412,7 +224,7 @@ class ReconstructConfig:
                            f"({self.turntable}), size in 8..{MAX_CROP_SIZE} ({self.size})")
 
 
-def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progress: bool = True,
+def reconstruct_paths(cfg: ReconstructConfig, *, model: Model | None = None, progress: bool = True,
                       chunk: int = 256) -> dict[str, Any]:
     """The `lapmodel reconstruct` command: load the checkpoint, crop the faces, reconstruct, write, report.
 
@@ -433,11 +245,11 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
 
         checkpoint = resolve_checkpoint(checkpoint)
         model = load_model(checkpoint, device=resolve_device(cfg.device))
-    if as_set and not model_accepts_sets(model):
+    if as_set and not model.accepts_sets:
         raise LapError(f"{checkpoint}: --as-set needs a LAP checkpoint (this model reconstructs single images)")
-    s = size or model_image_size(model)
+    s = size or model.image_size
     files = expand_paths(paths)
-    names = _unique_names(files)
+    names = unique_names(files)
     # a set is reconstructed in one call; otherwise photos stream through in chunks (bounded memory)
     step = len(files) if as_set else max(chunk, 1)
     starts = range(0, len(files), step)
@@ -452,7 +264,7 @@ def reconstruct_paths(cfg: ReconstructConfig, *, model: Any | None = None, progr
         if detector is None and aligned is not True:
             from lapdata.faces.detectors import DlibDetector
 
-            detector = DlibDetector() if any(_needs_detector(f, aligned) for f in files[a : a + step]) else None
+            detector = DlibDetector() if any(needs_detector(f, aligned) for f in files[a : a + step]) else None
         faces = load_files(files[a : a + step], names[a : a + step], s, aligned, detector)
         for sk in faces.skipped:
             print(f"skipped {sk['path']}: {sk['reason']}")

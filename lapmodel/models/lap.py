@@ -36,14 +36,14 @@ from torch import Tensor, nn
 
 from lapdata.core.errors import LapError
 
+from lapmodel.config import LAP_STAGES, ModelConfig
 from lapmodel.models import photogeo
 from lapmodel.models.aggregate import Aggregator
+from lapmodel.models.model import Model
 from lapmodel.models.photogeo import RenderOut
 from lapmodel.models.networks import ConfNet, Encoder
 from lapmodel.models.outputs import Reconstruction
 from lapmodel.models.refine import Refiner
-
-STAGES = ("aggregate", "personalize", "finetune")
 
 
 def process_depth(raw: Tensor, cfg) -> Tensor:
@@ -88,13 +88,16 @@ class LAPOutput:
 # --------------------------------------------------------------------------------------------- the model
 
 
-class LAPModel(nn.Module):
+class LAPModel(nn.Module, Model):
     """LAP: aggregation (albedo, depth) + per-photo light/view/confidence + attribute refiner.
 
-    ``cfg`` is a ``lapmodel.config.ModelConfig`` whose ``lap`` section is a ``LAPConfig``.
+    ``cfg`` is a ``lapmodel.config.ModelConfig`` whose ``lap`` section is a ``LAPConfig``; ``perceptual`` the frozen
+    perceptual network of the loss (VGG16 or MobileNetV2) or None (perceptual loss off).
     """
 
-    def __init__(self, cfg, vgg: nn.Module | None = None):
+    accepts_sets = True  # reconstruct(images, as_set=True) aggregates the photos into one identity
+
+    def __init__(self, cfg: ModelConfig, perceptual: nn.Module | None = None):
         super().__init__()
         lap = cfg.lap
         s = cfg.image_size
@@ -126,7 +129,7 @@ class LAPModel(nn.Module):
         else:
             self.refiner = Refiner(lap.refine_size, lap.refine_nf, lap.target_size, lap.filtered_connection,
                                    lap.injection)
-        self.vgg = vgg  # frozen VGG16 relu3_3 or None (perceptual loss off)
+        self.perceptual = perceptual
         self.register_buffer("refiner_trained", torch.zeros((), dtype=torch.bool))
         self.stage = lap.stage
         self.set_stage(lap.stage)
@@ -135,8 +138,8 @@ class LAPModel(nn.Module):
     # ----------------------------------------------------------------------------------------- stages
 
     def set_stage(self, stage: str) -> None:
-        if stage not in STAGES:
-            raise LapError(f"unknown LAP stage {stage!r}: use one of {list(STAGES)}")
+        if stage not in LAP_STAGES:
+            raise LapError(f"unknown LAP stage {stage!r}: use one of {list(LAP_STAGES)}")
         if stage != "aggregate" and self.refiner is None:
             raise LapError(f"stage {stage!r} needs the refiner, but model.lap.refiner is false")
         self.stage = stage
@@ -155,9 +158,14 @@ class LAPModel(nn.Module):
         return base + [self.refiner]
 
     def trainable_parameters(self, stage: str | None = None) -> list[nn.Parameter]:
-        """Parameters the optimizer updates in ``stage`` (default: the current one); the VGG is never trained."""
+        """Parameters the optimizer updates in ``stage`` (default: the current one); the perceptual network is
+        never trained."""
         stage = stage or self.stage
         return [p for m in self.stage_modules(stage) for p in m.parameters()]
+
+    def compile_networks(self) -> None:
+        """torch.compile the whole forward pass in place (``nn.Module.compile``: state_dict keys unchanged)."""
+        self.compile()
 
     # ----------------------------------------------------------------------------------------- forward
 
@@ -216,7 +224,7 @@ class LAPModel(nn.Module):
         canon_albedo = a_out.canon / 2 + 0.5  # (B, 3, S, S) in [0, 1]
         c = self.cfg
         canon_depth = process_depth(d_out.canon, c)  # (B, S, S)
-        weights, frac = self._loss_weights(images, valid, getattr(batch, "seg", None), getattr(batch, "hard", None))
+        weights, frac = self._loss_weights(images, valid, batch.seg, batch.hard)
         agg = None
         if stage != "personalize" or not self.training:
             with torch.set_grad_enabled(base_grad):
@@ -247,8 +255,9 @@ class LAPModel(nn.Module):
     def _render_loss(self, r: RenderOut, images: Tensor, conf: Tensor, conf_perc: Tensor, weight: Tensor | None,
                      prefix: str) -> tuple[Tensor, dict[str, Tensor]]:
         """``photogeo.reconstruction_loss`` of one RenderOut against the input views."""
-        return photogeo.reconstruction_loss(r, images, self.cfg, conf=conf, conf_perc=conf_perc, perceptual=self.vgg,
-                                            lam_flip=self.flip_weight(), weight=weight, prefix=prefix)
+        return photogeo.reconstruction_loss(r, images, self.cfg, conf=conf, conf_perc=conf_perc,
+                                            perceptual=self.perceptual, lam_flip=self.flip_weight(), weight=weight,
+                                            prefix=prefix)
 
     def loss(self, out: LAPOutput, batch=None) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss of the stage and a dict of detached scalars to log."""

@@ -59,8 +59,8 @@ def depth_range(cfg) -> tuple[float, float]:
 
 def border_columns(size: int, cfg=None) -> int:
     """Columns pinned at the border depth on each side: ``cfg.border_columns`` when set (the official code pins 2 at
-    any size), else S // 32, at least 1 (2 at 64 px as Unsup3D)."""
-    k = getattr(cfg, "border_columns", None)
+    any size), else (or without a ``cfg``) S // 32, at least 1 (2 at 64 px as Unsup3D)."""
+    k = cfg.border_columns if cfg is not None else None
     return int(k) if k is not None else max(1, size // 32)
 
 
@@ -100,7 +100,7 @@ def map_depth(raw: Tensor, cfg) -> Tensor:
     pin = torch.zeros(r.shape[-2], s, dtype=torch.bool, device=d.device)
     pin[:, :k] = True
     pin[:, s - k:] = True
-    rows, cols = getattr(cfg, "border_corner", (0, 0))
+    rows, cols = cfg.border_corner
     if rows and cols:  # the LAP demo also pins a bottom-left corner
         pin[-rows:, :cols] = True
     return torch.where(pin, torch.full_like(d, border_depth(cfg)), d)

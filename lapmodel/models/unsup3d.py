@@ -16,12 +16,11 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from lapmodel.models import photogeo
-from lapmodel.models.outputs import Reconstruction
-
 from lapmodel.config import ModelConfig
+from lapmodel.models import photogeo
+from lapmodel.models.model import Model
 from lapmodel.models.networks import ConfNet, EDDeconv, Encoder, num_stages
-from lapmodel.models.vgg import VGG16Relu33
+from lapmodel.models.outputs import Reconstruction
 
 
 @dataclass
@@ -46,14 +45,16 @@ class Unsup3DOutput:
     weight: Tensor | None = None  # (B, 1, S, S) per-pixel loss weight carried from a Batch (hard views -> 0)
 
 
-class Unsup3D(nn.Module):
+class Unsup3D(nn.Module, Model):
     """Photo-geometric autoencoder. ``forward(images (B, 3, S, S) in [0, 1] | Batch) -> Unsup3DOutput``.
 
-    Submodules: netD (depth), netA (albedo), netL (light), netV (view), netC (confidence); ``vgg`` (frozen,
-    optional: without it the perceptual loss is off).
+    Submodules: netD (depth), netA (albedo), netL (light), netV (view), netC (confidence); ``perceptual`` (the
+    frozen perceptual network, VGG16 or MobileNetV2; optional: without it the perceptual loss is off).
     """
 
-    def __init__(self, cfg: ModelConfig = ModelConfig(), vgg: VGG16Relu33 | None = None):
+    accepts_sets = False  # one photo at a time
+
+    def __init__(self, cfg: ModelConfig = ModelConfig(), perceptual: nn.Module | None = None):
         super().__init__()
         s = cfg.image_size
         num_stages(s)  # validates the size
@@ -65,7 +66,7 @@ class Unsup3D(nn.Module):
         self.netC = ConfNet(3, s, cfg.nf, cfg.zdim_conf) if cfg.use_conf else None
         if cfg.depth_init == "flat":
             photogeo.init_flat_depth(self.netD)
-        self.vgg = vgg
+        self.perceptual = perceptual
         self.step = 0  # set by the training loop (flip-weight schedule)
 
     @property
@@ -133,7 +134,8 @@ class Unsup3D(nn.Module):
                                recon_depth=out.recon_depth, mask=out.recon_mask, recon_flip=out.recon_image_flip,
                                recon_depth_flip=out.recon_depth_flip)
         total, logs = photogeo.reconstruction_loss(r, out.images, self.cfg, conf=out.conf_l1, conf_perc=out.conf_perc,
-                                                   perceptual=self.vgg, lam_flip=self.flip_weight(), weight=weight)
+                                                   perceptual=self.perceptual, lam_flip=self.flip_weight(),
+                                                   weight=weight)
         logs = {("loss_" + k): v for k, v in logs.items()}
         logs["loss"] = total.detach()
         return total, logs
@@ -148,8 +150,11 @@ class Unsup3D(nn.Module):
             if m is not None:
                 m.compile()
 
-    def reconstruct(self, images: Tensor) -> Reconstruction:
-        """images (B, 3, S, S) in [0, 1] -> Reconstruction (runs under the caller's grad mode and train/eval mode)."""
+    def reconstruct(self, images: Tensor, as_set: bool = False) -> Reconstruction:
+        """images (B, 3, S, S) in [0, 1] -> Reconstruction (runs under the caller's grad mode and train/eval mode).
+        ``as_set`` must be False: Unsup3D has no aggregation (``accepts_sets`` is False)."""
+        if as_set:
+            raise ValueError("Unsup3D reconstructs single images: as_set needs a model that accepts sets (LAP)")
         out = self(images)
         return Reconstruction(
             canon_depth=out.canon_depth, canon_albedo=out.canon_albedo, canon_normal=out.canon_normal,

@@ -25,6 +25,7 @@ from lapdata.core.errors import LapError
 from lapmodel.recipes.recipe import PipelineConfig, StepConfig, pipeline_train_config
 from lapmodel.recipes.steps import StepContext, load_identity_sets, out_of, read_marker, step_output
 from lapmodel.training.curriculum import stage_dir
+from lapmodel.viz.curves import curves_png, log_panels, read_jsonl
 from lapmodel.viz.report import Mesh3D, ReportFolder, Section, write_report
 
 # SIDE (x1e-2) and MAD (degrees) on the BFM synthetic faces of Unsup3D (CVPR 2020, Table 2; LAP, CVPR 2021)
@@ -239,7 +240,7 @@ def training_sections(cfg: PipelineConfig, folder: ReportFolder) -> list[Section
         if s.kind != "train":
             continue
         for name, d in _train_dirs(cfg, s):
-            rows = pictures.read_jsonl(d / "log.jsonl")
+            rows = read_jsonl(d / "log.jsonl")
             if rows:
                 logs[name] = rows
             grids = sorted((d / "pictures").glob("step-*.png"))
@@ -250,9 +251,9 @@ def training_sections(cfg: PipelineConfig, folder: ReportFolder) -> list[Section
         return []
     keys = ["loss"] + sorted({k for rows in logs.values() for r in rows for k in r
                               if k.endswith("l1") and isinstance(r.get(k), (int, float))})
-    panels, marks = pictures.log_panels(logs, keys[:4])
-    curve = pictures.curves_png(folder.path("pictures", "loss-curves.png"), panels, marks=marks,
-                                xlabel="step (all stages and phases)")
+    panels, marks = log_panels(logs, keys[:4])
+    curve = curves_png(folder.path("pictures", "loss-curves.png"), panels, marks=marks,
+                       xlabel="step (all stages and phases)")
     imgs = [(curve, "loss per logged step; each stage and curriculum phase continues the step axis (dotted: "
              "where a phase starts)")] if curve else []
     return [Section("Training", "Loss curves of every stage and curriculum phase (from each phase's log.jsonl) and "

@@ -174,11 +174,9 @@ def compare_rows(model, images, gt):
 
     from lapdata.core.pictures import depth_colors, normal_colors
 
-    from lapmodel.inference.reconstruct import model_accepts_sets
-
     with torch.no_grad():
-        rs = model.reconstruct(images, as_set=True) if model_accepts_sets(model) else model.reconstruct(images)
-        r1 = model.reconstruct(images, as_set=False) if model_accepts_sets(model) else model.reconstruct(images)
+        rs = model.reconstruct(images, as_set=model.accepts_sets)
+        r1 = model.reconstruct(images)
     k = images.shape[0]
     np_ = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     rows = [[np_(images[i]) for i in range(k)],

@@ -2,9 +2,9 @@
 renderer). Everything they draw goes through `lapdata.core.pictures` (the one depth colour map, normal colours, grids).
 
 `picture_panels(model, output)` -> named panels (k, 3, S, S) in [0, 1], one per column of the training picture
-grid (`picture_grid`, also sent to TensorBoard): a model may define its own ``picture_panels(output, n)``; the
-LAP model's outputs (``LAPOutput``) and Unsup3D-re's (``Unsup3DOutput``) are drawn here. Depth panels are coloured
-like every depth picture (`lapdata.core.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
+grid (`picture_grid`, also sent to TensorBoard), chosen by the output's type: the LAP model's (``LAPOutput``) or
+Unsup3D-re's (``Unsup3DOutput``). Depth panels are coloured like every depth picture
+(`lapdata.core.pictures.depth_colors`: each spans its own 1st..99th percentile, near = bright).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lapdata.core import pictures
+from lapmodel.models.lap import LAPOutput
+from lapmodel.models.model import Model
+from lapmodel.models.unsup3d import Unsup3DOutput
 
 SHAPE_LIGHT = (0.25, 0.75, 0.4, -0.4)  # [ambient, diffuse, dx, dy] of the grey shape render
 YAWS = (-60, -30, 0, 30, 60)           # turntable columns of the training pictures, degrees
@@ -61,7 +64,7 @@ def _turntable(depth: Tensor, image: Tensor, yaws, fov_deg: float, depth_range) 
 
 
 @torch.no_grad()
-def lap_panels(model: Any, out: Any, n: int = 6, yaws: tuple[float, ...] = YAWS) -> list[tuple[str, Tensor]]:
+def lap_panels(model: Model, out: LAPOutput, n: int = 6, yaws: tuple[float, ...] = YAWS) -> list[tuple[str, Tensor]]:
     """LAP (``LAPOutput``): input, re-render of the identity (a_c, d_c) and its flip, a_c, d_c, normals, shading,
     refined re-render / albedo / depth (stages personalize, finetune), a turntable of the shaded canonical identity."""
     from lapmodel.models import photogeo
@@ -89,7 +92,8 @@ def lap_panels(model: Any, out: Any, n: int = 6, yaws: tuple[float, ...] = YAWS)
 
 
 @torch.no_grad()
-def unsup3d_panels(model: Any, out: Any, n: int = 6, yaws: tuple[float, ...] = YAWS) -> list[tuple[str, Tensor]]:
+def unsup3d_panels(model: Model, out: Unsup3DOutput, n: int = 6, yaws: tuple[float, ...] = YAWS
+                   ) -> list[tuple[str, Tensor]]:
     """Unsup3D-re (``Unsup3DOutput``): input, reconstruction, flipped reconstruction, canonical albedo, depth,
     normals, shading, shaded canonical image, and a turntable (yaw in degrees)."""
     cfg = model.cfg
@@ -103,14 +107,15 @@ def unsup3d_panels(model: Any, out: Any, n: int = 6, yaws: tuple[float, ...] = Y
     return [(name, _rgb(t, k, s)) for name, t in panels]
 
 
-def picture_panels(model: Any, out: Any, n: int = 6, yaws: tuple[float, ...] = YAWS) -> list[tuple[str, Tensor]]:
-    """Named panels (k, 3, S, S) in [0, 1] of the first ``n`` images of a model's training output: the model's
-    own ``picture_panels(out, n)`` when it has one, else those of LAP or Unsup3D-re."""
-    if hasattr(model, "picture_panels"):
-        return model.picture_panels(out, n)
-    if hasattr(out, "agg") and hasattr(out, "ref"):
+def picture_panels(model: Model, out: LAPOutput | Unsup3DOutput, n: int = 6, yaws: tuple[float, ...] = YAWS
+                   ) -> list[tuple[str, Tensor]]:
+    """Named panels (k, 3, S, S) in [0, 1] of the first ``n`` images of a model's training output (what its
+    ``forward`` returned): `lap_panels` of a ``LAPOutput``, `unsup3d_panels` of an ``Unsup3DOutput``."""
+    if isinstance(out, LAPOutput):
         return lap_panels(model, out, n, yaws)
-    return unsup3d_panels(model, out, n, yaws)
+    if isinstance(out, Unsup3DOutput):
+        return unsup3d_panels(model, out, n, yaws)
+    raise TypeError(f"no training pictures for a {type(out).__name__} (lapmodel.viz.pictures.picture_panels)")
 
 
 def picture_grid(panels: list[tuple[str, Tensor]]) -> np.ndarray:
@@ -120,7 +125,7 @@ def picture_grid(panels: list[tuple[str, Tensor]]) -> np.ndarray:
     return pictures.image_grid(rows, col_labels=[name for name, _ in panels], font_size=11)
 
 
-def training_picture(model: Any, out: Any) -> np.ndarray:
+def training_picture(model: Model, out: LAPOutput | Unsup3DOutput) -> np.ndarray:
     """The training picture grid of one step (`picture_grid` of `picture_panels`)."""
     return picture_grid(picture_panels(model, out))
 
@@ -149,11 +154,3 @@ def turntable_frames(canon_depth: Any, canon_image: Any, n_frames: int = 24, max
     fr = torch.cat(list(fr), dim=-1) if shape else fr[0]  # side by side: (T, C, H, B*W)
     return np.stack([pictures.to_uint8(f) for f in fr.clamp(0, 1)])
 
-
-def loss_curve_png(log_path: Any, png: Any) -> Any:
-    """A run's ``log.jsonl`` -> ``png``: every logged ``loss*`` term against step in one panel (None: no rows)."""
-    rows = pictures.read_jsonl(log_path)
-    keys = sorted({k for r in rows for k in r if k.startswith("loss")})
-    curves = [pictures.Curve(k, [r["step"] for r in rows if k in r], [r[k] for r in rows if k in r],
-                             lw=2.0 if k == "loss" else 1.0) for k in keys]
-    return pictures.curves_png(png, {"loss": curves}, width=7.0, height=4.0)

@@ -1,4 +1,5 @@
-"""lapdata.core.pictures (the one picture module) with hand-computed values, and lapmodel.viz.pictures (turntables)."""
+"""lapdata.core.pictures (the one picture module) with hand-computed values, lapmodel.viz.pictures (turntables) and
+lapmodel.viz.curves (training curves)."""
 
 from __future__ import annotations
 
@@ -146,19 +147,21 @@ def test_png_roundtrip_and_gif(tmp_path):
 
 
 def test_curves_and_logs(tmp_path):
+    from lapmodel.viz import curves as C
+
     logs = {"p1": [{"step": 5, "loss": 2.0}, {"step": 10, "loss": 1.0}],
             "p2": [{"step": 5, "loss": 0.5}, {"step": 10, "loss": 0.4, "x_l1": 3.0}]}
-    panels, marks = P.log_panels(logs, ["loss", "x_l1", "absent"])
+    panels, marks = C.log_panels(logs, ["loss", "x_l1", "absent"])
     assert list(panels) == ["loss", "x_l1"] and marks == [(0, "p1"), (10, "p2")]
     assert panels["loss"][1].x == [15, 20]  # steps continue across the logs
     g = {"a": [{"step": 5, "global_step": 105, "loss": 1.0}]}
-    assert P.log_panels(g, ["loss"])[0]["loss"][0].x == [105]  # the trainer's global step when it is there
-    png = P.curves_png(tmp_path / "c.png", panels, marks=marks)
+    assert C.log_panels(g, ["loss"])[0]["loss"][0].x == [105]  # the trainer's global step when it is there
+    png = C.curves_png(tmp_path / "c.png", panels, marks=marks)
     assert png is not None and P.load_png(png).shape[1] > P.load_png(png).shape[0]
-    assert P.curves_png(tmp_path / "none.png", {}) is None and not (tmp_path / "none.png").exists()
+    assert C.curves_png(tmp_path / "none.png", {}) is None and not (tmp_path / "none.png").exists()
     (tmp_path / "log.jsonl").write_text('{"step": 1, "loss": 1}\n{"step": 2, "lo')  # a log being written
-    assert P.read_jsonl(tmp_path / "log.jsonl") == [{"step": 1, "loss": 1}]
-    assert P.read_jsonl(tmp_path / "missing.jsonl") == []
+    assert C.read_jsonl(tmp_path / "log.jsonl") == [{"step": 1, "loss": 1}]
+    assert C.read_jsonl(tmp_path / "missing.jsonl") == []
 
 
 def test_turntable_frames():

@@ -127,12 +127,13 @@ class _LookupModel(torch.nn.Module):
     """Stand-in: the input's ground-truth view depth, looked up by its pixels (canonical = view)."""
 
     image_size = S
+    accepts_sets = False
 
     def __init__(self, table: dict, cfg):
         super().__init__()
         self.table, self.cfg = table, cfg
 
-    def reconstruct(self, images: torch.Tensor):
+    def reconstruct(self, images: torch.Tensor, as_set: bool = False):
         from lapmodel.models.outputs import Reconstruction
 
         d = torch.stack([self.table[(x.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy().tobytes()]

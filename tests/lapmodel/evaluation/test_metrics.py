@@ -169,6 +169,7 @@ class _DepthModel(torch.nn.Module):
     """Stand-in: looks the input up and returns its true depth (``mode='true'``) or a wrong one."""
 
     image_size = S
+    accepts_sets = True
 
     def __init__(self, table: dict, mode: str = "true"):
         super().__init__()
@@ -232,18 +233,18 @@ def test_evaluate_true_vs_wrong_depth(tmp_path):
 
 
 def test_evaluate_single_image_model_and_identity(tmp_path):
-    from lapmodel.evaluation.evaluate import evaluate_model
+    from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_model
     from lapmodel.evaluation.evalset import iter_evalsets
 
     url, table = _write_shards(tmp_path / "shards", identities=2, views=2)
 
     class Single(_DepthModel):
-        def reconstruct(self, images):  # no as_set
-            return super().reconstruct(images)
+        accepts_sets = False
 
     import importlib.util
 
-    res = evaluate_model(Single(table), iter_evalsets(url, S), tmp_path / "o", set_sizes=(1, 2), identity=True,
+    res = evaluate_model(Single(table), iter_evalsets(url, S), EvaluateConfig(shards=(url,), out=str(tmp_path / "o"),
+                                                                              set_sizes=(1, 2), identity=True),
                          progress=False)
     assert res.set_size == {} and any("single images" in n for n in res.notes)
     idc = res.rows["model"]["id_cos"]

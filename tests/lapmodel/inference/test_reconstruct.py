@@ -15,13 +15,15 @@ from lapdata.core import pictures
 from lapdata.core.errors import LapError
 from lapmodel.io import export
 from lapmodel.models.outputs import Reconstruction
-from lapmodel.inference.reconstruct import (ReconstructConfig, load_faces, model_accepts_sets, reconstruct_images,
-                                            reconstruct_paths)
+from lapmodel.inference.faces import load_faces
+from lapmodel.inference.reconstruct import ReconstructConfig, reconstruct_images, reconstruct_paths
 from tests.builders import StandIn, fake_reconstruction, sphere_depth
 
 
 class SetStandIn(StandIn):
     """Set model: canonical fields are one row for the whole set (the mean image as albedo)."""
+
+    accepts_sets = True
 
     def reconstruct(self, images: torch.Tensor, as_set: bool = False) -> Reconstruction:
         self.calls.append(len(images))
@@ -74,7 +76,6 @@ def test_reconstruct_images_writes_everything(tmp_path):
 
 def test_reconstruct_images_set(tmp_path):
     model = SetStandIn()
-    assert model_accepts_sets(model) and not model_accepts_sets(StandIn())
     imgs = _images(3)
     res = reconstruct_images(model, imgs, tmp_path, ["a", "b", "c"], as_set=True, turntable=0, progress=False)
     assert model.calls == [3]  # one call for the whole set
@@ -191,6 +192,27 @@ def _tiny_checkpoint(path: Path, kind: str = "unsup3d") -> Path:
     torch.manual_seed(0)
     model = build_model(cfg, training=False)
     return ckm.save_checkpoint(path, model=model, config=cfg, step=0)
+
+
+def test_models_implement_the_protocol():
+    from lapmodel.config import ModelConfig, TrainConfig
+    from lapmodel.inference.reconstruct import run_model
+    from lapmodel.models.build import build_model
+    from lapmodel.models.model import Model
+
+    x = _images(2, 64)
+    for kind, sets in (("unsup3d", False), ("lap", True)):
+        cfg = TrainConfig(model=ModelConfig(kind=kind, image_size=64, nf=8, nf_encoder=8, zdim=16, zdim_conf=8))
+        m = build_model(cfg, training=False)
+        assert isinstance(m, Model) and m.accepts_sets is sets and m.image_size == 64 and m.perceptual is None
+        rec = run_model(m, x, as_set=sets)
+        assert rec.recon_depth.shape == (2, 64, 64) and rec.canon_depth.shape[-2:] == (64, 64)
+    m = build_model(TrainConfig(model=ModelConfig(image_size=64, nf=8, nf_encoder=8, zdim=16, zdim_conf=8)))
+    with pytest.raises(ValueError, match="single images"):
+        m.reconstruct(x, as_set=True)
+    with pytest.raises(LapError, match="--as-set"):
+        run_model(m, x, as_set=True)
+    assert not isinstance(StandIn(), Model)  # a stand-in reconstructs only: it is no model to train
 
 
 def test_cli_end_to_end(tmp_path):

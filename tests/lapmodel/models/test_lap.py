@@ -4,7 +4,7 @@ tiny shards through lapmodel.training.train (CPU, 32 px, tiny widths)."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 
 from lapdata.core.config import load_config
 from lapdata.core.errors import LapError
-from lapmodel.config import TrainConfig
+from lapmodel.config import LAP_STAGES, StagesConfig, TrainConfig
 from lapmodel.io.data import Batch
 from lapmodel.models.lap import LAPModel
 from tests.builders import write_tiny_shards
@@ -54,7 +54,8 @@ def _seed():
 
 def test_stage_parameters_partition():
     m = LAPModel(tiny_cfg().model)
-    agg, pers, fine = (set(map(id, m.trainable_parameters(s))) for s in ("aggregate", "personalize", "finetune"))
+    assert LAP_STAGES == ("aggregate", "personalize", "finetune") == tuple(f.name for f in fields(StagesConfig))
+    agg, pers, fine = (set(map(id, m.trainable_parameters(s))) for s in LAP_STAGES)
     ref = set(map(id, m.refiner.parameters()))
     assert pers == ref and not (agg & ref) and fine == agg | ref
     m.set_stage("personalize")
@@ -109,7 +110,7 @@ def test_forward_shapes_and_losses_per_stage():
     m = LAPModel(tiny_cfg().model)
     b = _batch(b=2, n=2)
     mv = int(b.valid.sum())
-    for stage in ("aggregate", "personalize", "finetune"):
+    for stage in LAP_STAGES:
         m.set_stage(stage)
         out = m(b)
         assert out.canon_albedo.shape == (2, 3, 32, 32) and out.canon_depth.shape == (2, 32, 32)

@@ -98,8 +98,7 @@ def test_ablation_configs_build_and_train_a_step(path, tmp_path):
     model = build_model(tc)
     if tc.model.kind == "lap":
         model.set_stage(s.args["stage"])
-    params = model.trainable_parameters(s.args.get("stage")) if hasattr(model, "trainable_parameters") else \
-        list(model.parameters())
+    params = model.trainable_parameters()
     opt = torch.optim.Adam(params, lr=1e-4)
     batch = next(make_loader(expand_shards(tc.data.shards), tc.data, 32, 2))
     before = [p.detach().clone() for p in params]

@@ -98,7 +98,7 @@ def test_perceptual_loss_with_vgg(tmp_path, shards):
     # the term is the VGG feature distance of the reconstruction to the input (quarter-size confidence) ...
     from lapmodel.models.losses import perceptual_loss
 
-    perc = perceptual_loss(m.vgg, out.recon_image, out.images, out.conf_perc[:, :1], out.recon_mask)
+    perc = perceptual_loss(m.perceptual, out.recon_image, out.images, out.conf_perc[:, :1], out.recon_mask)
     torch.testing.assert_close(logs["loss_perc"], perc.detach())
     # ... and it enters the total with lam_perc (its flipped twin with the flip weight too)
     lam, f, mc = cfg.model.lam_perc, m.flip_weight(), cfg.model
