@@ -59,6 +59,7 @@ from lapdata.core.errors import LapError
 from lapdata.core import atomic
 from lapdata.dataset.manifests import finalize_dataset, read_shard_json, sha256_file, write_json
 from lapdata.dataset.resume import check_same_run
+from lapdata.dataset.reader import finished_shards
 from lapdata.core.paths import check_shard_name
 from lapdata.dataset.sample import JSON, KEY, IdentitySample, encode_sample, image_digest, image_member
 from lapdata.dataset.schema import (NUM_IMAGES, NUM_ROWS, NUM_SAMPLES, PARQUET_SHA256, PHOTOS, REASON_COUNTS, SECONDS, SHARD,
@@ -294,7 +295,13 @@ def _run_task(process: Callable[[ShardTask], ShardResult], job: ShardJob) -> dic
 
 
 def _job_lost(job: ShardJob, e: Exception) -> dict:
-    """The result of a shard job the engine could not complete (e.g. its Ray worker died on every retry)."""
+    """The result of a shard job the engine could not complete (e.g. its Ray worker died on every retry). A job whose
+    shard was finished (``finished_shards``) before its result got lost -- a local pool breaks for every job in
+    flight when one worker dies -- is reported as written, with the counts of its committed .json."""
+    shards = Path(job.out_dir) / SHARD_DIR
+    if job.remote is None and str(shards / f"{job.task.name}.tar") in finished_shards(shards):
+        stats = read_shard_json(shards / f"{job.task.name}.json")
+        return {"ok": True, "shard": job.task.name, "stats": stats}
     msg = (str(e).strip().splitlines() or [""])[0][:300]
     return {"ok": False, "shard": job.task.name, "error": f"{type(e).__name__}: {msg}"}
 

@@ -191,3 +191,18 @@ def test_resume_rule_reads_added_options_as_older_runs_used():
     assert changed_options(old, {"size": 64, "max_pixels": 1000}) == ["max_pixels"]
     assert changed_options(old, {"size": 32, "fractions": (0.5, 0.5)}) == ["fractions", "size"]
     assert changed_options({"fractions": [0.5, 0.5]}, {"fractions": (0.5, 0.5)}) == []  # as JSON reads back
+
+
+def test_a_lost_job_whose_shard_is_finished_counts_as_written(tmp_path):
+    """A local pool breaks for every job in flight when one worker dies; a job that had already committed its shard
+    (tar + .json) is reported as written with its .json's counts, a job that had not as failed."""
+    from lapdata.dataset.writer import ShardJob, _job_lost
+
+    tasks = plan_shards(make_groups(), 3)
+    write_dataset(tmp_path, tasks[:1], synth_process, WriteConfig(progress=False))
+    done = json.loads((tmp_path / "shards" / f"{tasks[0].name}.json").read_text())
+    died = RuntimeError("a worker process died")
+    got = _job_lost(ShardJob(tasks[0], str(tmp_path), ".jpg", 95, None), died)
+    assert got["ok"] and got["shard"] == tasks[0].name and got["stats"]["num_images"] == done["num_images"] > 0
+    lost = _job_lost(ShardJob(tasks[1], str(tmp_path), ".jpg", 95, None), died)
+    assert not lost["ok"] and "worker process died" in lost["error"]
