@@ -40,7 +40,7 @@ def _training_rows(ctx: StepContext, names: list[str] | None) -> tuple[list[str]
         m = read_marker(ctx.out, s.name)
         if s.kind != "train" or m.get("status") != "done" or (names is not None and s.name not in names):
             continue
-        c = float(m.get("cpu_seconds", 0.0))
+        c = float(m["result"].get("cpu_seconds_total", m.get("cpu_seconds", 0.0)))  # resumes included
         cpu += c
         rows.append(f"| {s.name} | {s.args.get('stage', '-')} | {m['result'].get('step', '?')} | {c / 3600:.2f} |")
     return rows, cpu

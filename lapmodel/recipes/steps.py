@@ -94,7 +94,8 @@ def run_train(step: StepConfig, ctx: StepContext) -> dict:
         res = train_stage(tc, stage, resume=True, progress=ctx.progress, log=ctx.log)
     else:
         res = train(tc, resume=(Path(tc.out) / "last.pt").exists(), progress=ctx.progress, log=ctx.log)
-    return {"checkpoint": str(res.checkpoint), "step": res.step, "last_logs": res.last_logs}
+    return {"checkpoint": str(res.checkpoint), "step": res.step, "last_logs": res.last_logs,
+            "cpu_seconds_total": res.cpu_seconds}
 
 
 def run_evaluate(step: StepConfig, ctx: StepContext) -> dict:

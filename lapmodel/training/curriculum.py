@@ -43,7 +43,7 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
         raise LapError(f"stages.{stage}.phases is empty")
     sdir = stage_dir(cfg.out, stage)
     init = cfg.init
-    res = None
+    res, cpu = None, 0.0  # cpu: the phases' CPU-seconds (resumes included), summed
     names = [p.name for p in sc.phases]
     if len(set(names)) != len(names):
         raise LapError(f"stages.{stage}.phases: phase names must be unique, got {names}")
@@ -55,8 +55,9 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
         if done.exists():
             log(f"{stage}/{ph.name}: done, skipped ({done})")
             init = str(pout / "last.pt")
-            res = TrainResult(step=json.loads(done.read_text()).get("step", 0), out=pout, checkpoint=pout / "last.pt",
-                              last_logs={})
+            doc = json.loads(done.read_text())
+            res = TrainResult(step=doc.get("step", 0), out=pout, checkpoint=pout / "last.pt", last_logs={})
+            cpu += float(doc.get("cpu_seconds", 0.0))
             continue
         model = replace(cfg.model, lap=replace(cfg.model.lap, stage=stage))
         max_set = ph.max_set or sc.max_set or cfg.data.max_set
@@ -74,10 +75,11 @@ def train_stage(cfg, stage: str, *, resume: bool = True, progress: bool = True,
             + (f"{steps} steps" if epochs is None else f"{epochs} epochs") + f", out {pout}")
         res = train(pcfg, resume=(pout / "last.pt").exists(), stage=stage, progress=progress, log=log)
         write_json(done, {"stage": stage, "phase": ph.name, "step": res.step, "finished": time.time(),
-                           "last_logs": res.last_logs})
+                           "last_logs": res.last_logs, "cpu_seconds": res.cpu_seconds})
+        cpu += res.cpu_seconds
         init = str(pout / "last.pt")
     final = sdir / "last.pt"
     if init and Path(init) != final and Path(init).exists():
         copy_file(init, final)
     assert res is not None
-    return TrainResult(step=res.step, out=sdir, checkpoint=final, last_logs=res.last_logs)
+    return TrainResult(step=res.step, out=sdir, checkpoint=final, last_logs=res.last_logs, cpu_seconds=round(cpu, 1))

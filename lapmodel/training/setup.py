@@ -143,13 +143,14 @@ def build_training(run: Run) -> tuple[Model, torch.optim.Optimizer, torch.amp.Gr
 
 
 def restore(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-            resume: bool) -> tuple[int, int]:
-    """(first step, step offset). ``resume``: model, optimizer, scaler, RNG and step from OUT/last.pt (when it
+            resume: bool) -> tuple[int, int, float]:
+    """(first step, step offset, CPU-seconds of the runs before). ``resume``: model, optimizer, scaler, RNG, step and
+    the CPU time spent so far from OUT/last.pt (when it
     exists); else a folder that holds a run is refused. From step 0 the model takes the tensors of ``cfg.init`` that
     fit. The offset is the steps of the curriculum phases / stages before this run (its ``--init``), so that
     TensorBoard and log.jsonl's global_step continue across them."""
     cfg, last, say = run.cfg, run.last, run.say
-    start, offset = 0, 0
+    start, offset, cpu = 0, 0, 0.0
     if resume and last.exists():
         doc = load_checkpoint(last, map_location=run.device)
         if doc["config"].get("model") != to_dict(cfg.model):
@@ -161,6 +162,7 @@ def restore(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.am
         set_rng_state(doc["rng"])
         start = int(doc["step"])
         offset = int(doc.get("extra", {}).get("step_offset", 0))
+        cpu = float(doc.get("extra", {}).get("cpu_seconds", 0.0))
         pos = doc.get("data", {})
         if (pos.get("world"), pos.get("workers"), pos.get("batch_size")) != (run.world, cfg.data.workers, run.per_rank):
             say(f"note: resuming with a different world size / data workers / batch than {last}: "
@@ -177,7 +179,7 @@ def restore(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.am
         model.load_state_dict(fit, strict=False)
         offset = int(init.get("extra", {}).get("step_offset", 0)) + int(init.get("step", 0))
         say(f"initialised {len(fit)}/{len(own)} tensors from {cfg.init}")
-    return start, offset
+    return start, offset, cpu
 
 
 def wrap_model(run: Run, model: Model) -> nn.Module:

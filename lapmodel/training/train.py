@@ -62,6 +62,7 @@ class TrainResult:
     out: Path                 # output folder
     checkpoint: Path | None   # last.pt
     last_logs: dict[str, float]
+    cpu_seconds: float = 0.0  # rank 0's process CPU time of all the runs that made last.pt (resumes included)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -85,7 +86,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
     run = start_run(cfg, stage, log)  # the stage recorded in cfg; ranks, device, precision, shards, steps
     cfg, steps = run.cfg, run.steps
     model, opt, scaler, params = build_training(run)  # seeded: the same model on every rank
-    start, offset = restore(run, model, opt, scaler, resume)  # --resume from last.pt, or --init's weights
+    start, offset, cpu_before = restore(run, model, opt, scaler, resume)  # --resume from last.pt, or --init's weights
+    cpu0 = time.process_time()  # the run's CPU-seconds: cpu_before + this process's since here (resumes included)
     if run.master:
         (run.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     ddp_model = wrap_model(run, model)  # compiled, DDP over the ranks
@@ -127,7 +129,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
         if done % cfg.picture_every == 0 or done == steps:
             mon.pictures(done, output)
         if done % cfg.ckpt_every == 0 or done == steps:
-            save_checkpoints(run, model, opt, scaler, done, offset)
+            save_checkpoints(run, model, opt, scaler, done, offset, cpu_before + time.process_time() - cpu0)
         mon.tick()
 
     mon.close()
@@ -135,7 +137,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
         dist.barrier()
     run.say(f"done: {steps} steps, checkpoint {run.last}")
     return TrainResult(step=max(steps, start), out=run.out, checkpoint=run.last if run.last.exists() else None,
-                       last_logs=mon.last_logs)
+                       last_logs=mon.last_logs, cpu_seconds=round(cpu_before + time.process_time() - cpu0, 1))
 
 
 def not_finite(run: Run, loss: torch.Tensor, gnorm: torch.Tensor, fp16: bool) -> bool:
@@ -158,13 +160,14 @@ def diverged(run: Run, step: int, loss: torch.Tensor, gnorm: torch.Tensor) -> Tr
 
 
 def save_checkpoints(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-                     done: int, offset: int) -> None:
-    """OUT/last.pt after ``done`` steps (rank 0), and OUT/checkpoints/step-XXXXXX.pt every ``keep_every`` steps."""
+                     done: int, offset: int, cpu_seconds: float) -> None:
+    """OUT/last.pt after ``done`` steps (rank 0), and OUT/checkpoints/step-XXXXXX.pt every ``keep_every`` steps;
+    ``cpu_seconds``: the process CPU time of the run so far, resumes included (what recipes and cards report)."""
     if not run.master:
         return
     cfg = run.cfg
     pos = data_position(done, cfg.data, run.world, run.per_rank)
-    extra = {"step_offset": offset}
+    extra = {"step_offset": offset, "cpu_seconds": round(cpu_seconds, 1)}
     save_checkpoint(run.last, model=model, config=cfg, step=done, optimizer=opt, scaler=scaler, data=pos,
                     extra=extra)
     if cfg.keep_every and done % cfg.keep_every == 0:

@@ -147,6 +147,7 @@ def test_resume_is_bit_identical(tmp_path, shards):
     full = train(tiny_train_cfg(tmp_path / "a", shards, steps=6, ckpt_every=3), progress=False)
     part = train(tiny_train_cfg(tmp_path / "b", shards, steps=3, ckpt_every=3), progress=False)
     assert load_checkpoint(part.checkpoint)["step"] == 3
+    first = load_checkpoint(part.checkpoint)["extra"]["cpu_seconds"]
     with pytest.raises(LapError, match="--resume"):
         train(tiny_train_cfg(tmp_path / "b", shards, steps=6, ckpt_every=3), progress=False)
     res = train(tiny_train_cfg(tmp_path / "b", shards, steps=6, ckpt_every=3), resume=True, progress=False)
@@ -157,6 +158,9 @@ def test_resume_is_bit_identical(tmp_path, shards):
     la = (full.out / "log.jsonl").read_text().splitlines()
     lb = (res.out / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["loss"] for x in la] == [json.loads(x)["loss"] for x in lb]
+    # the CPU time of a resumed run adds up across its processes (what recipe markers and model cards report)
+    assert 0 < first < res.cpu_seconds and first == pytest.approx(part.cpu_seconds, abs=0.2)
+    assert b["extra"]["cpu_seconds"] == pytest.approx(res.cpu_seconds, abs=0.2)
 
 
 def test_checkpoint_reload_gives_identical_outputs(tmp_path, shards):
