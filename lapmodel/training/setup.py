@@ -7,6 +7,7 @@ number of steps) -> `build_training` (the seeded model, its optimizer and grad s
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -162,7 +163,7 @@ def restore(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.am
         set_rng_state(doc["rng"])
         start = int(doc["step"])
         offset = int(doc.get("extra", {}).get("step_offset", 0))
-        cpu = float(doc.get("extra", {}).get("cpu_seconds", 0.0))
+        cpu = cpu_before(run.out, start=int(doc["step"]))
         pos = doc.get("data", {})
         if (pos.get("world"), pos.get("workers"), pos.get("batch_size")) != (run.world, cfg.data.workers, run.per_rank):
             say(f"note: resuming with a different world size / data workers / batch than {last}: "
@@ -180,6 +181,16 @@ def restore(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.am
         offset = int(init.get("extra", {}).get("step_offset", 0)) + int(init.get("step", 0))
         say(f"initialised {len(fit)}/{len(own)} tensors from {cfg.init}")
     return start, offset, cpu
+
+
+CPU_FILE = "cpu.json"  # {"step", "cpu_seconds"}: the run's CPU time up to last.pt's step, resumes included
+
+
+def cpu_before(out: Path, start: int) -> float:
+    """The CPU-seconds that made OUT/last.pt at step ``start`` (0 when OUT/cpu.json is absent or of another step)."""
+    p = Path(out) / CPU_FILE
+    doc = json.loads(p.read_text()) if p.is_file() else {}
+    return float(doc.get("cpu_seconds", 0.0)) if doc.get("step") == start else 0.0
 
 
 def wrap_model(run: Run, model: Model) -> nn.Module:

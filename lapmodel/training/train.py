@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from lapdata.core.atomic import write_json
 from lapdata.core.config import to_dict
 from lapdata.core.errors import LapError
 from lapdata.core.locks import writer_lock
@@ -45,7 +46,7 @@ from lapmodel.config import TrainConfig
 from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint
 from lapmodel.io.data import Batch, data_position, make_loader
 from lapmodel.models.model import Model
-from lapmodel.training.setup import Run, build_training, restore, start_run, wrap_model
+from lapmodel.training.setup import CPU_FILE, Run, build_training, restore, start_run, wrap_model
 from lapmodel.viz.curves import loss_curve_png
 from lapmodel.viz.pictures import training_picture
 
@@ -75,7 +76,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, stage: str | None = None, p
     ``log``: where the run's messages go (default: the ``lap.train`` logger, also written to ``OUT/train.log``)."""
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         raise LapError(f"{cfg.out}: --out is a file, not a folder")
-    # one run per folder (lapdata.core.locks): a second `lapmodel train --out D` is refused; under torchrun rank 0 holds it
+    # one run per folder (lapdata.core.locks): a second `lapmodel train --out D` is refused;
+    # under torchrun rank 0 holds it
     lock = writer_lock(cfg.out, "lapmodel train") if os.environ.get("RANK", "0") == "0" else nullcontext()
     with lock, log_to_file(Path(cfg.out) / "train.log"):
         return _train(cfg, resume=resume, stage=stage, progress=progress, log=log or LOG.info)
@@ -162,14 +164,16 @@ def diverged(run: Run, step: int, loss: torch.Tensor, gnorm: torch.Tensor) -> Tr
 def save_checkpoints(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                      done: int, offset: int, cpu_seconds: float) -> None:
     """OUT/last.pt after ``done`` steps (rank 0), and OUT/checkpoints/step-XXXXXX.pt every ``keep_every`` steps;
-    ``cpu_seconds``: the process CPU time of the run so far, resumes included (what recipes and cards report)."""
+    ``cpu_seconds``: the process CPU time of the run so far, resumes included (what recipes and cards report), goes
+    to OUT/cpu.json beside last.pt, so that two runs of one config still write the same checkpoint bytes."""
     if not run.master:
         return
     cfg = run.cfg
     pos = data_position(done, cfg.data, run.world, run.per_rank)
-    extra = {"step_offset": offset, "cpu_seconds": round(cpu_seconds, 1)}
+    extra = {"step_offset": offset}
     save_checkpoint(run.last, model=model, config=cfg, step=done, optimizer=opt, scaler=scaler, data=pos,
                     extra=extra)
+    write_json(run.out / CPU_FILE, {"step": done, "cpu_seconds": round(cpu_seconds, 1)})
     if cfg.keep_every and done % cfg.keep_every == 0:
         save_checkpoint(run.out / "checkpoints" / f"step-{done:06d}.pt", model=model, config=cfg, step=done,
                         optimizer=opt, scaler=scaler, data=pos, extra=extra)
