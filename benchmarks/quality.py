@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lapdata.core.config import load_config  # noqa: E402
+from lapdata.core.pictures import new_figure, save_figure  # noqa: E402
 from lapdata.synthetic.build import SynthConfig, run_synthetic  # noqa: E402
 from lapmodel.config import TrainConfig  # noqa: E402
 from lapmodel.evaluation.evaluate import EvaluateConfig, evaluate_checkpoint  # noqa: E402
@@ -203,12 +204,7 @@ def row_of(r, step: int, images: int) -> dict[str, Any]:
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:
     if not curve:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, axes = new_figure(2, width=4.0, height=3.2)
     x = [c["images"] for c in curve]
     for ax, k, lab in ((axes[0], "side", "SIDE x1e-2"), (axes[1], "mad", "MAD (deg)")):
         ax.plot(x, [c[k] for c in curve], "o-", label="model")
@@ -219,8 +215,7 @@ def plot_curve(curve: list[dict], path: Path, title: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -466,12 +461,7 @@ def rung5(args) -> list[dict[str, Any]]:
 
 
 def plot_kp_curves(lap: list[dict], u3d: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, ax = new_figure(2, width=4.5, height=3.4)
     for rows, lab in ((lap, "LAP"), (u3d, "Unsup3D-re")):
         if rows:
             ax[0].plot([r["images"] for r in rows], [r["kp"] for r in rows], "o-", label=lab, ms=3)
@@ -486,8 +476,7 @@ def plot_kp_curves(lap: list[dict], u3d: list[dict], path: Path, title: str) -> 
         a.legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
