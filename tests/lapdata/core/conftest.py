@@ -1,5 +1,6 @@
-"""The cluster tests' fixture (``test_cluster.py``, ``test_hardening_cluster.py``): a local S3 server and a local
-Ray cluster, started inside the test process."""
+"""Fixtures of the core tests: ``mem``, a fresh memory:// bucket (``test_storage.py``, ``test_locks.py``), and ``env``,
+the cluster tests' local S3 server and local Ray cluster started inside the test process (``test_cluster.py``,
+``test_hardening_cluster.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,22 @@ import os
 import pytest
 
 from tests.builders import BUCKET
+
+
+@pytest.fixture
+def mem(tmp_path, monkeypatch):
+    """A fresh memory:// bucket and a staging folder; mounts made under tmp_path are unmounted after the test."""
+    fsspec = pytest.importorskip("fsspec", reason="the cluster extra (fsspec) is not installed")
+    from lapdata.core import staging, storage
+
+    monkeypatch.setenv("LAPDATA_STAGING", str(tmp_path / "staging"))
+    fs = fsspec.filesystem("memory")
+    fs.store.clear()
+    fs.pseudo_dirs.clear()
+    fs.pseudo_dirs.append("")
+    yield "memory://bucket/ds"
+    for root in [r for r in storage.MOUNTS if str(r).startswith(str(tmp_path))]:
+        staging.unmount(root)
 
 
 @pytest.fixture(scope="module")

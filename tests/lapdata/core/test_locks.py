@@ -104,18 +104,6 @@ def test_ingest_and_train_take_the_lock(tmp_path):
     assert not (Path(cfg.out) / "log.jsonl").exists()
 
 
-@pytest.fixture
-def mem(tmp_path, monkeypatch):
-    monkeypatch.setenv("LAPDATA_STAGING", str(tmp_path / "staging"))
-    fs = fsspec.filesystem("memory")
-    fs.store.clear()
-    fs.pseudo_dirs.clear()
-    fs.pseudo_dirs.append("")
-    yield "memory://bucket/ds"
-    for root in [r for r in storage.MOUNTS if str(r).startswith(str(tmp_path))]:
-        staging.unmount(root)
-
-
 def put_lease(url: str, **doc) -> None:
     storage.put_bytes(storage.join(url, locks.LEASE_NAME), json.dumps(doc).encode())
 

@@ -18,19 +18,6 @@ from lapdata.dataset.reader import iter_tar_samples, shard_urls
 fsspec = pytest.importorskip("fsspec", reason="the cluster extra (fsspec) is not installed")
 
 
-@pytest.fixture
-def mem(tmp_path, monkeypatch):
-    """A fresh memory:// bucket and a staging folder."""
-    monkeypatch.setenv("LAPDATA_STAGING", str(tmp_path / "staging"))
-    fs = fsspec.filesystem("memory")
-    fs.store.clear()
-    fs.pseudo_dirs.clear()
-    fs.pseudo_dirs.append("")
-    yield "memory://bucket/ds"
-    for root in [r for r in storage.MOUNTS if str(r).startswith(str(tmp_path))]:
-        staging.unmount(root)
-
-
 def put(url: str, data: bytes) -> None:
     with fsspec.open(url, "wb") as f:
         f.write(data)
