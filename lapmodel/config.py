@@ -207,6 +207,14 @@ class OptimConfig:
     # weight whose loss gradient is small shrinks by ~lr per step: it killed LAP's depth aggregator (its 1x1 code
     # dead, one depth map for every person; BENCHMARKS.md "Real photos")
     weight_decay_mode: Literal["decoupled", "l2"] = "decoupled"
+    # the viewpoint network's (``Model.view_network``) learning rate is lr x view_lr_scale for the first
+    # view_lr_steps steps of training (curriculum phases and LAP stages count on), then lr; 1 = the official code.
+    # For a run whose views stay frontal (the log's yaw_std_deg near 0 on posed photos): the pose has to be found
+    # before the albedo network learns to copy each posed photo into the canonical frame, after which the view gets
+    # no gradient. 10 rescued such a run and broke one that worked at 1 (BENCHMARKS.md "The library defaults on
+    # small overfits"), so 1 stays the default
+    view_lr_scale: float = 1.0
+    view_lr_steps: int = 150
     grad_clip: float | None = None       # clip the global grad norm (None = off)
 
     def __post_init__(self) -> None:
@@ -214,6 +222,9 @@ class OptimConfig:
                          (all(_finite(b) and 0 <= b < 1 for b in self.betas), f"betas {self.betas} must be in [0, 1)"),
                          (_finite(self.weight_decay) and self.weight_decay >= 0,
                           f"weight_decay {self.weight_decay} must be >= 0"),
+                         (_finite(self.view_lr_scale) and self.view_lr_scale > 0,
+                          f"view_lr_scale {self.view_lr_scale} must be a finite number > 0"),
+                         (self.view_lr_steps >= 0, f"view_lr_steps {self.view_lr_steps} must be >= 0"),
                          (self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0),
                           f"grad_clip {self.grad_clip} must be > 0 or null")])
 

@@ -163,6 +163,9 @@ class LAPModel(nn.Module, Model):
         stage = stage or self.stage
         return [p for m in self.stage_modules(stage) for p in m.parameters()]
 
+    def view_network(self) -> nn.Module:
+        return self.view_net
+
     def compile_networks(self) -> None:
         """torch.compile the whole forward pass in place (``nn.Module.compile``: state_dict keys unchanged)."""
         self.compile()
@@ -264,6 +267,7 @@ class LAPModel(nn.Module, Model):
         logs: dict[str, Tensor] = {
             "rcl_frac": torch.tensor(out.rcl_frac),
             "set_size": torch.tensor(out.index.numel() / max(1, out.canon_depth.shape[0])),
+            **photogeo.view_logs(out.view),
         }
         total = out.canon_depth.new_zeros(())
         if out.stage in ("aggregate", "finetune"):

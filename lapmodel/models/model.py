@@ -4,8 +4,8 @@
 A model is an ``nn.Module`` (callers also use ``parameters()``, ``train()`` / ``eval()``, ``state_dict()``):
 
 * training (``lapmodel.training.train``): ``model(batch)`` (``forward``: a ``lapmodel.io.data.Batch`` -> the model's
-  output dataclass), ``loss(output, batch)``, ``trainable_parameters()``, ``compile_networks()``, ``step`` (set by
-  the loop), ``perceptual`` (None: the perceptual loss is off); the picture grids are drawn from the output's type
+  output dataclass), ``loss(output, batch)``, ``trainable_parameters()``, ``view_network()`` (its own learning
+  rate), ``compile_networks()``, ``step`` (set by the loop), ``perceptual`` (None: the perceptual loss is off); the picture grids are drawn from the output's type
   (``lapmodel.viz.pictures.picture_panels``);
 * inference and evaluation: ``image_size``, ``accepts_sets`` and ``reconstruct(images, as_set)`` only (the tests'
   stand-in models define just these).
@@ -47,6 +47,10 @@ class Model(Protocol):
     @abstractmethod
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the optimizer updates (LAP: those of the current stage)."""
+
+    @abstractmethod
+    def view_network(self) -> nn.Module:
+        """The per-photo viewpoint network (training scales its learning rate by ``optim.view_lr_scale``)."""
 
     @abstractmethod
     def compile_networks(self) -> None:

@@ -251,6 +251,14 @@ def reconstruction_loss(r: RenderOut, images: Tensor, cfg, *, conf: Tensor | Non
     return total, logs
 
 
+def view_logs(view: Tensor) -> dict[str, Tensor]:
+    """Detached scalars of a batch's views (M, 6) for the log: ``yaw_std_deg``, the spread of the predicted yaw.
+    Near 0 on posed photos, the views have stayed frontal and the albedo has taken the pose (``optim.view_lr_scale``).
+    """
+    yaw = view[:, 1].detach().float()
+    return {"yaw_std_deg": torch.rad2deg(yaw.std()) if yaw.numel() > 1 else yaw.new_zeros(())}
+
+
 def flip_weight(cfg, step: int) -> float:
     """Weight of the flipped-reconstruction terms: 1 before ``lam_flip_start_step``, then ``lam_flip``."""
     return 1.0 if step < cfg.lam_flip_start_step else float(cfg.lam_flip)

@@ -136,13 +136,16 @@ class Unsup3D(nn.Module, Model):
         total, logs = photogeo.reconstruction_loss(r, out.images, self.cfg, conf=out.conf_l1, conf_perc=out.conf_perc,
                                                    perceptual=self.perceptual, lam_flip=self.flip_weight(),
                                                    weight=weight)
-        logs = {("loss_" + k): v for k, v in logs.items()}
+        logs = {("loss_" + k): v for k, v in logs.items()} | photogeo.view_logs(out.view)
         logs["loss"] = total.detach()
         return total, logs
 
     # ----------------------------------------------------------------------------------------- helpers
     def trainable_parameters(self, stage: str | None = None) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def view_network(self) -> nn.Module:
+        return self.netV
 
     def compile_networks(self) -> None:
         """torch.compile each network in place (state_dict keys unchanged)."""

@@ -46,7 +46,7 @@ from lapmodel.config import TrainConfig
 from lapmodel.io.checkpoint import load_checkpoint, save_checkpoint
 from lapmodel.io.data import Batch, data_position, make_loader
 from lapmodel.models.model import Model
-from lapmodel.training.setup import CPU_FILE, Run, build_training, restore, start_run, wrap_model
+from lapmodel.training.setup import CPU_FILE, Run, build_training, restore, set_learning_rates, start_run, wrap_model
 from lapmodel.viz.curves import loss_curve_png
 from lapmodel.viz.pictures import training_picture
 
@@ -102,6 +102,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stage: str | None, progress: bool,
         batch: Batch = next(loader).to(run.device, non_blocking=True)
         skipped[batch.stream] = batch.skipped
         model.step = step
+        set_learning_rates(opt, cfg.optim, offset + step)  # the viewpoint network's own schedule
 
         # forward, loss, backward
         with run.autocast():

@@ -115,3 +115,10 @@ def test_reconstruction_loss_terms_and_gradcheck():
 def test_flip_weight_schedule():
     cfg = ModelConfig(lam_flip=0.5, lam_flip_start_step=10)
     assert photogeo.flip_weight(cfg, 0) == 1.0 and photogeo.flip_weight(cfg, 10) == 0.5
+
+
+def test_view_logs_give_the_spread_of_the_yaw_in_degrees():
+    view = torch.zeros(2, 6)
+    view[:, 1] = torch.deg2rad(torch.tensor([-10.0, 10.0]))
+    assert photogeo.view_logs(view)["yaw_std_deg"].item() == pytest.approx(200 ** 0.5, rel=1e-5)
+    assert photogeo.view_logs(view[:1])["yaw_std_deg"].item() == 0.0

@@ -19,6 +19,7 @@ from lapmodel.io.checkpoint import load_checkpoint, load_model
 from lapmodel.config import ModelConfig
 from lapmodel.io.data import Batch, make_loader
 from lapmodel.models.build import build_model
+from lapmodel.training.setup import param_groups, set_learning_rates, two_groups
 from lapmodel.training.train import TrainingDiverged, train
 from lapmodel.models.unsup3d import Unsup3D, Unsup3DOutput
 from lapmodel.models.vgg import vgg16_keys
@@ -66,7 +67,7 @@ def test_loss_reaches_every_network():
     m = Unsup3D(ModelConfig(**TINY_UNSUP3D))
     out = m(torch.rand(2, 3, 32, 32))
     loss, logs = m.loss(out)
-    assert torch.isfinite(loss) and set(logs) == {"loss", "loss_l1", "loss_l1_flip", "loss_depth_sm"}
+    assert torch.isfinite(loss) and set(logs) == {"loss", "loss_l1", "loss_l1_flip", "loss_depth_sm", "yaw_std_deg"}
     loss.backward()
     for name in ("netD", "netA", "netL", "netV", "netC"):
         g = sum(p.grad.abs().sum() for p in getattr(m, name).parameters() if p.grad is not None)
@@ -164,6 +165,42 @@ def test_resume_is_bit_identical(tmp_path, shards):
     assert first["cpu_seconds"] == pytest.approx(part.cpu_seconds, abs=0.2)
     assert json.loads((res.out / "cpu.json").read_text()) == {"step": 6, "cpu_seconds": pytest.approx(res.cpu_seconds,
                                                                                                       abs=0.2)}
+
+
+def test_the_view_network_has_its_own_learning_rate():
+    cfg = tiny_train_cfg(Path("unused"), ["unused"], optim={"lr": 2e-4, "view_lr_scale": 10.0, "view_lr_steps": 5})
+    m = build_model(cfg)
+    params = m.trainable_parameters()
+    groups = param_groups(m, params, cfg.optim)
+    view = list(m.netV.parameters())
+    assert [id(p) for p in groups[1]["params"]] == [id(p) for p in view]
+    assert len(groups[0]["params"]) + len(view) == len(params)
+    assert not {id(p) for p in groups[0]["params"]} & {id(p) for p in view}
+    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr)
+    for step, want in [(0, 2e-3), (4, 2e-3), (5, 2e-4), (100, 2e-4)]:
+        set_learning_rates(opt, cfg.optim, step)
+        assert (opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]) == (pytest.approx(2e-4), pytest.approx(want))
+    with pytest.raises(LapError, match="view_lr_scale"):
+        tiny_train_cfg(Path("unused"), ["unused"], optim={"view_lr_scale": 0.0})
+
+
+def test_a_one_group_optimizer_state_resumes_with_its_moments():
+    """A checkpoint written before the view network had its own group (one group) loads into the two, every
+    parameter keeping its Adam moments."""
+    cfg = tiny_train_cfg(Path("unused"), ["unused"], optim={"lr": 1e-3})
+    torch.manual_seed(0)
+    m = build_model(cfg)
+    params = m.trainable_parameters()
+    old = torch.optim.AdamW(params, lr=1e-3)
+    m.loss(m(torch.rand(2, 3, 32, 32)))[0].backward()
+    old.step()
+    new = torch.optim.AdamW(param_groups(m, params, cfg.optim), lr=1e-3)
+    new.load_state_dict(two_groups(old.state_dict(), m, cfg.optim))
+    for p in params:
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+        assert torch.equal(new.state[p]["exp_avg_sq"], old.state[p]["exp_avg_sq"])
+    two = new.state_dict()
+    assert two_groups(two, m, cfg.optim) is two
 
 
 def test_checkpoint_reload_gives_identical_outputs(tmp_path, shards):
