@@ -26,7 +26,7 @@ from lapdata.core.config import to_dict
 from lapdata.core.device import resolve_device
 from lapdata.core.errors import LapError
 
-from lapmodel.config import TrainConfig
+from lapmodel.config import OptimConfig, TrainConfig
 from lapmodel.io.checkpoint import load_checkpoint, set_rng_state
 from lapmodel.io.data import count_samples, expand_shards
 from lapmodel.models.build import build_model
@@ -144,7 +144,7 @@ def build_training(run: Run) -> tuple[Model, torch.optim.Optimizer, torch.amp.Gr
     return model, opt, scaler, params
 
 
-def param_groups(model: Model, params: list[nn.Parameter], optim) -> list[dict]:
+def param_groups(model: Model, params: list[nn.Parameter], optim: OptimConfig) -> list[dict]:
     """The optimizer's parameter groups: ``params`` without the viewpoint network's, then those of
     ``model.view_network()`` (empty when it does not train); always two, so that a checkpoint's optimizer state fits
     whatever the schedule. Their learning rates are ``set_learning_rates``'."""
@@ -153,25 +153,25 @@ def param_groups(model: Model, params: list[nn.Parameter], optim) -> list[dict]:
             {"params": [p for p in params if id(p) in view], "lr": view_lr(optim, 0)}]
 
 
-def view_lr(optim, global_step: int) -> float:
+def view_lr(optim: OptimConfig, global_step: int) -> float:
     """The viewpoint network's learning rate at ``global_step``: lr x view_lr_scale for the first view_lr_steps
     steps, then lr."""
     return optim.lr * (optim.view_lr_scale if global_step < optim.view_lr_steps else 1.0)
 
 
-def set_learning_rates(opt: torch.optim.Optimizer, optim, global_step: int) -> None:
+def set_learning_rates(opt: torch.optim.Optimizer, optim: OptimConfig, global_step: int) -> None:
     """The learning rates of ``param_groups``' two groups at ``global_step`` (the step across phases and stages)."""
     opt.param_groups[0]["lr"] = optim.lr
     opt.param_groups[1]["lr"] = view_lr(optim, global_step)
 
 
-def two_groups(state: dict, model: Model, optim) -> dict:
+def two_groups(state: dict, model: Model) -> dict:
     """An optimizer state saved with one parameter group (before the viewpoint network had its own) as
     ``param_groups``' two, moments kept (the loop sets their learning rates); a two-group state unchanged."""
     if len(state["param_groups"]) != 1:
         return state
     group = state["param_groups"][0]
-    params = [p for p in model.trainable_parameters()]
+    params = model.trainable_parameters()
     view = {id(p) for p in model.view_network().parameters()}
     order = [k for k, p in enumerate(params) if id(p) not in view] + [k for k, p in enumerate(params) if id(p) in view]
     new = {old: i for i, old in enumerate(order)}
@@ -194,7 +194,7 @@ def restore(run: Run, model: Model, opt: torch.optim.Optimizer, scaler: torch.am
         if doc["config"].get("model") != to_dict(cfg.model):
             raise LapError(f"{last}: --resume with a different model config than the checkpoint's")
         model.load_state_dict(doc["model"])
-        opt.load_state_dict(two_groups(doc["optimizer"], model, cfg.optim))
+        opt.load_state_dict(two_groups(doc["optimizer"], model))
         if scaler is not None and "scaler" in doc:
             scaler.load_state_dict(doc["scaler"])
         set_rng_state(doc["rng"])
