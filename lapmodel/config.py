@@ -211,8 +211,9 @@ class OptimConfig:
     # view_lr_steps steps of training (curriculum phases and LAP stages count on), then lr; 1 = the official code.
     # For a run whose views stay frontal (the log's yaw_std_deg near 0 on posed photos): the pose has to be found
     # before the albedo network learns to copy each posed photo into the canonical frame, after which the view gets
-    # no gradient. 10 rescued such a run and broke one that worked at 1 (BENCHMARKS.md "The library defaults on
-    # small overfits"), so 1 stays the default
+    # no gradient. 10 rescued such a run and broke one that worked at 1, and 5 drove every view of the photos recipe
+    # to the +60 degree limit (the log's yaw_at_limit -> 1; BENCHMARKS.md "The library defaults on small
+    # overfits"), so 1 stays the default: a research lever, not a fix
     view_lr_scale: float = 1.0
     view_lr_steps: int = 150
     grad_clip: float | None = None       # clip the global grad norm (None = off)

@@ -267,7 +267,7 @@ class LAPModel(nn.Module, Model):
         logs: dict[str, Tensor] = {
             "rcl_frac": torch.tensor(out.rcl_frac),
             "set_size": torch.tensor(out.index.numel() / max(1, out.canon_depth.shape[0])),
-            **photogeo.view_logs(out.view),
+            **photogeo.view_logs(out.view, self.cfg),
         }
         total = out.canon_depth.new_zeros(())
         if out.stage in ("aggregate", "finetune"):

@@ -251,12 +251,16 @@ def reconstruction_loss(r: RenderOut, images: Tensor, cfg, *, conf: Tensor | Non
     return total, logs
 
 
-def view_logs(view: Tensor) -> dict[str, Tensor]:
-    """Detached scalars of a batch's views (M, 6) for the log: ``yaw_std_deg``, the spread of the predicted yaw.
-    Near 0 on posed photos, the views have stayed frontal and the albedo has taken the pose (``optim.view_lr_scale``).
-    """
+def view_logs(view: Tensor, cfg) -> dict[str, Tensor]:
+    """Detached scalars of a batch's views (M, 6) for the log: ``yaw_std_deg``, the spread of the predicted yaw, and
+    ``yaw_at_limit``, the fraction of views within 1 % of the +-``xyz_rotation_range`` limit. A spread near 0 on posed
+    photos: the views stayed frontal and the albedo took the pose; a fraction near 1: the views collapsed to the
+    limit, where the tanh saturates and no gradient brings them back (BENCHMARKS.md "The library defaults on small
+    overfits")."""
     yaw = view[:, 1].detach().float()
-    return {"yaw_std_deg": torch.rad2deg(yaw.std()) if yaw.numel() > 1 else yaw.new_zeros(())}
+    limit = math.radians(cfg.xyz_rotation_range)
+    return {"yaw_std_deg": torch.rad2deg(yaw.std()) if yaw.numel() > 1 else yaw.new_zeros(()),
+            "yaw_at_limit": (yaw.abs() > 0.99 * limit).float().mean()}
 
 
 def flip_weight(cfg, step: int) -> float:

@@ -136,7 +136,7 @@ class Unsup3D(nn.Module, Model):
         total, logs = photogeo.reconstruction_loss(r, out.images, self.cfg, conf=out.conf_l1, conf_perc=out.conf_perc,
                                                    perceptual=self.perceptual, lam_flip=self.flip_weight(),
                                                    weight=weight)
-        logs = {("loss_" + k): v for k, v in logs.items()} | photogeo.view_logs(out.view)
+        logs = {("loss_" + k): v for k, v in logs.items()} | photogeo.view_logs(out.view, self.cfg)
         logs["loss"] = total.detach()
         return total, logs
 

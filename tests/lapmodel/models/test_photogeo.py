@@ -117,8 +117,11 @@ def test_flip_weight_schedule():
     assert photogeo.flip_weight(cfg, 0) == 1.0 and photogeo.flip_weight(cfg, 10) == 0.5
 
 
-def test_view_logs_give_the_spread_of_the_yaw_in_degrees():
-    view = torch.zeros(2, 6)
-    view[:, 1] = torch.deg2rad(torch.tensor([-10.0, 10.0]))
-    assert photogeo.view_logs(view)["yaw_std_deg"].item() == pytest.approx(200 ** 0.5, rel=1e-5)
-    assert photogeo.view_logs(view[:1])["yaw_std_deg"].item() == 0.0
+def test_view_logs_give_the_spread_of_the_yaw_and_the_views_at_the_limit():
+    cfg = ModelConfig(xyz_rotation_range=60.0)
+    view = torch.zeros(4, 6)
+    view[:, 1] = torch.deg2rad(torch.tensor([-10.0, 10.0, 59.9, -60.0]))
+    logs = photogeo.view_logs(view[:2], cfg)
+    assert logs["yaw_std_deg"].item() == pytest.approx(200 ** 0.5, rel=1e-5) and logs["yaw_at_limit"].item() == 0.0
+    assert photogeo.view_logs(view[:1], cfg)["yaw_std_deg"].item() == 0.0
+    assert photogeo.view_logs(view, cfg)["yaw_at_limit"].item() == 0.5

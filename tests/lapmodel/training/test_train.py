@@ -67,7 +67,7 @@ def test_loss_reaches_every_network():
     m = Unsup3D(ModelConfig(**TINY_UNSUP3D))
     out = m(torch.rand(2, 3, 32, 32))
     loss, logs = m.loss(out)
-    assert torch.isfinite(loss) and set(logs) == {"loss", "loss_l1", "loss_l1_flip", "loss_depth_sm", "yaw_std_deg"}
+    assert torch.isfinite(loss) and set(logs) == {"loss", "loss_l1", "loss_l1_flip", "loss_depth_sm", "yaw_std_deg", "yaw_at_limit"}
     loss.backward()
     for name in ("netD", "netA", "netL", "netV", "netC"):
         g = sum(p.grad.abs().sum() for p in getattr(m, name).parameters() if p.grad is not None)
