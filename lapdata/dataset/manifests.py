@@ -147,12 +147,7 @@ def finalize_dataset(
     status = Counter(photos.column("status").to_pylist())
     reason = Counter(r for r in photos.column("reason").to_pylist() if r)
     by_split = Counter(s[SHARD_SPLIT] for s in sstats)
-    prev = {}
-    if (out / "stats.json").exists():
-        try:
-            prev = json.loads((out / "stats.json").read_text())
-        except ValueError:
-            prev = {}
+    prev = previous_stats(out)
     stats = {
         "photos": photos.num_rows,
         "status_counts": dict(sorted(status.items())),
@@ -202,6 +197,18 @@ def read_table(out_dir: str | Path, name: str) -> pa.Table:
 
 def read_stats(out_dir: str | Path) -> dict:
     return json.loads((Path(out_dir) / "stats.json").read_text())
+
+
+def previous_stats(out_dir: str | Path) -> dict:
+    """A local dataset's stats.json as an earlier run left it, or {} when it is missing or not JSON (a new run
+    rewrites it)."""
+    path = Path(out_dir) / "stats.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
 
 
 def unfinished(dataset: str | Path) -> str | None:

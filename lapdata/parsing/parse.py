@@ -63,7 +63,7 @@ from lapdata.core.device import resolve_device
 from lapdata.core.engine import ENGINE_FIELDS, EngineConfig, engine_of
 from lapdata.core.errors import LapError
 from lapdata.core.locks import writer_lock
-from lapdata.dataset.manifests import MANIFESTS, shard_stats
+from lapdata.dataset.manifests import MANIFESTS, previous_stats, shard_stats
 from lapdata.dataset.schema import SHARD, SHARD_DIR, SHARD_SPLIT
 from lapdata.dataset.writer import ShardTask, WriteConfig, write_dataset
 from lapdata.parsing import commit
@@ -264,12 +264,7 @@ def _write_version(root: Path, tmp: Path, url: str | None, tasks: list[ShardTask
                    progress: bool) -> dict:
     """Every shard parsed into the new version (the writer resumes finished ones); its stats.json config is the
     dataset's with the parse options added."""
-    prev_stats = {}
-    if (root / "stats.json").exists():
-        try:
-            prev_stats = json.loads((root / "stats.json").read_text())
-        except ValueError:
-            prev_stats = {}
+    prev_stats = previous_stats(root)
     config = dict(prev_stats.get("config") or {})
     config["parse_masks"] = cfg.identity_doc()
     process = functools.partial(process_shard, src_dir=url or str(root), cfg=cfg, parsers=get_parser)
